@@ -1,0 +1,141 @@
+// Package blob defines depot's content-addressed blob storage seam.
+//
+// A blob is an immutable byte string named by its sha256 digest. The seam is
+// split by role, after containerd's content store: a Provider reads committed
+// blobs, an Ingester streams new ones in, and a Manager deletes and walks.
+// Backends (blob/local today; S3 later) implement all three and run the one
+// conformance suite in blob/blobtest.
+//
+// The central contract: a blob becomes visible only through Writer.Commit,
+// after its size and digest were checked. Nothing partial is ever returned by
+// Open, Stat or Walk. This package never decides what to keep: reference
+// counting and garbage collection belong to the catalog and the server.
+package blob
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/depot-images/depot/errdefs"
+)
+
+// Info describes a committed blob.
+type Info struct {
+	Digest digest.Digest
+	Size   int64
+	// BLAKE3 is the hex BLAKE3-256 of the content. Commit always fills it;
+	// Stat and Walk may leave it empty when the backend does not keep it.
+	BLAKE3 string
+	// Committed is when the blob became visible (the file's mtime for local).
+	Committed time.Time
+}
+
+// Reader is a committed blob opened for reading. Reads are ranged through
+// ReadAt or Seek; the caller closes it.
+type Reader interface {
+	io.ReaderAt
+	io.ReadSeeker
+	io.Closer
+}
+
+// Provider reads committed blobs.
+type Provider interface {
+	// Open returns the blob for ranged reads. A blob that is not committed
+	// returns an error matching errdefs.ErrNotFound.
+	Open(ctx context.Context, dgst digest.Digest) (Reader, error)
+	// Stat returns the blob's Info, or errdefs.ErrNotFound.
+	Stat(ctx context.Context, dgst digest.Digest) (Info, error)
+}
+
+// Writer receives the bytes of one blob. It hashes as it writes.
+type Writer interface {
+	io.Writer
+	// Digest is the sha256 of what was written so far.
+	Digest() digest.Digest
+	// Size is the number of bytes written so far.
+	Size() int64
+	// Commit makes the blob visible under its digest. A size >= 0 and a
+	// non-empty expected digest are checked first; on mismatch nothing is
+	// committed and the error is an *errdefs.VerificationError. Committing
+	// content that already exists succeeds and returns the existing Info.
+	// Commit always closes the writer, even on error.
+	Commit(ctx context.Context, size int64, expected digest.Digest) (Info, error)
+	// Close abandons the write and discards everything written. Calling
+	// Close after Commit is a no-op.
+	Close() error
+}
+
+// Ingester starts new writes.
+type Ingester interface {
+	// Writer starts a private, invisible write.
+	Writer(ctx context.Context) (Writer, error)
+}
+
+// Manager deletes and enumerates committed blobs.
+type Manager interface {
+	// Delete removes a committed blob, or returns errdefs.ErrNotFound.
+	// Readers that already opened it may finish (POSIX semantics locally).
+	Delete(ctx context.Context, dgst digest.Digest) error
+	// Walk calls fn for every committed blob, in no particular order. An
+	// error from fn stops the walk and is returned.
+	Walk(ctx context.Context, fn func(Info) error) error
+}
+
+// Store is a complete backend.
+type Store interface {
+	Provider
+	Ingester
+	Manager
+}
+
+// IngestSweeper is an optional capability: it removes abandoned partial
+// writes older than the given age and reports how many it removed.
+type IngestSweeper interface {
+	SweepIngests(ctx context.Context, olderThan time.Duration) (int, error)
+}
+
+// Validate checks that d is a well-formed sha256 digest, the only algorithm
+// depot stores. Errors match errdefs.ErrInvalidArgument.
+func Validate(d digest.Digest) error {
+	if i := strings.IndexByte(string(d), ':'); i < 0 || digest.Algorithm(d[:i]) != digest.SHA256 {
+		return fmt.Errorf("digest %q: only sha256:<64 hex> digests are supported: %w", string(d), errdefs.ErrInvalidArgument)
+	}
+	if err := d.Validate(); err != nil {
+		return fmt.Errorf("digest %q: %v; want sha256:<64 hex>: %w", string(d), err, errdefs.ErrInvalidArgument)
+	}
+	return nil
+}
+
+// Ingest streams r into s and commits it, checking size (when >= 0) and
+// expected (when non-empty). It is the one-call form of Writer/Commit.
+func Ingest(ctx context.Context, s Ingester, r io.Reader, size int64, expected digest.Digest) (Info, error) {
+	w, err := s.Writer(ctx)
+	if err != nil {
+		return Info{}, err
+	}
+	buf := make([]byte, 1<<20)
+	if _, err := io.CopyBuffer(w, readerOnly{ctx, r}, buf); err != nil {
+		w.Close()
+		return Info{}, err
+	}
+	return w.Commit(ctx, size, expected)
+}
+
+// readerOnly hides any WriterTo of r so that CopyBuffer uses our buffer, and
+// stops the copy when ctx is cancelled.
+type readerOnly struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (r readerOnly) Read(p []byte) (int, error) {
+	if err := r.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return r.r.Read(p)
+}

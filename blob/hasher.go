@@ -1,0 +1,70 @@
+package blob
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"hash"
+	"sync"
+
+	"github.com/opencontainers/go-digest"
+	"github.com/zeebo/blake3"
+)
+
+// DualHasher computes sha256 and BLAKE3 over the same stream in one pass,
+// running the two hashes on separate goroutines so that on a multi-core
+// machine ingest is bounded by the slower hash (sha256), not their sum.
+// It is not safe for concurrent use.
+type DualHasher struct {
+	sha  hash.Hash
+	b3   *blake3.Hasher
+	n    int64
+	work chan []byte
+	done chan struct{}
+	once sync.Once
+}
+
+// NewDualHasher returns a ready hasher. Call Close to release its goroutine.
+func NewDualHasher() *DualHasher {
+	h := &DualHasher{
+		sha:  sha256.New(),
+		b3:   blake3.New(),
+		work: make(chan []byte),
+		done: make(chan struct{}),
+	}
+	go func() {
+		for p := range h.work {
+			h.b3.Write(p)
+			h.done <- struct{}{}
+		}
+	}()
+	return h
+}
+
+// Write hashes p with both hashes; it never fails. Small writes are hashed
+// inline, where handing them to another goroutine would cost more than it saves.
+func (h *DualHasher) Write(p []byte) (int, error) {
+	h.n += int64(len(p))
+	if len(p) < 64<<10 {
+		h.sha.Write(p)
+		h.b3.Write(p)
+		return len(p), nil
+	}
+	h.work <- p
+	h.sha.Write(p)
+	<-h.done
+	return len(p), nil
+}
+
+// Size is the number of bytes hashed.
+func (h *DualHasher) Size() int64 { return h.n }
+
+// Digest is the sha256 digest of what was written.
+func (h *DualHasher) Digest() digest.Digest {
+	return digest.NewDigestFromEncoded(digest.SHA256, hex.EncodeToString(h.sha.Sum(nil)))
+}
+
+// BLAKE3 is the hex BLAKE3-256 of what was written.
+func (h *DualHasher) BLAKE3() string { return hex.EncodeToString(h.b3.Sum(nil)) }
+
+// Close stops the helper goroutine. It is safe to call more than once.
+func (h *DualHasher) Close() { h.once.Do(func() { close(h.work) }) }

@@ -1,0 +1,32 @@
+package bolt
+
+import (
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/depot-images/depot/catalog"
+	"github.com/depot-images/depot/catalog/catalogtest"
+)
+
+func TestConformance(t *testing.T) {
+	catalogtest.Run(t, func(t *testing.T) catalog.Catalog {
+		c, err := Open(filepath.Join(t.TempDir(), "catalog.db"), time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	})
+}
+
+func TestSecondOpenTimesOut(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "catalog.db")
+	c, err := Open(p, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := Open(p, 100*time.Millisecond); err == nil {
+		t.Fatal("second Open of a locked catalog succeeded")
+	}
+}

@@ -1,0 +1,200 @@
+// Package catalog defines depot's metadata seam: Image objects, the name →
+// UID index, content revisions, blob reference counts, tokens and secrets.
+//
+// The catalog never touches blob bytes. It records which digests images
+// reference so that the server can garbage-collect blobs nobody references.
+// Backends (catalog/bolt today; etcd later) implement Catalog and run the
+// conformance suite in catalog/catalogtest.
+//
+// All multi-key changes go through Images.Update, an atomic read-modify-write:
+// the backend maintains the name index and adjusts reference counts from the
+// image's before/after digest sets (RefDiff) inside the same transaction.
+package catalog
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"regexp"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/depot-images/depot/errdefs"
+)
+
+// Image is one Image object (seed 004).
+type Image struct {
+	UID            string    `json:"uid"`
+	Name           string    `json:"name"`
+	Description    string    `json:"description,omitempty"`
+	Frozen         bool      `json:"frozen,omitempty"`
+	Parent         string    `json:"parent,omitempty"` // a UID
+	Distro         string    `json:"distro,omitempty"`
+	Content        *Content  `json:"content,omitempty"`
+	History        []Content `json:"history,omitempty"` // oldest first; the last entry is the current content
+	Created        time.Time `json:"created"`
+	LastModified   time.Time `json:"last_modified"`
+	LastModifiedBy string    `json:"last_modified_by,omitempty"`
+}
+
+// Content is one content revision of an image: a reference to a blob.
+type Content struct {
+	Digest  digest.Digest `json:"digest"`
+	Size    int64         `json:"size"`
+	MTime   time.Time     `json:"mtime"`
+	Format  string        `json:"fmt"`
+	BLAKE3  string        `json:"blake3,omitempty"`
+	By      string        `json:"by,omitempty"`
+	Message string        `json:"message,omitempty"`
+}
+
+// Digests is the set of blobs the image references: its current content and
+// every retained revision.
+func (img *Image) Digests() map[digest.Digest]bool {
+	set := map[digest.Digest]bool{}
+	if img == nil {
+		return set
+	}
+	if img.Content != nil {
+		set[img.Content.Digest] = true
+	}
+	for _, c := range img.History {
+		set[c.Digest] = true
+	}
+	return set
+}
+
+// RefDiff returns the digests whose reference count goes up and down when an
+// image changes from before to after (either may be nil).
+func RefDiff(before, after *Image) (inc, dec []digest.Digest) {
+	b, a := before.Digests(), after.Digests()
+	for d := range a {
+		if !b[d] {
+			inc = append(inc, d)
+		}
+	}
+	for d := range b {
+		if !a[d] {
+			dec = append(dec, d)
+		}
+	}
+	return inc, dec
+}
+
+// BlobRef is the catalog's record of one blob.
+type BlobRef struct {
+	Digest digest.Digest `json:"digest"`
+	Refs   int           `json:"refs"`
+	// ZeroSince is when Refs last became zero (or the blob was touched
+	// without references). Zero time when Refs > 0.
+	ZeroSince time.Time `json:"zero_since,omitzero"`
+}
+
+// Token is the record of an issued API token. The secret never is stored:
+// tokens are signed, and the record exists so a token can be listed and revoked.
+type Token struct {
+	ID        string    `json:"id"`
+	Subject   string    `json:"subject"`
+	Role      string    `json:"role"`
+	Created   time.Time `json:"created"`
+	CreatedBy string    `json:"created_by,omitempty"`
+}
+
+// Images stores Image objects.
+type Images interface {
+	// Create stores a new image. An empty UID is assigned. The name must be
+	// valid (ValidateName) and unused, else ErrInvalidArgument or
+	// ErrAlreadyExists. The image's digests gain a reference.
+	Create(ctx context.Context, img Image) (Image, error)
+	// Get finds an image by UID or name, or returns ErrNotFound.
+	Get(ctx context.Context, ref string) (Image, error)
+	// List returns up to limit images ordered by name, starting after the
+	// name after ("" for the start).
+	List(ctx context.Context, after string, limit int) ([]Image, error)
+	// Update atomically applies fn to the image found by ref and stores the
+	// result. fn may run more than once (backends retry on contention), so
+	// it must only compute from its argument. An error from fn aborts the
+	// update and is returned unchanged. The UID cannot change; a new name is
+	// validated and must be free. Reference counts follow RefDiff.
+	Update(ctx context.Context, ref string, fn func(*Image) error) (Image, error)
+	// Delete atomically removes the image found by ref after check (may be
+	// nil) approves it. Its digests lose a reference; the name is free again.
+	Delete(ctx context.Context, ref string, check func(Image) error) (Image, error)
+}
+
+// Refs tracks blob reference counts for garbage collection.
+type Refs interface {
+	// Ref returns the record of dgst, or ErrNotFound when the catalog has
+	// never heard of it (a blob left by a crash between commit and Touch).
+	Ref(ctx context.Context, dgst digest.Digest) (BlobRef, error)
+	// Touch records that dgst exists in the blob store. An unreferenced
+	// blob's grace period restarts at now.
+	Touch(ctx context.Context, dgst digest.Digest, now time.Time) error
+	// Collectable lists blobs with zero references since before cutoff.
+	Collectable(ctx context.Context, cutoff time.Time) ([]BlobRef, error)
+	// Forget drops the record of dgst if it still has zero references since
+	// before cutoff; otherwise it returns ErrConflict and the blob must be kept.
+	Forget(ctx context.Context, dgst digest.Digest, cutoff time.Time) error
+}
+
+// Tokens stores token records.
+type Tokens interface {
+	PutToken(ctx context.Context, t Token) error
+	// GetToken returns the record or ErrNotFound (a revoked token).
+	GetToken(ctx context.Context, id string) (Token, error)
+	ListTokens(ctx context.Context) ([]Token, error)
+	DeleteToken(ctx context.Context, id string) error
+}
+
+// Secrets stores small shared secrets such as the token signing key.
+type Secrets interface {
+	// Secret returns the secret called name, creating it with gen the first
+	// time. Concurrent callers (on any head) all get the same value.
+	Secret(ctx context.Context, name string, gen func() ([]byte, error)) ([]byte, error)
+}
+
+// Catalog is a complete backend.
+type Catalog interface {
+	Images
+	Refs
+	Tokens
+	Secrets
+	Close() error
+}
+
+var (
+	nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$`)
+	uidRE  = regexp.MustCompile(`^[0-9a-f]{32}$`)
+)
+
+// IsUID reports whether s has the form of a UID (32 lowercase hex digits).
+func IsUID(s string) bool { return uidRE.MatchString(s) }
+
+// ValidateName checks an image name: 1–128 characters of letters, digits and
+// . _ + -, starting with a letter or digit, and not shaped like a UID (so that
+// a reference is never ambiguous). Names are never used as file paths.
+func ValidateName(name string) error {
+	if !nameRE.MatchString(name) {
+		return fmt.Errorf("image name %q: use 1-128 letters, digits, '.', '_', '+' or '-', starting with a letter or digit: %w", name, errdefs.ErrInvalidArgument)
+	}
+	if IsUID(name) {
+		return fmt.Errorf("image name %q looks like a UID; pick a name that is not 32 hex digits: %w", name, errdefs.ErrInvalidArgument)
+	}
+	return nil
+}
+
+// NewUID returns a fresh random UID.
+func NewUID() string {
+	b := make([]byte, 16)
+	if _, err := rand.Read(b); err != nil {
+		panic(err) // crypto/rand never fails on supported platforms
+	}
+	return hex.EncodeToString(b)
+}
+
+// NotFound wraps ErrNotFound for an image reference.
+func NotFound(ref string) error {
+	return fmt.Errorf("image %q: %w", ref, errdefs.ErrNotFound)
+}

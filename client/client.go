@@ -1,0 +1,338 @@
+// Package client is the Go client of depot's REST API, used by the CLI and
+// the node cache. Failures come back in the errdefs vocabulary (through the
+// api package's table), so callers use errors.Is / errors.As exactly as on
+// the server side. The client never logs or prints its token.
+package client
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/depot-images/depot/api"
+	"github.com/depot-images/depot/errdefs"
+)
+
+// Client talks to one depot server.
+type Client struct {
+	base  *url.URL
+	token string
+	hc    *http.Client
+}
+
+// New returns a client for server (e.g. "http://127.0.0.1:8484"). token may
+// be empty for anonymous reads.
+func New(server, token string) (*Client, error) {
+	u, err := url.Parse(strings.TrimRight(server, "/"))
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("server %q: want http(s)://host[:port]: %w", server, errdefs.ErrInvalidArgument)
+	}
+	return &Client{base: u, token: token, hc: &http.Client{}}, nil
+}
+
+// Server is the base URL.
+func (c *Client) Server() string { return c.base.String() }
+
+func (c *Client) url(path string, q url.Values) string {
+	u := *c.base
+	u.Path += api.Prefix + path
+	u.RawQuery = q.Encode()
+	return u.String()
+}
+
+func imagePath(ref string, rest string) string {
+	return "/image/" + url.PathEscape(ref) + rest
+}
+
+func (c *Client) newRequest(ctx context.Context, method, path string, q url.Values, body io.Reader) (*http.Request, error) {
+	req, err := http.NewRequestWithContext(ctx, method, c.url(path, q), body)
+	if err != nil {
+		return nil, err
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	req.Header.Set("User-Agent", "depot-client")
+	return req, nil
+}
+
+// send performs req and converts transport failures and error responses.
+func (c *Client) send(req *http.Request, what string) (*http.Response, error) {
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		if ctxErr := req.Context().Err(); ctxErr != nil {
+			return nil, ctxErr
+		}
+		return nil, fmt.Errorf("%s: %s: %v: %w", what, c.base.Host, err, errdefs.ErrUnavailable)
+	}
+	if resp.StatusCode >= 300 && resp.StatusCode != http.StatusNotModified {
+		defer resp.Body.Close()
+		var env api.Envelope
+		data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		if json.Unmarshal(data, &env) != nil {
+			env = api.Envelope{Error: strings.TrimSpace(string(data))}
+			if env.Error == "" {
+				env.Error = resp.Header.Get("X-Depot-Error")
+			}
+		}
+		return nil, api.ErrorFromEnvelope(resp.StatusCode, env, what)
+	}
+	return resp, nil
+}
+
+// call does a JSON round trip: in (if non-nil) as the body, the envelope's
+// data decoded into out (if non-nil). It returns the envelope's next cursor.
+func (c *Client) call(ctx context.Context, method, path string, q url.Values, in, out any, what string) (string, error) {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return "", err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := c.newRequest(ctx, method, path, q, body)
+	if err != nil {
+		return "", err
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.send(req, what)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	var env api.Envelope
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<20)).Decode(&env); err != nil {
+		return "", fmt.Errorf("%s: bad response: %v: %w", what, err, errdefs.ErrUnavailable)
+	}
+	if out != nil && len(env.Data) > 0 {
+		if err := json.Unmarshal(env.Data, out); err != nil {
+			return "", fmt.Errorf("%s: bad response data: %v", what, err)
+		}
+	}
+	return env.Next, nil
+}
+
+// CreateImage creates an image and returns its UID.
+func (c *Client) CreateImage(ctx context.Context, req api.CreateImageRequest) (string, error) {
+	var uid string
+	_, err := c.call(ctx, http.MethodPost, "/images", nil, req, &uid, "create image "+req.Name)
+	return uid, err
+}
+
+// GetImage fetches an image by UID or name.
+func (c *Client) GetImage(ctx context.Context, ref string) (api.Image, error) {
+	var img api.Image
+	_, err := c.call(ctx, http.MethodGet, imagePath(ref, ""), nil, nil, &img, "image "+ref)
+	return img, err
+}
+
+// ListImages fetches every image, following pages.
+func (c *Client) ListImages(ctx context.Context) ([]api.Image, error) {
+	var all []api.Image
+	after := ""
+	for {
+		var page []api.Image
+		q := url.Values{"limit": {"500"}}
+		if after != "" {
+			q.Set("after", after)
+		}
+		next, err := c.call(ctx, http.MethodGet, "/images", q, nil, &page, "list images")
+		if err != nil {
+			return nil, err
+		}
+		all = append(all, page...)
+		if next == "" || len(page) == 0 {
+			return all, nil
+		}
+		after = next
+	}
+}
+
+// UpdateImage patches an image's fields.
+func (c *Client) UpdateImage(ctx context.Context, ref string, req api.PatchImageRequest) (api.Image, error) {
+	var img api.Image
+	_, err := c.call(ctx, http.MethodPatch, imagePath(ref, ""), nil, req, &img, "update image "+ref)
+	return img, err
+}
+
+// DeleteImage deletes an image; its content is collected when unreferenced.
+func (c *Client) DeleteImage(ctx context.Context, ref string) error {
+	_, err := c.call(ctx, http.MethodDelete, imagePath(ref, ""), nil, nil, nil, "delete image "+ref)
+	return err
+}
+
+// CloneImage creates a new image sharing src's content and returns its UID.
+func (c *Client) CloneImage(ctx context.Context, src string, req api.CloneRequest) (string, error) {
+	var uid string
+	_, err := c.call(ctx, http.MethodPost, imagePath(src, "/clone"), nil, req, &uid, "clone image "+src)
+	return uid, err
+}
+
+// History lists content revisions, newest first.
+func (c *Client) History(ctx context.Context, ref string) ([]api.Revision, error) {
+	var revs []api.Revision
+	_, err := c.call(ctx, http.MethodGet, imagePath(ref, "/history"), nil, nil, &revs, "history of "+ref)
+	return revs, err
+}
+
+// ContentInfo is …/content/info.
+func (c *Client) ContentInfo(ctx context.Context, ref string) (api.ContentInfo, error) {
+	var info api.ContentInfo
+	_, err := c.call(ctx, http.MethodGet, imagePath(ref, "/content/info"), nil, nil, &info, "content info of "+ref)
+	return info, err
+}
+
+// ContentStat is …/content/stat.
+func (c *Client) ContentStat(ctx context.Context, ref string) (api.ContentStat, error) {
+	var st api.ContentStat
+	_, err := c.call(ctx, http.MethodGet, imagePath(ref, "/content/stat"), nil, nil, &st, "content stat of "+ref)
+	return st, err
+}
+
+// DeleteContent removes an image's content and history.
+func (c *Client) DeleteContent(ctx context.Context, ref string) error {
+	_, err := c.call(ctx, http.MethodDelete, imagePath(ref, "/content"), nil, nil, nil, "delete content of "+ref)
+	return err
+}
+
+// PushOptions tune PushContent.
+type PushOptions struct {
+	// Digest, when known, is declared up front. Otherwise the client hashes
+	// the stream as it sends it and declares the digest in a trailer, so
+	// the server still verifies end to end without a second pass.
+	Digest digest.Digest
+	// IfMatch, when set, makes the upload conditional on the image's
+	// current content being this digest (412 / ErrPrecondition otherwise).
+	IfMatch digest.Digest
+	// Message is recorded with the revision.
+	Message string
+}
+
+// PushContent streams r (size bytes, or -1 if unknown) as the new content of
+// ref. The server stores nothing unless the bytes hash to the declared digest.
+func (c *Client) PushContent(ctx context.Context, ref string, r io.Reader, size int64, opts PushOptions) (api.ContentInfo, error) {
+	var body io.Reader = r
+	var tr *trailerReader
+	if opts.Digest == "" {
+		tr = &trailerReader{r: r, h: sha256.New()}
+		body = tr
+	}
+	req, err := c.newRequest(ctx, http.MethodPut, imagePath(ref, "/content"), nil, body)
+	if err != nil {
+		return api.ContentInfo{}, err
+	}
+	req.Header.Set("Content-Type", "application/octet-stream")
+	if opts.Digest != "" {
+		req.Header.Set(api.HeaderDigest, opts.Digest.String())
+		req.ContentLength = size
+	} else {
+		req.ContentLength = -1 // trailers need chunked encoding
+		req.Trailer = http.Header{api.HeaderDigest: nil}
+		tr.trailer = req.Trailer
+		if size >= 0 {
+			req.Header.Set("X-Depot-Size", strconv.FormatInt(size, 10))
+		}
+	}
+	if opts.IfMatch != "" {
+		req.Header.Set("If-Match", api.ETag(opts.IfMatch))
+	}
+	if opts.Message != "" {
+		req.Header.Set(api.HeaderMessage, opts.Message)
+	}
+	resp, err := c.send(req, "push content to "+ref)
+	if err != nil {
+		return api.ContentInfo{}, err
+	}
+	defer resp.Body.Close()
+	var env api.Envelope
+	var info api.ContentInfo
+	if err := json.NewDecoder(resp.Body).Decode(&env); err != nil {
+		return info, fmt.Errorf("push content to %s: bad response: %v", ref, err)
+	}
+	if err := json.Unmarshal(env.Data, &info); err != nil {
+		return info, fmt.Errorf("push content to %s: bad response data: %v", ref, err)
+	}
+	return info, nil
+}
+
+// trailerReader hashes what it reads and, at EOF, sets the digest trailer.
+type trailerReader struct {
+	r       io.Reader
+	h       hash.Hash
+	trailer http.Header
+}
+
+func (t *trailerReader) Read(p []byte) (int, error) {
+	n, err := t.r.Read(p)
+	t.h.Write(p[:n])
+	if errors.Is(err, io.EOF) {
+		t.trailer.Set(api.HeaderDigest, "sha256:"+hex.EncodeToString(t.h.Sum(nil)))
+	}
+	return n, err
+}
+
+// Content is an open content or blob download.
+type Content struct {
+	io.ReadCloser
+	Digest digest.Digest
+	Size   int64
+	Format string
+}
+
+// OpenContent starts a download of ref's current content.
+func (c *Client) OpenContent(ctx context.Context, ref string) (*Content, error) {
+	return c.open(ctx, imagePath(ref, "/content"), "content of "+ref)
+}
+
+// OpenBlob starts a download of a blob by digest.
+func (c *Client) OpenBlob(ctx context.Context, d digest.Digest) (*Content, error) {
+	return c.open(ctx, "/blob/"+d.String(), "blob "+d.String())
+}
+
+func (c *Client) open(ctx context.Context, path, what string) (*Content, error) {
+	req, err := c.newRequest(ctx, http.MethodGet, path, nil, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.send(req, what)
+	if err != nil {
+		return nil, err
+	}
+	return &Content{ReadCloser: resp.Body, Digest: digest.Digest(resp.Header.Get(api.HeaderDigest)),
+		Size: resp.ContentLength, Format: resp.Header.Get(api.HeaderFormat)}, nil
+}
+
+// CreateToken mints a token; the answer carries the secret once.
+func (c *Client) CreateToken(ctx context.Context, req api.TokenRequest) (api.Token, error) {
+	var t api.Token
+	_, err := c.call(ctx, http.MethodPost, "/tokens", nil, req, &t, "create token")
+	return t, err
+}
+
+// ListTokens lists token records (never secrets).
+func (c *Client) ListTokens(ctx context.Context) ([]api.Token, error) {
+	var ts []api.Token
+	_, err := c.call(ctx, http.MethodGet, "/tokens", nil, nil, &ts, "list tokens")
+	return ts, err
+}
+
+// DeleteToken revokes a token.
+func (c *Client) DeleteToken(ctx context.Context, id string) error {
+	_, err := c.call(ctx, http.MethodDelete, "/tokens/"+url.PathEscape(id), nil, nil, nil, "revoke token "+id)
+	return err
+}

@@ -1,0 +1,348 @@
+package server
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/depot-images/depot/api"
+	"github.com/depot-images/depot/blob"
+	"github.com/depot-images/depot/catalog"
+	"github.com/depot-images/depot/errdefs"
+	"github.com/depot-images/depot/format"
+)
+
+func noContent(img catalog.Image) error {
+	return fmt.Errorf("image %s (%s) has no content; upload some with depot image push: %w", img.Name, img.UID, errdefs.ErrNotFound)
+}
+
+// serveBlob streams a committed blob with Range, If-None-Match and HEAD
+// support (http.ServeContent), preserving sendfile for local stores.
+func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request, d digest.Digest, mtime time.Time, fmtName string) {
+	f, err := s.cfg.Blobs.Open(r.Context(), d)
+	if err != nil {
+		if errors.Is(err, errdefs.ErrNotFound) {
+			err = fmt.Errorf("blob %s is referenced but missing from the blob store: %w", d, errdefs.ErrCorrupt)
+		}
+		s.fail(w, r, err)
+		return
+	}
+	defer f.Close()
+	h := w.Header()
+	h.Set("ETag", api.ETag(d))
+	h.Set(api.HeaderDigest, d.String())
+	h.Set("Content-Type", "application/octet-stream")
+	if fmtName != "" {
+		h.Set(api.HeaderFormat, fmtName)
+	}
+	cw := &countingWriter{ResponseWriter: w}
+	http.ServeContent(cw, r, "", mtime, f)
+	s.metrics.bytesSent.Add(float64(cw.n))
+}
+
+// countingWriter counts body bytes; it forwards ReadFrom for sendfile.
+type countingWriter struct {
+	http.ResponseWriter
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.ResponseWriter.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+func (c *countingWriter) ReadFrom(r io.Reader) (int64, error) {
+	n, err := c.ResponseWriter.(io.ReaderFrom).ReadFrom(r)
+	c.n += n
+	return n, err
+}
+
+func (s *Server) getContent(w http.ResponseWriter, r *http.Request) {
+	img, err := s.lookup(r)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	if img.Content == nil {
+		s.fail(w, r, noContent(img))
+		return
+	}
+	w.Header().Set("Cache-Control", "no-cache")
+	s.serveBlob(w, r, img.Content.Digest, img.Content.MTime, img.Content.Format)
+}
+
+func (s *Server) getBlob(w http.ResponseWriter, r *http.Request) {
+	d := digest.Digest(r.PathValue("digest"))
+	if err := blob.Validate(d); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	info, err := s.cfg.Blobs.Stat(r.Context(), d)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	w.Header().Set("Cache-Control", "public, max-age=31536000, immutable")
+	s.serveBlob(w, r, d, info.Committed, "")
+}
+
+// declaredDigest reads the digest a PUT declares, from the header or the
+// ?digest= query; "" when none.
+func declaredDigest(r *http.Request) (digest.Digest, error) {
+	v := r.Header.Get(api.HeaderDigest)
+	if q := r.URL.Query().Get("digest"); q != "" {
+		if v != "" && v != q {
+			return "", fmt.Errorf("the %s header and ?digest= disagree: %w", api.HeaderDigest, errdefs.ErrInvalidArgument)
+		}
+		v = q
+	}
+	if v == "" {
+		return "", nil
+	}
+	d := digest.Digest(v)
+	return d, blob.Validate(d)
+}
+
+// ifMatch parses If-Match: one quoted digest, or *. It returns ("", false)
+// when absent.
+func ifMatch(r *http.Request) (digest.Digest, bool, error) {
+	v := strings.TrimSpace(r.Header.Get("If-Match"))
+	if v == "" {
+		return "", false, nil
+	}
+	if v == "*" {
+		return "*", true, nil
+	}
+	v = strings.TrimPrefix(v, "W/")
+	if len(v) < 2 || v[0] != '"' || v[len(v)-1] != '"' {
+		return "", false, fmt.Errorf("If-Match must be a quoted digest like \"sha256:<hex>\": %w", errdefs.ErrInvalidArgument)
+	}
+	d := digest.Digest(v[1 : len(v)-1])
+	if err := blob.Validate(d); err != nil {
+		return "", false, err
+	}
+	return d, true, nil
+}
+
+// checkBase enforces If-Match against an image's current content.
+func checkBase(img *catalog.Image, base digest.Digest) error {
+	var have digest.Digest
+	if img.Content != nil {
+		have = img.Content.Digest
+	}
+	if base == "*" {
+		if have == "" {
+			return &errdefs.PreconditionError{UID: img.UID, Want: "*", Have: ""}
+		}
+		return nil
+	}
+	if have != base {
+		return &errdefs.PreconditionError{UID: img.UID, Want: base, Have: have}
+	}
+	return nil
+}
+
+// bodyReader turns failures reading an upload into the vocabulary: a body
+// cut short is the client's fault, an over-long one is too large.
+type bodyReader struct {
+	r io.Reader
+}
+
+func (b bodyReader) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	if err != nil && err != io.EOF {
+		var mb *http.MaxBytesError
+		if errors.As(err, &mb) {
+			return n, fmt.Errorf("content is over the %d-byte limit: %w", mb.Limit, errdefs.ErrTooLarge)
+		}
+		return n, fmt.Errorf("reading the upload: %v (body cut short?): %w", err, errdefs.ErrInvalidArgument)
+	}
+	return n, err
+}
+
+func (s *Server) putContent(w http.ResponseWriter, r *http.Request) {
+	ctx := r.Context()
+	img, err := s.lookup(r)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	if img.Frozen {
+		s.fail(w, r, frozenErr(img, "content upload"))
+		return
+	}
+	want, err := declaredDigest(r)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	base, haveBase, err := ifMatch(r)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	if haveBase {
+		if err := checkBase(&img, base); err != nil { // fail fast, before the body
+			s.fail(w, r, err)
+			return
+		}
+	}
+	size := r.ContentLength // -1 when chunked; then X-Depot-Size may say
+	if v := r.Header.Get("X-Depot-Size"); v != "" {
+		hint, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || hint < 0 || (size >= 0 && hint != size) {
+			s.fail(w, r, fmt.Errorf("X-Depot-Size %q is not the byte count of the body: %w", v, errdefs.ErrInvalidArgument))
+			return
+		}
+		size = hint
+	}
+	msg := r.Header.Get(api.HeaderMessage)
+	if len(msg) > maxStringField {
+		s.fail(w, r, fmt.Errorf("revision message over %d bytes: %w", maxStringField, errdefs.ErrTooLarge))
+		return
+	}
+
+	// Stream: body → (sniffer, hashers, temp file). Nothing is visible
+	// until Commit checks size and digest.
+	bw, err := s.cfg.Blobs.Writer(ctx)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	var sniff format.Sniffer
+	body := bodyReader{io.TeeReader(http.MaxBytesReader(w, r.Body, s.cfg.MaxContentSize), &sniff)}
+	buf := make([]byte, 1<<20)
+	n, err := io.CopyBuffer(bw, body, buf)
+	s.metrics.bytesReceived.Add(float64(n))
+	if err != nil {
+		bw.Close()
+		s.fail(w, r, err)
+		return
+	}
+	if err := ctx.Err(); err != nil {
+		bw.Close()
+		s.fail(w, r, fmt.Errorf("upload aborted: %w", errdefs.ErrInvalidArgument))
+		return
+	}
+	if want == "" {
+		// A streaming client declares the digest in a trailer, readable
+		// now that the body is consumed.
+		if v := r.Trailer.Get(api.HeaderDigest); v != "" {
+			want = digest.Digest(v)
+			if err := blob.Validate(want); err != nil {
+				bw.Close()
+				s.fail(w, r, err)
+				return
+			}
+		}
+	}
+	s.commitMu.RLock()
+	defer s.commitMu.RUnlock()
+	info, err := bw.Commit(ctx, size, want)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	if err := s.cfg.Catalog.Touch(ctx, info.Digest, time.Now().UTC()); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	by := principal(r).Subject
+	now := time.Now().UTC()
+	c := catalog.Content{Digest: info.Digest, Size: info.Size, MTime: now, Format: sniff.Format(), BLAKE3: info.BLAKE3, By: by, Message: msg}
+	keep := s.cfg.KeepRevisions
+	img, err = s.cfg.Catalog.Update(ctx, img.UID, func(img *catalog.Image) error {
+		if img.Frozen {
+			return frozenErr(*img, "content upload")
+		}
+		if haveBase {
+			if err := checkBase(img, base); err != nil {
+				return err
+			}
+		}
+		cc := c
+		img.Content = &cc
+		img.History = append(img.History, c)
+		if len(img.History) > keep {
+			img.History = img.History[len(img.History)-keep:]
+		}
+		img.LastModified, img.LastModifiedBy = now, by
+		return nil
+	})
+	if err != nil {
+		s.fail(w, r, err) // the committed blob stays unreferenced; GC reclaims it
+		return
+	}
+	s.log.Info("content uploaded", "uid", img.UID, "name", img.Name, "digest", info.Digest, "bytes", info.Size, "fmt", c.Format, "by", by)
+	s.answerInfo(w, r, img, http.StatusOK)
+}
+
+func (s *Server) answerInfo(w http.ResponseWriter, r *http.Request, img catalog.Image, status int) {
+	ref, err := s.cfg.Catalog.Ref(r.Context(), img.Content.Digest)
+	if err != nil && !errors.Is(err, errdefs.ErrNotFound) {
+		s.fail(w, r, err)
+		return
+	}
+	c := img.Content
+	w.Header().Set("ETag", api.ETag(c.Digest))
+	s.ok(w, status, api.ContentInfo{Size: c.Size, MTime: api.UnixFloat(c.MTime), Chksum: c.Digest.String(), Refcnt: ref.Refs, Fmt: c.Format})
+}
+
+func (s *Server) deleteContent(w http.ResponseWriter, r *http.Request) {
+	ref := r.PathValue("ref")
+	if err := validRef(ref); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	by := principal(r).Subject
+	img, err := s.cfg.Catalog.Update(r.Context(), ref, func(img *catalog.Image) error {
+		if img.Frozen {
+			return frozenErr(*img, "content delete")
+		}
+		if img.Content == nil {
+			return noContent(*img)
+		}
+		img.Content, img.History = nil, nil
+		img.LastModified, img.LastModifiedBy = time.Now().UTC(), by
+		return nil
+	})
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	s.log.Info("content deleted", "uid", img.UID, "name", img.Name, "by", by)
+	s.ok(w, http.StatusOK, img.UID)
+}
+
+func (s *Server) contentStat(w http.ResponseWriter, r *http.Request) {
+	img, err := s.lookup(r)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	if img.Content == nil {
+		s.fail(w, r, noContent(img))
+		return
+	}
+	s.ok(w, http.StatusOK, api.ContentStat{Size: img.Content.Size, MTime: api.UnixFloat(img.Content.MTime)})
+}
+
+func (s *Server) contentInfo(w http.ResponseWriter, r *http.Request) {
+	img, err := s.lookup(r)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	if img.Content == nil {
+		s.fail(w, r, noContent(img))
+		return
+	}
+	s.answerInfo(w, r, img, http.StatusOK)
+}

@@ -1,0 +1,31 @@
+package server
+
+import "github.com/prometheus/client_golang/prometheus"
+
+type metrics struct {
+	requests      *prometheus.CounterVec
+	duration      *prometheus.HistogramVec
+	bytesSent     prometheus.Counter
+	bytesReceived prometheus.Counter
+	gcBlobs       prometheus.Counter
+	gcBytes       prometheus.Counter
+}
+
+func newMetrics(reg *prometheus.Registry) *metrics {
+	m := &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "depot_http_requests_total", Help: "HTTP requests by route and status.",
+		}, []string{"route", "status"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "depot_http_request_duration_seconds", Help: "HTTP request latency by route.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 4, 10),
+		}, []string{"route"}),
+		bytesSent:     prometheus.NewCounter(prometheus.CounterOpts{Name: "depot_content_sent_bytes_total", Help: "Content and blob bytes sent."}),
+		bytesReceived: prometheus.NewCounter(prometheus.CounterOpts{Name: "depot_content_received_bytes_total", Help: "Content bytes received by uploads."}),
+		gcBlobs:       prometheus.NewCounter(prometheus.CounterOpts{Name: "depot_gc_deleted_blobs_total", Help: "Blobs deleted by garbage collection."}),
+		gcBytes:       prometheus.NewCounter(prometheus.CounterOpts{Name: "depot_gc_deleted_bytes_total", Help: "Bytes deleted by garbage collection."}),
+	}
+	reg.MustRegister(m.requests, m.duration, m.bytesSent, m.bytesReceived, m.gcBlobs, m.gcBytes,
+		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+	return m
+}

@@ -1,0 +1,243 @@
+// Package server is depot's HTTP API (seed 004 plus by-digest blob URLs):
+// images, their streamed content, tokens, /metrics and /healthz.
+//
+// The server owns request handling, authorization and garbage collection of
+// unreferenced blobs. It stores nothing itself: metadata goes to a
+// catalog.Catalog and bytes to a blob.Store. It never buffers content in
+// memory and never logs a token.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/depot-images/depot/api"
+	"github.com/depot-images/depot/auth"
+	"github.com/depot-images/depot/blob"
+	"github.com/depot-images/depot/catalog"
+	"github.com/depot-images/depot/errdefs"
+)
+
+// Config is what a Server needs. Catalog, Blobs and Auth are required.
+type Config struct {
+	Catalog catalog.Catalog
+	Blobs   blob.Store
+	Auth    *auth.Authority
+	Logger  *slog.Logger
+
+	// AllowAnonymousRead lets requests without a token GET and HEAD.
+	AllowAnonymousRead bool
+	// KeepRevisions is how many content revisions each image retains
+	// (the current one included). Default 3.
+	KeepRevisions int
+	// GCInterval is how often unreferenced blobs are collected. Default 1m;
+	// negative disables the loop (tests call CollectGarbage directly).
+	GCInterval time.Duration
+	// GCGrace is how long an unreferenced blob is kept, so in-flight
+	// downloads finish. Default 15m.
+	GCGrace time.Duration
+	// IngestTTL is the age after which an abandoned partial upload is
+	// removed. Default 1h.
+	IngestTTL time.Duration
+	// MaxContentSize bounds one content upload. Default 1 TiB.
+	MaxContentSize int64
+}
+
+func (c *Config) setDefaults() {
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.KeepRevisions <= 0 {
+		c.KeepRevisions = 3
+	}
+	if c.GCInterval == 0 {
+		c.GCInterval = time.Minute
+	}
+	if c.GCGrace == 0 {
+		c.GCGrace = 15 * time.Minute
+	}
+	if c.IngestTTL == 0 {
+		c.IngestTTL = time.Hour
+	}
+	if c.MaxContentSize == 0 {
+		c.MaxContentSize = 1 << 40
+	}
+}
+
+// Server serves the API. Create it with New.
+type Server struct {
+	cfg     Config
+	log     *slog.Logger
+	mux     *http.ServeMux
+	metrics *metrics
+	reg     *prometheus.Registry
+
+	// commitMu orders blob commits against garbage collection: an upload
+	// holds it shared from the blob commit until the catalog references the
+	// blob; GC holds it exclusively while it deletes.
+	commitMu sync.RWMutex
+}
+
+// maxJSONBody bounds every JSON request body.
+const maxJSONBody = 64 << 10
+
+// New builds a Server.
+func New(cfg Config) (*Server, error) {
+	if cfg.Catalog == nil || cfg.Blobs == nil || cfg.Auth == nil {
+		return nil, errors.New("server: Catalog, Blobs and Auth are required")
+	}
+	cfg.setDefaults()
+	s := &Server{cfg: cfg, log: cfg.Logger, mux: http.NewServeMux(), reg: prometheus.NewRegistry()}
+	s.metrics = newMetrics(s.reg)
+	s.routes()
+	return s, nil
+}
+
+func (s *Server) routes() {
+	p := api.Prefix
+	s.handle("POST "+p+"/images", auth.RoleWriter, s.createImage)
+	s.handle("GET "+p+"/images", auth.RoleReader, s.listImages)
+	s.handle("GET "+p+"/image/{ref}", auth.RoleReader, s.getImage)
+	s.handle("PATCH "+p+"/image/{ref}", auth.RoleWriter, s.patchImage)
+	s.handle("DELETE "+p+"/image/{ref}", auth.RoleAdmin, s.deleteImage)
+	s.handle("POST "+p+"/image/{ref}/clone", auth.RoleWriter, s.cloneImage)
+	s.handle("GET "+p+"/image/{ref}/history", auth.RoleReader, s.history)
+	s.handle("GET "+p+"/image/{ref}/content", auth.RoleReader, s.getContent) // GET and HEAD
+	s.handle("PUT "+p+"/image/{ref}/content", auth.RoleWriter, s.putContent)
+	s.handle("DELETE "+p+"/image/{ref}/content", auth.RoleAdmin, s.deleteContent)
+	s.handle("GET "+p+"/image/{ref}/content/stat", auth.RoleReader, s.contentStat)
+	s.handle("GET "+p+"/image/{ref}/content/info", auth.RoleReader, s.contentInfo)
+	s.handle("GET "+p+"/blob/{digest}", auth.RoleReader, s.getBlob)
+	s.handle("POST "+p+"/tokens", auth.RoleAdmin, s.createToken)
+	s.handle("GET "+p+"/tokens", auth.RoleAdmin, s.listTokens)
+	s.handle("DELETE "+p+"/tokens/{id}", auth.RoleAdmin, s.deleteToken)
+	s.handle("GET /healthz", auth.RoleNone, s.healthz)
+	s.mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))
+	s.handle("/", auth.RoleNone, func(w http.ResponseWriter, r *http.Request) {
+		s.fail(w, r, fmt.Errorf("no such endpoint %s %s: %w", r.Method, r.URL.Path, errdefs.ErrNotFound))
+	})
+}
+
+// Handler is the server's http.Handler.
+func (s *Server) Handler() http.Handler { return s.mux }
+
+// Run serves on srv until ctx ends, running garbage collection alongside,
+// then shuts down gracefully.
+func (s *Server) Run(ctx context.Context, srv *http.Server) error {
+	srv.Handler = s.Handler()
+	errc := make(chan error, 1)
+	go func() { errc <- srv.ListenAndServe() }()
+	if s.cfg.GCInterval > 0 {
+		go s.gcLoop(ctx)
+	}
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	shut, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return srv.Shutdown(shut)
+}
+
+type principalKey struct{}
+
+func principal(r *http.Request) auth.Principal {
+	p, _ := r.Context().Value(principalKey{}).(auth.Principal)
+	return p
+}
+
+// handle registers h for pattern, requiring role, with metrics and an
+// access log around it.
+func (s *Server) handle(pattern string, role auth.Role, h http.HandlerFunc) {
+	route := pattern
+	s.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		rw := &respWriter{ResponseWriter: w, status: http.StatusOK}
+		var p auth.Principal
+		if role != auth.RoleNone {
+			var err error
+			p, err = s.authorize(r, role)
+			if err != nil {
+				if errors.Is(err, errdefs.ErrUnauthorized) {
+					rw.Header().Set("WWW-Authenticate", `Bearer realm="depot"`)
+				}
+				s.fail(rw, r, err)
+				s.observe(r, route, rw, start, p)
+				return
+			}
+		}
+		h(rw, r.WithContext(context.WithValue(r.Context(), principalKey{}, p)))
+		s.observe(r, route, rw, start, p)
+	})
+}
+
+func (s *Server) observe(r *http.Request, route string, rw *respWriter, start time.Time, p auth.Principal) {
+	d := time.Since(start)
+	s.metrics.requests.WithLabelValues(route, fmt.Sprint(rw.status)).Inc()
+	s.metrics.duration.WithLabelValues(route).Observe(d.Seconds())
+	level := slog.LevelDebug
+	if rw.status >= 500 {
+		level = slog.LevelError
+	}
+	s.log.Log(r.Context(), level, "request", "method", r.Method, "path", r.URL.Path, "status", rw.status,
+		"bytes", rw.bytes, "duration", d, "subject", p.Subject)
+}
+
+// authorize checks the bearer token against the role the route needs.
+func (s *Server) authorize(r *http.Request, need auth.Role) (auth.Principal, error) {
+	h := r.Header.Get("Authorization")
+	if h == "" {
+		if need == auth.RoleReader && s.cfg.AllowAnonymousRead {
+			return auth.Principal{Subject: "anonymous", Role: auth.RoleReader}, nil
+		}
+		return auth.Principal{}, fmt.Errorf("this endpoint needs a bearer token (role %s or higher): %w", need, errdefs.ErrUnauthorized)
+	}
+	const prefix = "Bearer "
+	if len(h) <= len(prefix) || !equalFold(h[:len(prefix)], prefix) {
+		return auth.Principal{}, fmt.Errorf("Authorization must be \"Bearer <token>\": %w", errdefs.ErrUnauthorized)
+	}
+	p, err := s.cfg.Auth.Verify(r.Context(), h[len(prefix):])
+	if err != nil {
+		return auth.Principal{}, err
+	}
+	if p.Role < need {
+		return p, fmt.Errorf("token of %s has role %s; this needs %s: %w", p.Subject, p.Role, need, errdefs.ErrForbidden)
+	}
+	return p, nil
+}
+
+func equalFold(a, b string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range len(a) {
+		x, y := a[i], b[i]
+		if 'A' <= x && x <= 'Z' {
+			x += 'a' - 'A'
+		}
+		if 'A' <= y && y <= 'Z' {
+			y += 'a' - 'A'
+		}
+		if x != y {
+			return false
+		}
+	}
+	return true
+}
+
+func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
+	if _, err := s.cfg.Catalog.List(r.Context(), "", 1); err != nil {
+		s.fail(w, r, fmt.Errorf("catalog: %v: %w", err, errdefs.ErrUnavailable))
+		return
+	}
+	s.ok(w, http.StatusOK, "ok")
+}
