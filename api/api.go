@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"math"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -264,5 +265,8 @@ func ErrorFromEnvelope(status int, env Envelope, what string) error {
 	case nil:
 		return fmt.Errorf("%s: server error (HTTP %d): %s", what, status, msg)
 	}
-	return fmt.Errorf("%s: %s: %w", what, msg, class)
+	// The server's message ends with the class already (it was wrapped with
+	// %w there); keep the message and re-attach the class once.
+	msg = strings.TrimSuffix(msg, ": "+class.Error())
+	return fmt.Errorf("%s: %w", msg, class)
 }

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"sync"
 	"time"
@@ -129,12 +130,12 @@ func (s *Server) routes() {
 // Handler is the server's http.Handler.
 func (s *Server) Handler() http.Handler { return s.mux }
 
-// Run serves on srv until ctx ends, running garbage collection alongside,
-// then shuts down gracefully.
-func (s *Server) Run(ctx context.Context, srv *http.Server) error {
+// Run serves on ln until ctx ends, running garbage collection alongside,
+// then shuts down gracefully (in-flight requests get 10 s).
+func (s *Server) Run(ctx context.Context, ln net.Listener, srv *http.Server) error {
 	srv.Handler = s.Handler()
 	errc := make(chan error, 1)
-	go func() { errc <- srv.ListenAndServe() }()
+	go func() { errc <- srv.Serve(ln) }()
 	if s.cfg.GCInterval > 0 {
 		go s.gcLoop(ctx)
 	}

@@ -527,12 +527,16 @@ func TestAuthMatrix(t *testing.T) {
 		need               auth.Role
 	}
 	eps := []func() ep{
-		func() ep { return ep{"POST", "/api/v1/images", `{"name":"new` + strings.Repeat("y", n) + `"}`, auth.RoleWriter} },
+		func() ep {
+			return ep{"POST", "/api/v1/images", `{"name":"new` + strings.Repeat("y", n) + `"}`, auth.RoleWriter}
+		},
 		func() ep { return ep{"GET", "/api/v1/images", ``, auth.RoleReader} },
 		func() ep { return ep{"GET", "/api/v1/image/base", ``, auth.RoleReader} },
 		func() ep { return ep{"PATCH", "/api/v1/image/" + fresh(), `{"description":"d"}`, auth.RoleWriter} },
 		func() ep { return ep{"DELETE", "/api/v1/image/" + fresh(), ``, auth.RoleAdmin} },
-		func() ep { return ep{"POST", "/api/v1/image/base/clone", `{"name":"c` + strings.Repeat("z", n) + `"}`, auth.RoleWriter} },
+		func() ep {
+			return ep{"POST", "/api/v1/image/base/clone", `{"name":"c` + strings.Repeat("z", n) + `"}`, auth.RoleWriter}
+		},
 		func() ep { return ep{"GET", "/api/v1/image/base/history", ``, auth.RoleReader} },
 		func() ep { return ep{"GET", "/api/v1/image/base/content", ``, auth.RoleReader} },
 		func() ep { return ep{"HEAD", "/api/v1/image/base/content", ``, auth.RoleReader} },

@@ -1,0 +1,202 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/depot-images/depot/auth"
+	"github.com/depot-images/depot/blob/local"
+	"github.com/depot-images/depot/catalog/bolt"
+	"github.com/depot-images/depot/errdefs"
+	"github.com/depot-images/depot/server"
+)
+
+type serveOptions struct {
+	addr           string
+	data           string
+	anonRead       bool
+	keepRevisions  int
+	gcInterval     time.Duration
+	gcGrace        time.Duration
+	maxContentSize int64
+	logFormat      string
+}
+
+func (o *serveOptions) AddFlags(f *pflag.FlagSet) {
+	f.StringVar(&o.addr, "addr", envOr("DEPOT_ADDR", "127.0.0.1:8484"), "listen address (env DEPOT_ADDR)")
+	f.StringVar(&o.data, "data", envOr("DEPOT_DATA", defaultDataDir()), "data directory: catalog.db, blobs/, ingest/ (env DEPOT_DATA)")
+	f.BoolVar(&o.anonRead, "allow-anonymous-read", false, "let requests without a token GET and HEAD")
+	f.IntVar(&o.keepRevisions, "keep-revisions", 3, "content revisions retained per image (current included)")
+	f.DurationVar(&o.gcInterval, "gc-interval", time.Minute, "how often unreferenced blobs are collected")
+	f.DurationVar(&o.gcGrace, "gc-grace", 15*time.Minute, "how long an unreferenced blob is kept so in-flight downloads finish")
+	f.Int64Var(&o.maxContentSize, "max-content-size", 1<<40, "largest accepted content upload, bytes")
+	f.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
+}
+
+// Validate checks the options after flags and environment are applied.
+func (o *serveOptions) Validate() error {
+	switch {
+	case o.data == "":
+		return usageError{errors.New("--data is required")}
+	case o.keepRevisions < 1:
+		return usageError{errors.New("--keep-revisions must be at least 1")}
+	case o.gcInterval <= 0 || o.gcGrace < 0:
+		return usageError{errors.New("--gc-interval must be positive and --gc-grace not negative")}
+	case o.maxContentSize <= 0:
+		return usageError{errors.New("--max-content-size must be positive")}
+	case o.logFormat != "text" && o.logFormat != "json":
+		return usageError{errors.New("--log-format is text or json")}
+	}
+	return nil
+}
+
+func defaultDataDir() string {
+	if os.Geteuid() == 0 {
+		return "/var/lib/depot"
+	}
+	if d := os.Getenv("XDG_DATA_HOME"); d != "" {
+		return filepath.Join(d, "depot")
+	}
+	if h, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(h, ".local", "share", "depot")
+	}
+	return ""
+}
+
+func newServeCmd(g *globals) *cobra.Command {
+	o := &serveOptions{}
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run the image server on the embedded default (bbolt catalog + files)",
+		Long: `Run the image server. The data directory holds the catalog (catalog.db),
+committed blobs (blobs/sha256/<hex>) and partial uploads (ingest/).
+
+On the first start with no tokens, an admin token is written to
+<data>/admin.token (mode 0600); it is never logged.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := o.Validate(); err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return runServe(ctx, g, o)
+		},
+	}
+	o.AddFlags(cmd.Flags())
+	return cmd
+}
+
+func newLogger(w *os.File, level, format string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, usageError{fmt.Errorf("--log-level %q: %v", level, err)}
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	if format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return slog.New(slog.NewTextHandler(w, opts)), nil
+}
+
+func runServe(ctx context.Context, g *globals, o *serveOptions) error {
+	log, err := newLogger(os.Stderr, g.logLevel, o.logFormat)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(o.data, 0o700); err != nil {
+		return fmt.Errorf("data dir: %w", err)
+	}
+	cat, err := bolt.Open(filepath.Join(o.data, "catalog.db"), 2*time.Second)
+	if err != nil {
+		return err
+	}
+	defer cat.Close()
+	blobs, err := local.Open(o.data)
+	if err != nil {
+		return err
+	}
+	authority, err := auth.New(ctx, cat)
+	if err != nil {
+		return err
+	}
+	if err := bootstrapAdmin(ctx, g, cat, authority, o.data); err != nil {
+		return err
+	}
+	srv, err := server.New(server.Config{
+		Catalog: cat, Blobs: blobs, Auth: authority, Logger: log,
+		AllowAnonymousRead: o.anonRead, KeepRevisions: o.keepRevisions,
+		GCInterval: o.gcInterval, GCGrace: o.gcGrace, MaxContentSize: o.maxContentSize,
+	})
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", o.addr)
+	if err != nil {
+		return fmt.Errorf("listen %s: %v: %w", o.addr, err, errdefs.ErrUnavailable)
+	}
+	log.Info("depot serve listening", "url", "http://"+ln.Addr().String(), "data", o.data, "anonymous_read", o.anonRead)
+	hs := &http.Server{ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	if err := srv.Run(ctx, ln, hs); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	log.Info("depot serve stopped")
+	return nil
+}
+
+// bootstrapAdmin mints the first admin token on a catalog with no tokens and
+// writes it to <data>/admin.token with mode 0600. The token is never logged.
+func bootstrapAdmin(ctx context.Context, g *globals, cat *bolt.Catalog, a *auth.Authority, data string) error {
+	toks, err := cat.ListTokens(ctx)
+	if err != nil || len(toks) > 0 {
+		return err
+	}
+	tok, _, err := a.Mint(ctx, "admin", auth.RoleAdmin, "depot serve (first start)", 0)
+	if err != nil {
+		return err
+	}
+	path := filepath.Join(data, "admin.token")
+	if err := writeFileAtomic(path, []byte(tok+"\n"), 0o600); err != nil {
+		return fmt.Errorf("write admin token: %w", err)
+	}
+	fmt.Fprintf(g.stderr, "depot: first start: an admin token was written to %s (mode 0600).\n"+
+		"       Use it with: export DEPOT_TOKEN_FILE=%s\n", path, path)
+	return nil
+}
+
+// writeFileAtomic writes via a temporary file, fsync and rename.
+func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
+	f, err := os.CreateTemp(filepath.Dir(path), ".tmp-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	if err := f.Chmod(mode); err != nil {
+		f.Close()
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(f.Name(), path)
+}

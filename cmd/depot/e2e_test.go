@@ -1,0 +1,278 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/depot-images/depot/api"
+	"github.com/depot-images/depot/client"
+	"github.com/depot-images/depot/cli"
+)
+
+var depotBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "depot-e2e")
+	if err != nil {
+		panic(err)
+	}
+	depotBin = filepath.Join(dir, "depot")
+	if out, err := exec.Command("go", "build", "-o", depotBin, ".").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "build depot: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// headProc is a running `depot serve`.
+type headProc struct {
+	cmd  *exec.Cmd
+	url  string
+	data string
+	log  *bytes.Buffer
+}
+
+var urlRE = regexp.MustCompile(`url=(http://[0-9.:]+)`)
+
+func startServe(t *testing.T, data string, extra ...string) *headProc {
+	t.Helper()
+	args := append([]string{"serve", "--data", data, "--addr", "127.0.0.1:0", "--log-level", "debug"}, extra...)
+	cmd := exec.Command(depotBin, args...)
+	stderr, _ := cmd.StderrPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	h := &headProc{cmd: cmd, data: data, log: &bytes.Buffer{}}
+	found := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			line := sc.Text()
+			h.log.WriteString(line + "\n")
+			if m := urlRE.FindStringSubmatch(line); m != nil {
+				select {
+				case found <- m[1]:
+				default:
+				}
+			}
+		}
+	}()
+	select {
+	case h.url = <-found:
+	case <-time.After(10 * time.Second):
+		cmd.Process.Kill()
+		t.Fatalf("depot serve did not start:\n%s", h.log)
+	}
+	t.Cleanup(func() { h.cmd.Process.Kill(); h.cmd.Wait() })
+	return h
+}
+
+func (h *headProc) kill9() {
+	h.cmd.Process.Signal(syscall.SIGKILL)
+	h.cmd.Wait()
+}
+
+func adminToken(t *testing.T, data string) string {
+	b, err := os.ReadFile(filepath.Join(data, "admin.token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(b))
+}
+
+// run runs the CLI in-process-equivalent (the real binary) and returns
+// stdout, stderr and the exit code.
+func run(t *testing.T, env []string, args ...string) (string, string, int) {
+	t.Helper()
+	cmd := exec.Command(depotBin, args...)
+	cmd.Env = append(os.Environ(), env...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return out.String(), errb.String(), code
+}
+
+func TestCLIFlowAndExitCodes(t *testing.T) {
+	data := t.TempDir()
+	h := startServe(t, data)
+	fi, err := os.Stat(filepath.Join(data, "admin.token"))
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("admin.token: %v %v", fi, err)
+	}
+	admin := adminToken(t, data)
+	if strings.Contains(h.log.String(), admin) {
+		t.Fatal("the admin token appears in the server log")
+	}
+	base := []string{"DEPOT_SERVER=" + h.url, "DEPOT_TOKEN_FILE=" + filepath.Join(data, "admin.token"), "DEPOT_TOKEN="}
+	out, errs, code := run(t, base, "token", "create", "--role", "writer", "--subject", "ci")
+	if code != 0 {
+		t.Fatalf("token create: %d %s", code, errs)
+	}
+	writer := strings.TrimSpace(out)
+	wenv := []string{"DEPOT_SERVER=" + h.url, "DEPOT_TOKEN=" + writer, "DEPOT_TOKEN_FILE="}
+
+	img := filepath.Join(t.TempDir(), "disk.qcow2")
+	if _, err := exec.LookPath("qemu-img"); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal("qemu-img missing in CI")
+		}
+		t.Skip("qemu-img not installed")
+	}
+	if out, err := exec.Command("qemu-img", "create", "-f", "qcow2", img, "1G").CombinedOutput(); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	content, _ := os.ReadFile(img)
+	out, errs, code = run(t, wenv, "image", "push", "disk", img, "--json")
+	if code != 0 {
+		t.Fatalf("push: %d %s", code, errs)
+	}
+	var info api.ContentInfo
+	if err := json.Unmarshal([]byte(out), &info); err != nil || info.Chksum != digest.FromBytes(content).String() || info.Fmt != "qcow2" || info.Refcnt != 1 {
+		t.Fatalf("push --json: %q %v", out, err)
+	}
+	out, _, code = run(t, wenv, "image", "ls", "--show-uids")
+	if code != 0 || !strings.Contains(out, "disk") || !strings.Contains(out, "qcow2") {
+		t.Fatalf("ls: %d %s", code, out)
+	}
+	if _, _, code = run(t, wenv, "image", "update", "disk", "frozen=true", "description=gold"); code != 0 {
+		t.Fatalf("update: %d", code)
+	}
+	out, _, _ = run(t, wenv, "image", "show", "disk", "--json")
+	var shown api.Image
+	json.Unmarshal([]byte(out), &shown)
+	if !shown.Frozen || shown.Description != "gold" {
+		t.Fatalf("show after update: %s", out)
+	}
+	// Exit codes per error class.
+	cases := []struct {
+		env  []string
+		args []string
+		code int
+		msg  string
+	}{
+		{wenv, []string{"image", "show", "nope"}, cli.ExitNotFound, "not found"},
+		{wenv, []string{"image", "push", "disk", img}, cli.ExitConflict, "frozen=false"},
+		{wenv, []string{"image", "rm", "disk"}, cli.ExitAuth, "forbidden"},
+		{wenv, []string{"image", "create", "../x"}, cli.ExitUsage, "image name"},
+		{wenv, []string{"image", "update", "disk", "color=red"}, cli.ExitUsage, "unknown field"},
+		{[]string{"DEPOT_SERVER=" + h.url, "DEPOT_TOKEN=", "DEPOT_TOKEN_FILE="}, []string{"image", "ls"}, cli.ExitAuth, "bearer token"},
+		{[]string{"DEPOT_SERVER=http://127.0.0.1:1", "DEPOT_TOKEN=x"}, []string{"image", "ls"}, cli.ExitUnavailable, "connection refused"},
+		{wenv, []string{"image", "create", "disk"}, cli.ExitConflict, "taken"},
+		{wenv, []string{"image", "push", "other", "/nonexistent"}, cli.ExitUsage, "no such file"},
+	}
+	for _, c := range cases {
+		_, errs, code := run(t, c.env, c.args...)
+		if code != c.code || !strings.Contains(errs, c.msg) {
+			t.Errorf("depot %v: exit %d %q, want %d mentioning %q", c.args, code, errs, c.code, c.msg)
+		}
+	}
+	// Errors under --json are JSON too.
+	_, errs, _ = run(t, wenv, "image", "show", "nope", "--json")
+	var je map[string]any
+	if err := json.Unmarshal([]byte(errs), &je); err != nil || je["exit_code"] != float64(cli.ExitNotFound) {
+		t.Errorf("--json error: %q", errs)
+	}
+	if strings.Contains(h.log.String(), writer) {
+		t.Fatal("a token appears in the server log")
+	}
+}
+
+// TestKillDuringPut is R4: SIGKILL the server in the middle of content
+// uploads; after a restart the previous content is intact and served, and
+// no partial blob or revision is visible.
+func TestKillDuringPut(t *testing.T) {
+	data := t.TempDir()
+	h := startServe(t, data)
+	tok := adminToken(t, data)
+	ctx := context.Background()
+	c, _ := client.New(h.url, tok)
+	old := make([]byte, 1<<20)
+	rand.Read(old)
+	c.CreateImage(ctx, api.CreateImageRequest{Name: "victim"})
+	if _, err := c.PushContent(ctx, "victim", bytes.NewReader(old), int64(len(old)), client.PushOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	complete := map[string]bool{digest.FromBytes(old).String(): true}
+	const size = 64 << 20
+	// Kill points: early, mid-body, and after the whole body was sent (the
+	// server is then hashing, committing or updating the catalog).
+	for i, sendBytes := range []int{1 << 20, 20 << 20, size} {
+		newData := make([]byte, size)
+		rand.Read(newData)
+		pr, pw := io.Pipe()
+		done := make(chan error, 1)
+		go func() {
+			_, err := c.PushContent(ctx, "victim", pr, size, client.PushOptions{Digest: digest.FromBytes(newData)})
+			done <- err
+		}()
+		pw.Write(newData[:sendBytes])
+		h.kill9()
+		pw.CloseWithError(io.ErrUnexpectedEOF)
+		<-done
+
+		h = startServe(t, data)
+		c, _ = client.New(h.url, tok)
+		img, err := c.GetImage(ctx, "victim")
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The last point may have landed after the catalog update; then the
+		// new content must be complete and verified instead.
+		want := old
+		if img.Content.Chksum == digest.FromBytes(newData).String() {
+			if sendBytes != size {
+				t.Fatalf("kill %d: a partial upload became the content", i)
+			}
+			want = newData
+			old = newData
+			complete[img.Content.Chksum] = true
+		} else if img.Content.Chksum != digest.FromBytes(old).String() {
+			t.Fatalf("kill %d: content is %s, neither old nor new", i, img.Content.Chksum)
+		}
+		rc, err := c.OpenContent(ctx, "victim")
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, _ := io.ReadAll(rc)
+		rc.Close()
+		if !bytes.Equal(got, want) {
+			t.Fatalf("kill %d: served content differs from the committed content", i)
+		}
+		// Every visible blob is complete: its name is its hash.
+		ents, _ := os.ReadDir(filepath.Join(data, "blobs", "sha256"))
+		for _, e := range ents {
+			b, _ := os.ReadFile(filepath.Join(data, "blobs", "sha256", e.Name()))
+			if digest.FromBytes(b).Encoded() != e.Name() {
+				t.Fatalf("kill %d: blob %s is partial or corrupt", i, e.Name())
+			}
+		}
+		for _, r := range img.History {
+			if !complete[r.Chksum] {
+				t.Fatalf("kill %d: revision %s was never uploaded completely", i, r.Chksum)
+			}
+		}
+	}
+}
