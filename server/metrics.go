@@ -1,6 +1,9 @@
 package server
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
 
 type metrics struct {
 	requests      *prometheus.CounterVec
@@ -26,6 +29,6 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 		gcBytes:       prometheus.NewCounter(prometheus.CounterOpts{Name: "depot_gc_deleted_bytes_total", Help: "Bytes deleted by garbage collection."}),
 	}
 	reg.MustRegister(m.requests, m.duration, m.bytesSent, m.bytesReceived, m.gcBlobs, m.gcBytes,
-		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

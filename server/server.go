@@ -204,7 +204,7 @@ func (s *Server) authorize(r *http.Request, need auth.Role) (auth.Principal, err
 	}
 	const prefix = "Bearer "
 	if len(h) <= len(prefix) || !equalFold(h[:len(prefix)], prefix) {
-		return auth.Principal{}, fmt.Errorf("Authorization must be \"Bearer <token>\": %w", errdefs.ErrUnauthorized)
+		return auth.Principal{}, fmt.Errorf("the Authorization header must be \"Bearer <token>\": %w", errdefs.ErrUnauthorized)
 	}
 	p, err := s.cfg.Auth.Verify(r.Context(), h[len(prefix):])
 	if err != nil {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	bbolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
 
 	"github.com/depot-images/depot/catalog"
 	"github.com/depot-images/depot/errdefs"
@@ -41,7 +42,7 @@ var _ catalog.Catalog = (*Catalog)(nil)
 func Open(path string, timeout time.Duration) (*Catalog, error) {
 	db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: timeout})
 	if err != nil {
-		if errors.Is(err, bbolt.ErrTimeout) {
+		if errors.Is(err, bolterrors.ErrTimeout) {
 			return nil, fmt.Errorf("catalog %s is locked by another process (is depot serve running?): %w", path, errdefs.ErrUnavailable)
 		}
 		return nil, fmt.Errorf("catalog %s: %w", path, err)

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -20,8 +21,8 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/depot-images/depot/api"
-	"github.com/depot-images/depot/client"
 	"github.com/depot-images/depot/cli"
+	"github.com/depot-images/depot/client"
 )
 
 var depotBin string
@@ -46,7 +47,26 @@ type headProc struct {
 	cmd  *exec.Cmd
 	url  string
 	data string
-	log  *bytes.Buffer
+	log  *syncBuffer
+}
+
+// syncBuffer is a log buffer written by the reader goroutine and read by
+// the test.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) WriteString(x string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.b.WriteString(x)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 var urlRE = regexp.MustCompile(`url=(http://[0-9.:]+)`)
@@ -59,7 +79,7 @@ func startServe(t *testing.T, data string, extra ...string) *headProc {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	h := &headProc{cmd: cmd, data: data, log: &bytes.Buffer{}}
+	h := &headProc{cmd: cmd, data: data, log: &syncBuffer{}}
 	found := make(chan string, 1)
 	go func() {
 		sc := bufio.NewScanner(stderr)
