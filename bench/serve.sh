@@ -21,6 +21,7 @@ D="$WORK/depot"
 "$D" serve --data "$WORK/data" --addr 127.0.0.1:$DEPOT_PORT --log-level warn 2>"$WORK/serve.log" &
 DEPOT_PID=$!
 for _ in $(seq 50); do [ -f "$WORK/data/admin.token" ] && curl -s "http://127.0.0.1:$DEPOT_PORT/healthz" >/dev/null && break; sleep 0.1; done
+kill -0 "$DEPOT_PID" 2>/dev/null || { echo "depot serve did not start:"; cat "$WORK/serve.log"; exit 1; }
 export DEPOT_SERVER=http://127.0.0.1:$DEPOT_PORT DEPOT_TOKEN_FILE=$WORK/data/admin.token
 TOKEN=$(cat "$WORK/data/admin.token")
 
@@ -41,6 +42,7 @@ http {
   server { listen 127.0.0.1:$NGINX_PORT; root $WORK/data/blobs/sha256; }
 }
 NGX
+chmod o+x "$WORK" "$WORK/data" "$WORK/data/blobs"   # nginx workers run as nobody
 nginx -c "$WORK/nginx.conf"
 
 declare -a DIGESTS
@@ -50,7 +52,7 @@ done
 
 # fan URL_PREFIX HEADER: 16 concurrent downloads, prints wall seconds.
 fan() {
-  local start end
+  local start end pids=()
   start=$(date +%s.%N)
   for c in $(seq 0 15); do
     local i=$((c % 4))
@@ -59,8 +61,9 @@ fan() {
     else
       curl -sf -o /dev/null "http://127.0.0.1:$NGINX_PORT/${DIGESTS[$i]}" &
     fi
+    pids+=($!)
   done
-  wait
+  for p in "${pids[@]}"; do wait "$p" || { echo "a download failed" >&2; exit 1; }; done
   end=$(date +%s.%N)
   python3 -c "print($end-$start)"
 }

@@ -356,7 +356,6 @@ func runPush(cmd *cobra.Command, g *globals, c *client.Client, o *pushOptions, r
 	var body io.Reader = f
 	if !g.json && isTerminal(g.stderr) {
 		bar := progressbar.DefaultBytes(fi.Size(), "push "+ref)
-		bar.ChangeMax64(fi.Size())
 		body = io.TeeReader(f, bar)
 		defer bar.Finish()
 	}

@@ -270,6 +270,30 @@ func (c *Client) PushContent(ctx context.Context, ref string, r io.Reader, size 
 	return info, nil
 }
 
+// WriteTo sends the stream in 1 MiB writes, so the chunked request has
+// large chunks (io.Copy would use 32 KiB), which halves the server's work.
+func (t *trailerReader) WriteTo(w io.Writer) (int64, error) {
+	buf := make([]byte, 1<<20)
+	var total int64
+	for {
+		n, err := io.ReadFull(t.r, buf)
+		if n > 0 {
+			t.h.Write(buf[:n])
+			if _, werr := w.Write(buf[:n]); werr != nil {
+				return total, werr
+			}
+			total += int64(n)
+		}
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			t.trailer.Set(api.HeaderDigest, "sha256:"+hex.EncodeToString(t.h.Sum(nil)))
+			return total, nil
+		}
+		if err != nil {
+			return total, err
+		}
+	}
+}
+
 // trailerReader hashes what it reads and, at EOF, sets the digest trailer.
 type trailerReader struct {
 	r       io.Reader

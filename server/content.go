@@ -218,8 +218,7 @@ func (s *Server) putContent(w http.ResponseWriter, r *http.Request) {
 	}
 	var sniff format.Sniffer
 	body := bodyReader{io.TeeReader(http.MaxBytesReader(w, r.Body, s.cfg.MaxContentSize), &sniff)}
-	buf := make([]byte, 1<<20)
-	n, err := io.CopyBuffer(bw, body, buf)
+	n, err := copyFull(bw, body, make([]byte, 1<<20))
 	s.metrics.bytesReceived.Add(float64(n))
 	if err != nil {
 		bw.Close()
@@ -345,4 +344,27 @@ func (s *Server) contentInfo(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.answerInfo(w, r, img, http.StatusOK)
+}
+
+// copyFull copies r to w in whole buffers: chunked uploads arrive in small
+// pieces (32 KiB from Go clients), and hashing and writing them one by one
+// costs nearly twice the CPU of full 1 MiB writes.
+func copyFull(w io.Writer, r io.Reader, buf []byte) (int64, error) {
+	var total int64
+	for {
+		n, err := io.ReadFull(r, buf)
+		if n > 0 {
+			if _, werr := w.Write(buf[:n]); werr != nil {
+				return total, werr
+			}
+			total += int64(n)
+		}
+		switch err {
+		case nil:
+		case io.EOF, io.ErrUnexpectedEOF:
+			return total, nil
+		default:
+			return total, err
+		}
+	}
 }

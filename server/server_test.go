@@ -647,3 +647,32 @@ func TestMetricsAndHealth(t *testing.T) {
 		}
 	}
 }
+
+func TestSquashfsReportsFormat(t *testing.T) {
+	if _, err := exec.LookPath("mksquashfs"); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal("mksquashfs missing in CI")
+		}
+		t.Skip("mksquashfs not installed")
+	}
+	src := t.TempDir()
+	os.WriteFile(filepath.Join(src, "etc-hostname"), []byte("node1\n"), 0o644)
+	p := filepath.Join(t.TempDir(), "root.squashfs")
+	if out, err := exec.Command("mksquashfs", src, p, "-quiet", "-noappend").CombinedOutput(); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	data, _ := os.ReadFile(p)
+	e := newEnv(t, nil)
+	e.writer.CreateImage(ctx, api.CreateImageRequest{Name: "sq"})
+	if _, err := e.writer.PushContent(ctx, "sq", bytes.NewReader(data), int64(len(data)), client.PushOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	info, err := e.reader.ContentInfo(ctx, "sq")
+	if err != nil || info.Fmt != "squashfs" || info.Chksum != digest.FromBytes(data).String() {
+		t.Fatalf("info = %+v, %v", info, err)
+	}
+	resp, _, _ := e.raw("HEAD", "/api/v1/image/sq/content", "reader", nil, nil)
+	if resp.Header.Get(api.HeaderFormat) != "squashfs" {
+		t.Errorf("X-Depot-Format = %q", resp.Header.Get(api.HeaderFormat))
+	}
+}

@@ -152,23 +152,76 @@ func (s *Store) Writer(ctx context.Context) (blob.Writer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("start ingest: %w", err)
 	}
-	return &writer{s: s, f: f, h: blob.NewDualHasher()}, nil
+	w := &writer{s: s, f: f, h: blob.NewDualHasher(), queue: make(chan []byte, 2), free: make(chan []byte, 3), done: make(chan struct{})}
+	go w.fileLoop()
+	return w, nil
 }
 
+// writer overlaps the file write of one chunk with the hashing of the same
+// chunk: Write copies p into a pooled buffer for the file goroutine and
+// hashes p itself. On a machine where page-cache writes cost as much as
+// sha256, this nearly halves ingest time. Memory is bounded by the pool
+// (3 chunks of at most writeChunk bytes).
 type writer struct {
 	s      *Store
 	f      *os.File
 	h      *blob.DualHasher
 	closed bool
+
+	queue chan []byte // chunks for fileLoop, closed by finish
+	free  chan []byte // recycled buffers
+	done  chan struct{}
+	ioErr error // set by fileLoop before done closes
+}
+
+const writeChunk = 1 << 20
+
+func (w *writer) fileLoop() {
+	defer close(w.done)
+	for b := range w.queue {
+		if w.ioErr == nil {
+			if _, err := w.f.Write(b); err != nil {
+				w.ioErr = err
+			}
+		}
+		select {
+		case w.free <- b[:0]:
+		default:
+		}
+	}
+}
+
+// finish stops the file goroutine and returns its first error.
+func (w *writer) finish() error {
+	if w.queue != nil {
+		close(w.queue)
+		<-w.done
+		w.queue = nil
+	}
+	return w.ioErr
 }
 
 func (w *writer) Write(p []byte) (int, error) {
 	if w.closed {
 		return 0, errors.New("write to closed blob writer")
 	}
-	n, err := w.f.Write(p)
-	w.h.Write(p[:n])
-	return n, err
+	for off := 0; off < len(p); off += writeChunk {
+		chunk := p[off:min(off+writeChunk, len(p))]
+		var b []byte
+		select {
+		case b = <-w.free:
+		default:
+			b = make([]byte, 0, writeChunk)
+		}
+		b = append(b[:0], chunk...)
+		select {
+		case w.queue <- b:
+		case <-w.done: // the file goroutine stopped on an error
+			return off, fmt.Errorf("ingest write: %w", w.ioErr)
+		}
+		w.h.Write(chunk)
+	}
+	return len(p), nil
 }
 
 func (w *writer) Digest() digest.Digest { return w.h.Digest() }
@@ -179,6 +232,7 @@ func (w *writer) Close() error {
 		return nil
 	}
 	w.closed = true
+	w.finish()
 	w.h.Close()
 	w.f.Close()
 	return os.Remove(w.f.Name())
@@ -193,6 +247,9 @@ func (w *writer) Commit(ctx context.Context, size int64, expected digest.Digest)
 			w.Close()
 		}
 	}()
+	if err := w.finish(); err != nil {
+		return blob.Info{}, fmt.Errorf("ingest write: %w", err)
+	}
 	got := w.h.Digest()
 	info = blob.Info{Digest: got, Size: w.h.Size(), BLAKE3: w.h.BLAKE3()}
 	if size >= 0 && size != info.Size {
