@@ -314,31 +314,42 @@ func (t *trailerReader) Read(p []byte) (int, error) {
 type Content struct {
 	io.ReadCloser
 	Digest digest.Digest
+	// Offset is where the body starts: the requested offset when the server
+	// honoured the range, else 0.
+	Offset int64
+	// Size is the length of the body (-1 when unknown).
 	Size   int64
 	Format string
 }
 
 // OpenContent starts a download of ref's current content.
 func (c *Client) OpenContent(ctx context.Context, ref string) (*Content, error) {
-	return c.open(ctx, imagePath(ref, "/content"), "content of "+ref)
+	return c.open(ctx, imagePath(ref, "/content"), 0, "content of "+ref)
 }
 
-// OpenBlob starts a download of a blob by digest.
-func (c *Client) OpenBlob(ctx context.Context, d digest.Digest) (*Content, error) {
-	return c.open(ctx, "/blob/"+d.String(), "blob "+d.String())
+// OpenBlob starts a download of a blob by digest, from offset (0 for all).
+func (c *Client) OpenBlob(ctx context.Context, d digest.Digest, offset int64) (*Content, error) {
+	return c.open(ctx, "/blob/"+d.String(), offset, "blob "+d.String())
 }
 
-func (c *Client) open(ctx context.Context, path, what string) (*Content, error) {
+func (c *Client) open(ctx context.Context, path string, offset int64, what string) (*Content, error) {
 	req, err := c.newRequest(ctx, http.MethodGet, path, nil, nil)
 	if err != nil {
 		return nil, err
+	}
+	if offset > 0 {
+		req.Header.Set("Range", "bytes="+strconv.FormatInt(offset, 10)+"-")
 	}
 	resp, err := c.send(req, what)
 	if err != nil {
 		return nil, err
 	}
-	return &Content{ReadCloser: resp.Body, Digest: digest.Digest(resp.Header.Get(api.HeaderDigest)),
-		Size: resp.ContentLength, Format: resp.Header.Get(api.HeaderFormat)}, nil
+	out := &Content{ReadCloser: resp.Body, Digest: digest.Digest(resp.Header.Get(api.HeaderDigest)),
+		Size: resp.ContentLength, Format: resp.Header.Get(api.HeaderFormat)}
+	if resp.StatusCode == http.StatusPartialContent {
+		out.Offset = offset
+	}
+	return out, nil
 }
 
 // CreateToken mints a token; the answer carries the secret once.

@@ -1,0 +1,608 @@
+// Package cache is depot's node-side image cache, whose identity is the
+// content digest.
+//
+// Ensure(ctx, ref, opts) returns a local, read-only file that is exactly the
+// content asked for, or a typed error (errdefs) naming what was wanted and
+// what is available. Pointers (names, UIDs, URLs, tags) are only ever used
+// to learn a digest; a pointer lookup never stands in for a content check.
+//
+// Layout under the cache directory:
+//
+//	blobs/sha256/<hex>        committed, read-only, verified blobs
+//	ingest/<hex>.part         resumable partial download of <hex>
+//	ingest/<hex>.json         its source validator (ETag)
+//	locks/<hex>.lock          flock: one transfer per digest across processes
+//	index/pointers/<h>.json   pointer key → digest, resolved_at (h = sha256(key))
+//	index/blobs/<hex>.json    size, BLAKE3, format, verified_at, last_used, stat fingerprint
+//
+// Many processes share one cache: index files are replaced by atomic rename,
+// blobs appear only by rename after verification, and a per-digest flock
+// makes concurrent callers wait for one transfer instead of repeating it.
+// The cache never modifies a committed blob.
+package cache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/gofrs/flock"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/depot-images/depot/blob"
+	"github.com/depot-images/depot/client"
+	"github.com/depot-images/depot/errdefs"
+	"github.com/depot-images/depot/format"
+	"github.com/depot-images/depot/qcow2"
+	"github.com/depot-images/depot/ref"
+	"github.com/depot-images/depot/source"
+)
+
+// Policy says when a mutable reference is re-resolved (Kubernetes semantics).
+type Policy string
+
+// Pull policies. A pinned digest makes the policy moot.
+const (
+	Always       Policy = "Always"       // resolve (one small request); fetch only if the digest changed
+	IfNotPresent Policy = "IfNotPresent" // use any valid local copy
+	Never        Policy = "Never"        // local only
+)
+
+// ParsePolicy accepts the policy names case-insensitively.
+func ParsePolicy(s string) (Policy, error) {
+	for _, p := range []Policy{Always, IfNotPresent, Never} {
+		if equalFold(string(p), s) {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("pull policy %q: want Always, IfNotPresent or Never: %w", s, errdefs.ErrInvalidArgument)
+}
+
+func equalFold(a, b string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range len(a) {
+		x, y := a[i]|0x20, b[i]|0x20
+		if x != y {
+			return false
+		}
+	}
+	return true
+}
+
+// Options configure a Cache.
+type Options struct {
+	Logger *slog.Logger
+	// Depot is the client used for depot references (name, UID). Nil means
+	// depot references fail with ErrInvalidArgument.
+	Depot *client.Client
+	// HTTPClient fetches URL and OCI sources; nil is http.DefaultClient.
+	HTTPClient *http.Client
+	// Sources overrides source construction (tests, embedding programs).
+	Sources func(r ref.Ref, o EnsureOptions) (source.Source, error)
+}
+
+// EnsureOptions tune one Ensure call.
+type EnsureOptions struct {
+	Policy Policy // default IfNotPresent
+	// Force re-resolves and re-verifies even a valid local copy.
+	Force bool
+	// OfflineOK lets Always fall back to the last resolved copy when the
+	// source is unreachable (Image.Offline says so).
+	OfflineOK bool
+	// Checksum pins an HTTP reference (like ref@sha256:…).
+	Checksum digest.Digest
+	// ChecksumURL names the checksum file of an HTTP reference.
+	ChecksumURL string
+	// Progress, when set, is called as bytes arrive (done, total; total -1
+	// when unknown).
+	Progress func(done, total int64)
+}
+
+// Link is one element of a qcow2 backing chain.
+type Link struct {
+	Path   string        `json:"path"`
+	Digest digest.Digest `json:"digest,omitempty"`
+	Format string        `json:"fmt"`
+	// Backing is the backing file name as written in the image header.
+	Backing string `json:"backing,omitempty"`
+}
+
+// Image is a verified local image.
+type Image struct {
+	Ref    string        `json:"ref"`
+	Path   string        `json:"path"`
+	Digest digest.Digest `json:"digest"`
+	Size   int64         `json:"size"`
+	Format string        `json:"fmt"`
+	// Chain is the qcow2 backing chain below this image, top first.
+	Chain []Link `json:"chain,omitempty"`
+	// Fetched is true when bytes were transferred by this call.
+	Fetched bool `json:"fetched"`
+	// Offline is true when the source was unreachable and the last
+	// resolved copy was used (EnsureOptions.OfflineOK).
+	Offline bool `json:"offline,omitempty"`
+}
+
+// Cache is an open cache directory. It is safe for concurrent use, and
+// several processes may open the same directory.
+type Cache struct {
+	dir  string
+	opts Options
+	log  *slog.Logger
+}
+
+// Open prepares dir for use.
+func Open(dir string, opts Options) (*Cache, error) {
+	for _, d := range []string{"blobs/sha256", "ingest", "locks", "index/pointers", "index/blobs"} {
+		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
+			return nil, fmt.Errorf("cache %s: %w", dir, err)
+		}
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Cache{dir: dir, opts: opts, log: log}, nil
+}
+
+// Dir is the cache directory.
+func (c *Cache) Dir() string { return c.dir }
+
+// BlobPath is where a committed blob lives.
+func (c *Cache) BlobPath(d digest.Digest) string {
+	return filepath.Join(c.dir, "blobs", "sha256", d.Encoded())
+}
+
+func (c *Cache) server() string {
+	if c.opts.Depot == nil {
+		return ""
+	}
+	return c.opts.Depot.Server()
+}
+
+func (c *Cache) sourceFor(r ref.Ref, o EnsureOptions) (source.Source, error) {
+	if c.opts.Sources != nil {
+		return c.opts.Sources(r, o)
+	}
+	switch r.Kind {
+	case ref.Depot:
+		if c.opts.Depot == nil {
+			return nil, fmt.Errorf("%s is a depot reference but no server is configured (--server / DEPOT_SERVER): %w", r, errdefs.ErrInvalidArgument)
+		}
+		name := r.Name
+		if r.UID != "" {
+			name = r.UID
+		}
+		return &source.Depot{Client: c.opts.Depot, Ref: name}, nil
+	case ref.HTTP:
+		pin := r.Digest
+		if o.Checksum != "" {
+			if pin != "" && pin != o.Checksum {
+				return nil, fmt.Errorf("%s: --checksum %s disagrees with the pinned digest: %w", r, o.Checksum, errdefs.ErrInvalidArgument)
+			}
+			pin = o.Checksum
+		}
+		return &source.HTTP{Client: c.opts.HTTPClient, URL: r.URL, Checksum: pin, ChecksumURL: o.ChecksumURL}, nil
+	case ref.OCI:
+		return source.NewOCI(r, c.opts.HTTPClient)
+	}
+	return nil, fmt.Errorf("reference %s: unsupported kind: %w", r, errdefs.ErrInvalidArgument)
+}
+
+// Ensure returns the verified local image for refStr.
+func (c *Cache) Ensure(ctx context.Context, refStr string, o EnsureOptions) (Image, error) {
+	r, err := ref.Parse(refStr)
+	if err != nil {
+		return Image{}, err
+	}
+	if o.Policy == "" {
+		o.Policy = IfNotPresent
+	}
+	if o.Checksum != "" {
+		if err := blob.Validate(o.Checksum); err != nil {
+			return Image{}, err
+		}
+		if r.Kind != ref.HTTP {
+			return Image{}, fmt.Errorf("--checksum applies to http(s) references; pin others with @sha256:…: %w", errdefs.ErrInvalidArgument)
+		}
+	}
+	src, err := c.sourceFor(r, o)
+	if err != nil {
+		return Image{}, err
+	}
+	img, err := c.ensure(ctx, r, src, o)
+	if err != nil {
+		return Image{}, err
+	}
+	img.Ref = refStr
+	chain, err := c.ensureChain(ctx, img, src, o, 0)
+	if err != nil {
+		return Image{}, err
+	}
+	img.Chain = chain
+	return img, nil
+}
+
+func (c *Cache) ensure(ctx context.Context, r ref.Ref, src source.Source, o EnsureOptions) (Image, error) {
+	// A content pin: the digest is the identity. For OCI the pin names a
+	// manifest, which the source maps to the disk blob (immutably).
+	want := r.Digest
+	if r.Kind == ref.HTTP && o.Checksum != "" {
+		want = o.Checksum
+	}
+	if want != "" && r.Kind != ref.OCI {
+		if !o.Force {
+			if img, ok, err := c.local(want); err != nil || ok {
+				return img, err // present and valid: no network at all
+			}
+		}
+		if o.Policy == Never {
+			return Image{}, fmt.Errorf("%s is not in the cache and the pull policy is Never: %w", want, errdefs.ErrNotFound)
+		}
+		return c.fetch(ctx, r, src, want, "", o)
+	}
+
+	key := r.Key(c.server())
+	ptr, havePtr, err := readJSON[Pointer](c.pointerPath(key))
+	if err != nil {
+		c.log.Warn("damaged pointer ignored", "key", key, "err", err)
+		havePtr = false
+	}
+	usePtr := func(offline bool) (Image, bool, error) {
+		if !havePtr {
+			return Image{}, false, nil
+		}
+		img, ok, err := c.local(ptr.Digest)
+		img.Offline = offline && ok
+		return img, ok, err
+	}
+	switch {
+	case o.Policy == Never:
+		img, ok, err := usePtr(false)
+		if err != nil || ok {
+			return img, err
+		}
+		return Image{}, fmt.Errorf("%s is not in the cache and the pull policy is Never: %w", r, errdefs.ErrNotFound)
+	case o.Policy == IfNotPresent && !o.Force:
+		if img, ok, err := usePtr(false); err != nil || ok {
+			return img, err
+		}
+	}
+	desc, err := src.Resolve(ctx)
+	if err != nil {
+		if errors.Is(err, errdefs.ErrUnavailable) && o.OfflineOK {
+			if img, ok, lerr := usePtr(true); lerr == nil && ok {
+				c.log.Warn("source unreachable; using the last resolved copy", "ref", r.String(), "digest", img.Digest, "resolved_at", ptr.ResolvedAt)
+				return img, nil
+			}
+		}
+		return Image{}, err
+	}
+	if r.Kind == ref.OCI && want != "" && desc.Digest == "" {
+		return Image{}, fmt.Errorf("%s: %w", r, errdefs.ErrNotFound)
+	}
+	var img Image
+	if !o.Force {
+		var ok bool
+		img, ok, err = c.local(desc.Digest)
+		if err != nil {
+			return Image{}, err
+		}
+		if !ok {
+			img, err = c.fetch(ctx, r, src, desc.Digest, desc.Validator, o)
+		}
+	} else {
+		img, err = c.fetch(ctx, r, src, desc.Digest, desc.Validator, o)
+	}
+	if err != nil {
+		return Image{}, err
+	}
+	p := Pointer{Key: key, Ref: r.String(), Digest: img.Digest, Size: img.Size, ResolvedAt: time.Now().UTC(), Validator: desc.Validator, Source: src.String()}
+	if err := writeJSON(c.pointerPath(key), p, true); err != nil {
+		return Image{}, fmt.Errorf("cache index: %w", err)
+	}
+	return img, nil
+}
+
+// local returns the committed blob d if it is present and its fingerprint
+// matches the verified record. A changed fingerprint, or a blob without a
+// record (a crash between rename and record), is re-hashed first.
+func (c *Cache) local(d digest.Digest) (Image, bool, error) {
+	path := c.BlobPath(d)
+	fi, err := os.Stat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return Image{}, false, nil
+	} else if err != nil {
+		return Image{}, false, err
+	}
+	rec, ok, err := readJSON[BlobRecord](c.recordPath(d))
+	if err != nil || !ok || rec.Stat != fingerprint(fi) || rec.Digest != d {
+		rec, err = c.reverify(d, path, rec)
+		if err != nil {
+			return Image{}, false, err
+		}
+		if rec.Digest == "" {
+			return Image{}, false, nil // it was bad and is gone: fetch again
+		}
+	}
+	rec.LastUsed = time.Now().UTC()
+	if err := writeJSON(c.recordPath(d), rec, false); err != nil {
+		c.log.Debug("last_used not recorded", "digest", d, "err", err)
+	}
+	return Image{Path: path, Digest: d, Size: rec.Size, Format: rec.Format}, true, nil
+}
+
+// reverify re-hashes a committed blob. A blob that no longer matches its
+// digest is moved to quarantine/ and reported as absent.
+func (c *Cache) reverify(d digest.Digest, path string, old BlobRecord) (BlobRecord, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return BlobRecord{}, err
+	}
+	defer f.Close()
+	h := blob.NewDualHasher()
+	defer h.Close()
+	var sniff format.Sniffer
+	if _, err := io.CopyBuffer(io.MultiWriter(h, &sniff), f, make([]byte, 1<<20)); err != nil {
+		return BlobRecord{}, err
+	}
+	if h.Digest() != d {
+		c.log.Error("cached blob is corrupt; quarantined", "digest", d, "got", h.Digest())
+		q := filepath.Join(c.dir, "quarantine")
+		os.MkdirAll(q, 0o755)
+		if err := os.Rename(path, filepath.Join(q, d.Encoded())); err != nil {
+			os.Remove(path)
+		}
+		os.Remove(c.recordPath(d))
+		return BlobRecord{}, nil
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		return BlobRecord{}, err
+	}
+	rec := BlobRecord{Digest: d, Size: h.Size(), BLAKE3: h.BLAKE3(), Format: sniff.Format(), VerifiedAt: time.Now().UTC(), Stat: fingerprint(fi), Source: old.Source}
+	return rec, writeJSON(c.recordPath(d), rec, true)
+}
+
+// fetch transfers d from src (once across processes), verifies it and
+// commits it.
+func (c *Cache) fetch(ctx context.Context, r ref.Ref, src source.Source, d digest.Digest, validator string, o EnsureOptions) (Image, error) {
+	if err := blob.Validate(d); err != nil {
+		return Image{}, err
+	}
+	lock := flock.New(filepath.Join(c.dir, "locks", d.Encoded()+".lock"))
+	if _, err := lock.TryLockContext(ctx, 20*time.Millisecond); err != nil {
+		return Image{}, fmt.Errorf("waiting for the transfer of %s: %w", d, err)
+	}
+	defer lock.Unlock()
+	if !o.Force {
+		if img, ok, err := c.local(d); err != nil || ok {
+			return img, err // another process fetched it while we waited
+		}
+	}
+	img, err := c.transfer(ctx, src, d, validator, o)
+	if err != nil && errors.Is(err, errdefs.ErrNotFound) {
+		return Image{}, c.unavailable(ctx, r, src, d)
+	}
+	if err != nil {
+		return Image{}, err
+	}
+	img.Fetched = true
+	return img, nil
+}
+
+// unavailable builds the typed error for a digest the source cannot supply,
+// naming what the pointer holds now.
+func (c *Cache) unavailable(ctx context.Context, r ref.Ref, src source.Source, want digest.Digest) error {
+	e := &errdefs.DigestUnavailableError{Ref: r.String(), Want: want}
+	if desc, err := src.Resolve(ctx); err == nil && desc.Digest != want {
+		e.Have = desc.Digest
+	}
+	return e
+}
+
+type ingestState struct {
+	Source    string `json:"source"`
+	Validator string `json:"validator,omitempty"`
+}
+
+func (c *Cache) transfer(ctx context.Context, src source.Source, d digest.Digest, validator string, o EnsureOptions) (Image, error) {
+	part := filepath.Join(c.dir, "ingest", d.Encoded()+".part")
+	statePath := filepath.Join(c.dir, "ingest", d.Encoded()+".json")
+	st, _, _ := readJSON[ingestState](statePath)
+	if st.Source != src.String() {
+		st = ingestState{Source: src.String()} // partial from another origin: its validator means nothing here
+	}
+	if validator == "" {
+		validator = st.Validator
+	}
+	f, err := os.OpenFile(part, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return Image{}, c.diskErr(err)
+	}
+	defer f.Close()
+	h := blob.NewDualHasher()
+	defer h.Close()
+	var sniff format.Sniffer
+	hashed := io.MultiWriter(h, &sniff)
+	// Resume: re-hash what an earlier attempt left, then ask for the rest.
+	off, err := io.CopyBuffer(hashed, f, make([]byte, 1<<20))
+	if err != nil {
+		return Image{}, err
+	}
+	body, err := src.Open(ctx, d, off, validator)
+	if err != nil {
+		return Image{}, err
+	}
+	defer body.Close()
+	if body.Offset != off { // the source sent everything (no range, or it changed)
+		c.log.Info("restarting download from the beginning", "digest", d, "had", off)
+		if err := f.Truncate(0); err != nil {
+			return Image{}, c.diskErr(err)
+		}
+		if _, err := f.Seek(0, io.SeekStart); err != nil {
+			return Image{}, err
+		}
+		h.Close()
+		h = blob.NewDualHasher()
+		defer h.Close()
+		sniff = format.Sniffer{}
+		hashed = io.MultiWriter(h, &sniff)
+		off = 0
+	}
+	st.Validator = body.Validator
+	if err := writeJSON(statePath, st, false); err != nil {
+		return Image{}, c.diskErr(err)
+	}
+	done := off
+	buf := make([]byte, 1<<20)
+	for {
+		n, rerr := io.ReadFull(body, buf)
+		if n > 0 {
+			if _, err := f.Write(buf[:n]); err != nil {
+				if errors.Is(err, syscall.ENOSPC) {
+					f.Close()
+					os.Remove(part)
+					os.Remove(statePath)
+				}
+				return Image{}, c.diskErr(err)
+			}
+			hashed.Write(buf[:n])
+			done += int64(n)
+			if o.Progress != nil {
+				o.Progress(done, body.Size)
+			}
+		}
+		if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
+			break
+		}
+		if rerr != nil {
+			if ctx.Err() != nil {
+				return Image{}, ctx.Err()
+			}
+			return Image{}, fmt.Errorf("download of %s from %s interrupted after %d bytes (it resumes next time): %v: %w", d, src, done, rerr, errdefs.ErrUnavailable)
+		}
+	}
+	if body.Size >= 0 && done != body.Size {
+		return Image{}, fmt.Errorf("download of %s from %s ended at %d of %d bytes (it resumes next time): %w", d, src, done, body.Size, errdefs.ErrUnavailable)
+	}
+	got := h.Digest()
+	if got != d {
+		f.Close()
+		os.Remove(part)
+		os.Remove(statePath)
+		return Image{}, fmt.Errorf("%s sent content that is not %s: %w", src, d, &errdefs.VerificationError{Want: d, Got: got})
+	}
+	if err := f.Sync(); err != nil {
+		return Image{}, c.diskErr(err)
+	}
+	if err := f.Chmod(0o444); err != nil {
+		return Image{}, err
+	}
+	if err := f.Close(); err != nil {
+		return Image{}, c.diskErr(err)
+	}
+	path := c.BlobPath(d)
+	if err := os.Rename(part, path); err != nil {
+		return Image{}, err
+	}
+	os.Remove(statePath)
+	if err := syncDir(filepath.Dir(path)); err != nil {
+		return Image{}, err
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		return Image{}, err
+	}
+	now := time.Now().UTC()
+	rec := BlobRecord{Digest: d, Size: done, BLAKE3: h.BLAKE3(), Format: sniff.Format(), VerifiedAt: now, LastUsed: now, Stat: fingerprint(fi), Source: src.String()}
+	if err := writeJSON(c.recordPath(d), rec, true); err != nil {
+		return Image{}, c.diskErr(err)
+	}
+	c.log.Info("fetched", "digest", d, "bytes", done, "from", src.String())
+	return Image{Path: path, Digest: d, Size: done, Format: rec.Format}, nil
+}
+
+func (c *Cache) diskErr(err error) error {
+	if errors.Is(err, syscall.ENOSPC) {
+		return fmt.Errorf("cache %s: no space left on the device; free space or prune the cache, then retry: %w", c.dir, err)
+	}
+	return fmt.Errorf("cache %s: %w", c.dir, err)
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// maxChain bounds backing-chain depth (and breaks cycles).
+const maxChain = 16
+
+// ensureChain makes sure every qcow2 backing file that names a digest is
+// present and verified, fetching it by digest when the source can.
+func (c *Cache) ensureChain(ctx context.Context, img Image, src source.Source, o EnsureOptions, depth int) ([]Link, error) {
+	if img.Format != format.QCOW2 {
+		return nil, nil
+	}
+	if depth >= maxChain {
+		return nil, fmt.Errorf("qcow2 backing chain of %s is deeper than %d (a cycle?): %w", img.Digest, maxChain, errdefs.ErrCorrupt)
+	}
+	f, err := os.Open(img.Path)
+	if err != nil {
+		return nil, err
+	}
+	h, err := qcow2.ReadHeader(f)
+	f.Close()
+	if err != nil {
+		return nil, fmt.Errorf("qcow2 header of %s: %v: %w", img.Digest, err, errdefs.ErrCorrupt)
+	}
+	if h.BackingFile == "" {
+		return nil, nil
+	}
+	bd := qcow2.BackingDigest(h.BackingFile)
+	if bd == "" {
+		// No digest in the name: nothing to verify against; report it.
+		if _, err := os.Stat(h.BackingFile); err != nil {
+			return nil, fmt.Errorf("%s needs backing file %s, which is missing and carries no digest to fetch: %w", img.Digest, h.BackingFile, errdefs.ErrNotFound)
+		}
+		return []Link{{Path: h.BackingFile, Backing: h.BackingFile, Format: h.BackingFormat}}, nil
+	}
+	base, ok, err := c.local(bd)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		if !src.ByDigest() || o.Policy == Never {
+			return nil, fmt.Errorf("%s needs backing file %s: %w", img.Digest, h.BackingFile,
+				&errdefs.DigestUnavailableError{Ref: src.String(), Want: bd})
+		}
+		if base, err = c.fetch(ctx, ref.Ref{Kind: ref.Depot, Name: "backing", Digest: bd}, src, bd, "", o); err != nil {
+			var du *errdefs.DigestUnavailableError
+			if errors.As(err, &du) {
+				return nil, fmt.Errorf("%s needs backing file %s: %w", img.Digest, h.BackingFile,
+					&errdefs.DigestUnavailableError{Ref: src.String(), Want: bd})
+			}
+			return nil, err
+		}
+	}
+	link := Link{Path: base.Path, Digest: bd, Format: base.Format, Backing: h.BackingFile}
+	rest, err := c.ensureChain(ctx, base, src, o, depth+1)
+	if err != nil {
+		return nil, err
+	}
+	return append([]Link{link}, rest...), nil
+}

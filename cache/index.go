@@ -1,0 +1,124 @@
+package cache
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/depot-images/depot/errdefs"
+)
+
+// Pointer records what a mutable reference last resolved to.
+type Pointer struct {
+	Key        string        `json:"key"`
+	Ref        string        `json:"ref"`
+	Digest     digest.Digest `json:"digest"`
+	Size       int64         `json:"size"`
+	ResolvedAt time.Time     `json:"resolved_at"`
+	Validator  string        `json:"validator,omitempty"`
+	Source     string        `json:"source"`
+}
+
+// Fingerprint is the stat identity of a committed blob file. A blob whose
+// fingerprint changed since it was verified is re-hashed before use.
+type Fingerprint struct {
+	Size  int64  `json:"size"`
+	MTime int64  `json:"mtime_ns"`
+	Inode uint64 `json:"inode"`
+	Mode  uint32 `json:"mode"`
+}
+
+// BlobRecord describes a committed blob.
+type BlobRecord struct {
+	Digest     digest.Digest `json:"digest"`
+	Size       int64         `json:"size"`
+	BLAKE3     string        `json:"blake3"`
+	Format     string        `json:"fmt"`
+	VerifiedAt time.Time     `json:"verified_at"`
+	LastUsed   time.Time     `json:"last_used"`
+	Stat       Fingerprint   `json:"stat"`
+	// Source is the reference it was fetched through, for repair.
+	Source string `json:"source,omitempty"`
+}
+
+func fingerprint(fi fs.FileInfo) Fingerprint {
+	fp := Fingerprint{Size: fi.Size(), MTime: fi.ModTime().UnixNano(), Mode: uint32(fi.Mode())}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		fp.Inode = st.Ino
+	}
+	return fp
+}
+
+func keyFile(key string) string {
+	s := sha256.Sum256([]byte(key))
+	return hex.EncodeToString(s[:]) + ".json"
+}
+
+func (c *Cache) pointerPath(key string) string {
+	return filepath.Join(c.dir, "index", "pointers", keyFile(key))
+}
+
+func (c *Cache) recordPath(d digest.Digest) string {
+	return filepath.Join(c.dir, "index", "blobs", d.Encoded()+".json")
+}
+
+// decodeRecord parses an index file strictly; a damaged file is
+// ErrCorrupt, never a guess. It is fuzzed.
+func decodeRecord[T any](data []byte) (T, error) {
+	var v T
+	if err := json.Unmarshal(data, &v); err != nil {
+		return v, fmt.Errorf("index entry: %v: %w", err, errdefs.ErrCorrupt)
+	}
+	return v, nil
+}
+
+func readJSON[T any](path string) (T, bool, error) {
+	var zero T
+	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return zero, false, nil
+	} else if err != nil {
+		return zero, false, err
+	}
+	v, err := decodeRecord[T](data)
+	if err != nil {
+		return zero, false, fmt.Errorf("%s: %w", path, err)
+	}
+	return v, true, nil
+}
+
+// writeJSON replaces path atomically (temp file, optional fsync, rename).
+func writeJSON(path string, v any, durable bool) error {
+	data, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(filepath.Dir(path), ".tmp-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if durable {
+		if err := f.Sync(); err != nil {
+			f.Close()
+			return err
+		}
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(f.Name(), path)
+}

@@ -1,0 +1,53 @@
+// Package source is where the node cache fetches from: a depot server, a
+// plain HTTP(S) URL with a checksum file, or an OCI registry.
+//
+// A Source answers two questions: what digest does the pointer resolve to
+// now (one small request: metadata, a checksum file or a manifest, never
+// the body), and give me the bytes of digest D from offset N. A source never
+// verifies; the cache hashes everything it receives.
+package source
+
+import (
+	"context"
+	"io"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// Descriptor is what a pointer resolves to.
+type Descriptor struct {
+	Digest digest.Digest
+	Size   int64 // -1 when unknown
+	// Validator is an opaque version tag (an HTTP ETag) used to resume a
+	// partial download only while the source still serves the same bytes.
+	Validator string
+}
+
+// Body is an open download.
+type Body struct {
+	io.ReadCloser
+	// Offset is where the bytes start: the requested offset when the source
+	// honoured the range, 0 when it sent everything.
+	Offset int64
+	// Size is the total size of the content when known, else -1.
+	Size      int64
+	Validator string
+}
+
+// Source is one origin of content.
+type Source interface {
+	// Resolve reports what the reference's pointer names now. A pinned
+	// reference may resolve without any request. Errors: ErrNotFound when
+	// the pointer names nothing, ErrUnavailable when the origin is
+	// unreachable.
+	Resolve(ctx context.Context) (Descriptor, error)
+	// Open starts a download of d from offset. validator, when non-empty,
+	// makes a ranged request conditional (If-Range). Errors: ErrNotFound
+	// when the origin cannot supply d, ErrUnavailable when unreachable.
+	Open(ctx context.Context, d digest.Digest, offset int64, validator string) (Body, error)
+	// ByDigest reports whether Open can fetch any digest (depot, OCI),
+	// rather than only the one content the pointer names (a plain URL).
+	ByDigest() bool
+	// String names the origin for messages.
+	String() string
+}
