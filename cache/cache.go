@@ -440,9 +440,22 @@ func (c *Cache) transfer(ctx context.Context, src source.Source, d digest.Digest
 	if err != nil {
 		return Image{}, err
 	}
-	body, err := src.Open(ctx, d, off, validator)
-	if err != nil {
-		return Image{}, err
+	var body source.Body
+	if off > 0 && h.Digest() == d {
+		// A run killed between the last byte and the rename left the whole
+		// content: commit it without asking the source for anything.
+		body = source.Body{ReadCloser: io.NopCloser(eofReader{}), Offset: off, Size: off}
+	} else {
+		body, err = src.Open(ctx, d, off, validator)
+		if err != nil && off > 0 && !errors.Is(err, errdefs.ErrNotFound) && !errors.Is(err, errdefs.ErrUnavailable) && ctx.Err() == nil {
+			// The source refused the range (e.g. 416: the partial is not a
+			// prefix of this content): start again from zero.
+			c.log.Info("ranged resume refused; restarting", "digest", d, "err", err)
+			body, err = src.Open(ctx, d, 0, "")
+		}
+		if err != nil {
+			return Image{}, err
+		}
 	}
 	defer body.Close()
 	if body.Offset != off { // the source sent everything (no range, or it changed)
@@ -606,3 +619,7 @@ func (c *Cache) ensureChain(ctx context.Context, img Image, src source.Source, o
 	}
 	return append([]Link{link}, rest...), nil
 }
+
+type eofReader struct{}
+
+func (eofReader) Read([]byte) (int, error) { return 0, io.EOF }

@@ -138,7 +138,7 @@ func runServe(ctx context.Context, g *globals, o *serveOptions) error {
 	srv, err := server.New(server.Config{
 		Catalog: cat, Blobs: blobs, Auth: authority, Logger: log,
 		AllowAnonymousRead: o.anonRead, KeepRevisions: o.keepRevisions,
-		GCInterval: o.gcInterval, GCGrace: o.gcGrace, MaxContentSize: o.maxContentSize,
+		GCInterval: o.gcInterval, GCGrace: graceFor(o.gcGrace), MaxContentSize: o.maxContentSize,
 	})
 	if err != nil {
 		return err
@@ -199,4 +199,12 @@ func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
 		return err
 	}
 	return os.Rename(f.Name(), path)
+}
+
+// graceFor maps the flag to server.Config, where zero means "default".
+func graceFor(d time.Duration) time.Duration {
+	if d == 0 {
+		return -1
+	}
+	return d
 }

@@ -12,10 +12,10 @@ const hex64 = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
 
 func TestParseGood(t *testing.T) {
 	cases := map[string]Ref{
-		"NewImage":                          {Kind: Depot, Name: "NewImage"},
-		"NewImage@sha256:" + hex64:          {Kind: Depot, Name: "NewImage", Digest: "sha256:" + hex64},
-		"d16d9eb8786c408ba32780ee6b722a50": {Kind: Depot, UID: "d16d9eb8786c408ba32780ee6b722a50"},
-		"https://h.example/a/disk.qcow2":    {Kind: HTTP, URL: "https://h.example/a/disk.qcow2"},
+		"NewImage":                                    {Kind: Depot, Name: "NewImage"},
+		"NewImage@sha256:" + hex64:                    {Kind: Depot, Name: "NewImage", Digest: "sha256:" + hex64},
+		"d16d9eb8786c408ba32780ee6b722a50":            {Kind: Depot, UID: "d16d9eb8786c408ba32780ee6b722a50"},
+		"https://h.example/a/disk.qcow2":              {Kind: HTTP, URL: "https://h.example/a/disk.qcow2"},
 		"http://127.0.0.1:8080/x.img@sha256:" + hex64: {Kind: HTTP, URL: "http://127.0.0.1:8080/x.img", Digest: "sha256:" + hex64},
 		"oci://127.0.0.1:5000/vm/base:v1":             {Kind: OCI, Registry: "127.0.0.1:5000", Repository: "vm/base", Tag: "v1"},
 		"oci://reg.example/vm@sha256:" + hex64:        {Kind: OCI, Registry: "reg.example", Repository: "vm", Digest: "sha256:" + hex64},

@@ -24,7 +24,7 @@ type GCResult struct {
 func (s *Server) CollectGarbage(ctx context.Context) (GCResult, error) {
 	var res GCResult
 	now := time.Now().UTC()
-	cutoff := now.Add(-s.cfg.GCGrace)
+	cutoff := now.Add(-max(s.cfg.GCGrace, 0))
 
 	s.commitMu.Lock()
 	defer s.commitMu.Unlock()

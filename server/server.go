@@ -43,7 +43,7 @@ type Config struct {
 	// negative disables the loop (tests call CollectGarbage directly).
 	GCInterval time.Duration
 	// GCGrace is how long an unreferenced blob is kept, so in-flight
-	// downloads finish. Default 15m.
+	// downloads finish. Zero means the default, 15m; negative means none.
 	GCGrace time.Duration
 	// IngestTTL is the age after which an abandoned partial upload is
 	// removed. Default 1h.

@@ -1,0 +1,140 @@
+package cache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/depot-images/depot/errdefs"
+	"github.com/depot-images/depot/ref"
+)
+
+// Entry is one committed blob and the pointers that resolve to it.
+type Entry struct {
+	Record   BlobRecord `json:"blob"`
+	Path     string     `json:"path"`
+	Pointers []Pointer  `json:"pointers"`
+}
+
+// List returns every committed blob with its pointers, most recently used
+// first.
+func (c *Cache) List(ctx context.Context) ([]Entry, error) {
+	byDigest := map[digest.Digest]*Entry{}
+	ents, err := os.ReadDir(filepath.Join(c.dir, "index", "blobs"))
+	if err != nil {
+		return nil, err
+	}
+	for _, e := range ents {
+		if !strings.HasSuffix(e.Name(), ".json") || strings.HasPrefix(e.Name(), ".") {
+			continue
+		}
+		rec, ok, err := readJSON[BlobRecord](filepath.Join(c.dir, "index", "blobs", e.Name()))
+		if err != nil || !ok {
+			continue
+		}
+		if _, err := os.Stat(c.BlobPath(rec.Digest)); err != nil {
+			continue
+		}
+		byDigest[rec.Digest] = &Entry{Record: rec, Path: c.BlobPath(rec.Digest)}
+	}
+	ptrs, err := c.pointers()
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range ptrs {
+		if e := byDigest[p.Digest]; e != nil {
+			e.Pointers = append(e.Pointers, p)
+		}
+	}
+	out := make([]Entry, 0, len(byDigest))
+	for _, e := range byDigest {
+		out = append(out, *e)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Record.LastUsed.After(out[j].Record.LastUsed) })
+	return out, nil
+}
+
+func (c *Cache) pointers() ([]Pointer, error) {
+	dir := filepath.Join(c.dir, "index", "pointers")
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	var out []Pointer
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), ".") {
+			continue
+		}
+		if p, ok, err := readJSON[Pointer](filepath.Join(dir, e.Name())); err == nil && ok {
+			out = append(out, p)
+		}
+	}
+	return out, nil
+}
+
+// Remove forgets refStr: a pointer reference drops its pointer, a pinned
+// reference its blob. A blob no pointer names any more is deleted. It
+// reports the digests whose bytes were deleted.
+func (c *Cache) Remove(ctx context.Context, refStr string) ([]digest.Digest, error) {
+	r, err := ref.Parse(refStr)
+	if err != nil {
+		return nil, err
+	}
+	var candidates []digest.Digest
+	if r.Digest != "" && r.Kind != ref.OCI {
+		candidates = append(candidates, r.Digest)
+		ptrs, _ := c.pointers()
+		for _, p := range ptrs {
+			if p.Digest == r.Digest {
+				os.Remove(c.pointerPath(p.Key))
+			}
+		}
+	} else {
+		key := r.Key(c.server())
+		p, ok, err := readJSON[Pointer](c.pointerPath(key))
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			return nil, fmt.Errorf("%s is not in the cache: %w", refStr, errdefs.ErrNotFound)
+		}
+		if err := os.Remove(c.pointerPath(key)); err != nil {
+			return nil, err
+		}
+		candidates = append(candidates, p.Digest)
+	}
+	ptrs, err := c.pointers()
+	if err != nil {
+		return nil, err
+	}
+	var deleted []digest.Digest
+	for _, d := range candidates {
+		named := false
+		for _, p := range ptrs {
+			named = named || p.Digest == d
+		}
+		if named {
+			continue
+		}
+		err := os.Remove(c.BlobPath(d))
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			return deleted, err
+		}
+		os.Remove(c.recordPath(d))
+		if err == nil {
+			deleted = append(deleted, d)
+		}
+	}
+	if r.Digest != "" && len(deleted) == 0 {
+		if _, err := os.Stat(c.BlobPath(r.Digest)); errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("%s is not in the cache: %w", r.Digest, errdefs.ErrNotFound)
+		}
+	}
+	return deleted, nil
+}

@@ -1,0 +1,243 @@
+package cli
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/opencontainers/go-digest"
+	"github.com/schollz/progressbar/v3"
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/depot-images/depot/cache"
+	"github.com/depot-images/depot/client"
+)
+
+// cacheOptions are the flags of the commands that use the node cache.
+type cacheOptions struct {
+	dir         string
+	policy      string
+	force       bool
+	offlineOK   bool
+	checksum    string
+	checksumURL string
+	printChain  bool
+}
+
+func (o *cacheOptions) addDirFlag(f *pflag.FlagSet) {
+	f.StringVar(&o.dir, "cache", envOr("DEPOT_CACHE", defaultCacheDir()), "cache directory (env DEPOT_CACHE)")
+}
+
+func (o *cacheOptions) addEnsureFlags(f *pflag.FlagSet, defPolicy string) {
+	o.addDirFlag(f)
+	f.StringVar(&o.policy, "policy", defPolicy, "pull policy: Always, IfNotPresent or Never")
+	f.BoolVar(&o.force, "force", false, "re-resolve and re-download even a valid local copy")
+	f.BoolVar(&o.offlineOK, "offline-ok", false, "with Always: use the last resolved copy when the source is unreachable")
+	f.StringVar(&o.checksum, "checksum", "", "pin an http(s) reference to sha256:<hex>")
+	f.StringVar(&o.checksumURL, "checksum-url", "", "checksum file of an http(s) reference (default: <url>.sha256, SHA256SUMS, CHECKSUM)")
+}
+
+func defaultCacheDir() string {
+	if os.Geteuid() == 0 {
+		return "/var/cache/depot"
+	}
+	if d, err := os.UserCacheDir(); err == nil {
+		return filepath.Join(d, "depot")
+	}
+	return ""
+}
+
+func (o *cacheOptions) open(g *globals) (*cache.Cache, error) {
+	if o.dir == "" {
+		return nil, usageError{fmt.Errorf("no cache directory: set --cache or DEPOT_CACHE")}
+	}
+	tok, err := g.resolveToken()
+	if err != nil {
+		return nil, err
+	}
+	var dc *client.Client
+	if g.server != "" {
+		if dc, err = client.New(g.server, tok); err != nil {
+			return nil, err
+		}
+	}
+	log, err := newLogger(os.Stderr, g.logLevel, "text")
+	if err != nil {
+		return nil, err
+	}
+	if g.logLevel == "info" {
+		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	}
+	return cache.Open(o.dir, cache.Options{Depot: dc, Logger: log})
+}
+
+func (o *cacheOptions) ensureOptions(g *globals, label string) (cache.EnsureOptions, func(), error) {
+	p, err := cache.ParsePolicy(o.policy)
+	if err != nil {
+		return cache.EnsureOptions{}, nil, usageError{err}
+	}
+	eo := cache.EnsureOptions{Policy: p, Force: o.force, OfflineOK: o.offlineOK, ChecksumURL: o.checksumURL, Checksum: digest.Digest(o.checksum)}
+	finish := func() {}
+	if !g.json && isTerminal(g.stderr) {
+		var bar *progressbar.ProgressBar
+		eo.Progress = func(done, total int64) {
+			if bar == nil {
+				bar = progressbar.DefaultBytes(total, label)
+			}
+			bar.Set64(done)
+		}
+		finish = func() {
+			if bar != nil {
+				bar.Finish()
+			}
+		}
+	}
+	return eo, finish, nil
+}
+
+func newPullCmd(g *globals) *cobra.Command {
+	o := &cacheOptions{}
+	cmd := &cobra.Command{
+		Use:   "pull REF",
+		Short: "Fetch REF into the node cache, verified (default policy Always)",
+		Long: `Fetch REF into the node cache and verify it. REF is NAME, NAME@sha256:<hex>,
+a 32-hex UID, an http(s):// URL (checksum from --checksum, --checksum-url or a
+checksum file beside it), or oci://registry/repo:tag|@sha256:<hex>.
+
+A pinned digest is fetched by digest, bypassing every name or URL pointer; if
+the source no longer has it, the error names the wanted digest and what the
+name points to now (exit 7).
+
+` + exitHelp,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runEnsure(cmd, g, o, args[0], false)
+		},
+	}
+	o.addEnsureFlags(cmd.Flags(), "Always")
+	return cmd
+}
+
+func newEnsureCmd(g *globals) *cobra.Command {
+	o := &cacheOptions{}
+	cmd := &cobra.Command{
+		Use:   "ensure REF",
+		Short: "Print the verified local path of REF, fetching it if needed (default policy IfNotPresent)",
+		Long: `Make sure REF is in the node cache, verified, and print its local path (for
+scripts). With --print-chain, also print the qcow2 backing chain, one path per
+line, top first. A pinned digest that is present answers without any network.
+
+` + exitHelp,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runEnsure(cmd, g, o, args[0], true)
+		},
+	}
+	o.addEnsureFlags(cmd.Flags(), "IfNotPresent")
+	cmd.Flags().BoolVar(&o.printChain, "print-chain", false, "print the qcow2 backing chain")
+	return cmd
+}
+
+func runEnsure(cmd *cobra.Command, g *globals, o *cacheOptions, refStr string, pathOnly bool) error {
+	c, err := o.open(g)
+	if err != nil {
+		return err
+	}
+	eo, finish, err := o.ensureOptions(g, "pull "+refStr)
+	if err != nil {
+		return err
+	}
+	img, err := c.Ensure(cmd.Context(), refStr, eo)
+	finish()
+	if err != nil {
+		return err
+	}
+	return g.emit(img, func(w io.Writer) {
+		if img.Offline {
+			fmt.Fprintf(g.stderr, "depot: %s: source unreachable; using the last resolved copy %s\n", refStr, img.Digest)
+		}
+		switch {
+		case pathOnly:
+			fmt.Fprintln(w, img.Path)
+			if o.printChain {
+				for _, l := range img.Chain {
+					fmt.Fprintln(w, l.Path)
+				}
+			}
+		default:
+			verb := "up to date"
+			if img.Fetched {
+				verb = "fetched"
+			}
+			fmt.Fprintf(w, "%s: %s %s (%s, %s)\n%s\n", refStr, verb, img.Digest, img.Format, humanBytes(img.Size), img.Path)
+			for _, l := range img.Chain {
+				fmt.Fprintf(w, "  backing: %s %s\n", l.Digest, l.Path)
+			}
+		}
+	})
+}
+
+func newCacheCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "cache", Short: "Inspect the node cache"}
+	o := &cacheOptions{}
+	ls := &cobra.Command{
+		Use:   "ls",
+		Short: "List cached images with their digests and pointers",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := o.open(g)
+			if err != nil {
+				return err
+			}
+			ents, err := c.List(cmd.Context())
+			if err != nil {
+				return err
+			}
+			return g.emit(ents, func(w io.Writer) {
+				tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+				fmt.Fprintln(tw, "DIGEST\tFMT\tSIZE\tLAST USED\tVERIFIED\tREFS")
+				for _, e := range ents {
+					var refs []string
+					for _, p := range e.Pointers {
+						refs = append(refs, p.Ref)
+					}
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", shortDigest(e.Record.Digest.String()), e.Record.Format, humanBytes(e.Record.Size),
+						e.Record.LastUsed.Local().Format("2006-01-02 15:04"), e.Record.VerifiedAt.Local().Format("2006-01-02 15:04"), strings.Join(refs, ","))
+				}
+				tw.Flush()
+			})
+		},
+	}
+	o.addDirFlag(ls.Flags())
+	cmd.AddCommand(ls)
+	return cmd
+}
+
+func newRmCmd(g *globals) *cobra.Command {
+	o := &cacheOptions{}
+	cmd := &cobra.Command{
+		Use:   "rm REF",
+		Short: "Remove REF from the node cache (a pointer, or a pinned blob)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := o.open(g)
+			if err != nil {
+				return err
+			}
+			deleted, err := c.Remove(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			return g.emit(map[string]any{"removed": args[0], "deleted_blobs": deleted}, func(w io.Writer) {
+				fmt.Fprintf(w, "removed %s (%d blobs deleted)\n", args[0], len(deleted))
+			})
+		},
+	}
+	o.addDirFlag(cmd.Flags())
+	return cmd
+}

@@ -1,0 +1,231 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"io"
+	mrand "math/rand/v2"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/depot-images/depot/api"
+	"github.com/depot-images/depot/client"
+	"github.com/depot-images/depot/cli"
+)
+
+// pushRandom creates image name with n random bytes and returns them.
+func pushRandom(t *testing.T, c *client.Client, name string, n int) ([]byte, digest.Digest) {
+	t.Helper()
+	data := make([]byte, n)
+	rand.Read(data)
+	c.CreateImage(context.Background(), api.CreateImageRequest{Name: name})
+	info, err := c.PushContent(context.Background(), name, bytes.NewReader(data), int64(n), client.PushOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data, digest.Digest(info.Chksum)
+}
+
+// checkCacheInvariants: every visible blob is complete and every pointer
+// names a visible blob.
+func checkCacheInvariants(t *testing.T, dir string) {
+	t.Helper()
+	blobs := filepath.Join(dir, "blobs", "sha256")
+	ents, _ := os.ReadDir(blobs)
+	for _, e := range ents {
+		f, err := os.Open(filepath.Join(blobs, e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		d, _ := digest.FromReader(f)
+		f.Close()
+		if d.Encoded() != e.Name() {
+			t.Fatalf("visible blob %s is partial or corrupt (hashes to %s)", e.Name(), d)
+		}
+	}
+	ptrs, _ := os.ReadDir(filepath.Join(dir, "index", "pointers"))
+	for _, p := range ptrs {
+		b, _ := os.ReadFile(filepath.Join(dir, "index", "pointers", p.Name()))
+		var v struct{ Digest digest.Digest }
+		if json.Unmarshal(b, &v) != nil {
+			t.Fatalf("pointer %s is not valid JSON: %q", p.Name(), b)
+		}
+		if _, err := os.Stat(filepath.Join(blobs, v.Digest.Encoded())); err != nil {
+			t.Fatalf("pointer %s names %s, which is not committed", p.Name(), v.Digest)
+		}
+	}
+}
+
+func blobGets(t *testing.T, url string) int {
+	resp, err := http.Get(url + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	n := 0
+	for sc.Scan() {
+		line := sc.Text()
+		if strings.HasPrefix(line, `depot_http_requests_total{route="GET /api/v1/blob/{digest}"`) {
+			f := strings.Fields(line)
+			v, _ := strconv.Atoi(f[len(f)-1])
+			n += v
+		}
+	}
+	return n
+}
+
+// TestPullKilledAtRandomPoints is R1.
+func TestPullKilledAtRandomPoints(t *testing.T) {
+	data := t.TempDir()
+	h := startServe(t, data)
+	c, _ := client.New(h.url, adminToken(t, data))
+	content, d := pushRandom(t, c, "big", 128<<20)
+	cacheDir := t.TempDir()
+	env := []string{"DEPOT_SERVER=" + h.url, "DEPOT_TOKEN=" + adminToken(t, data), "DEPOT_CACHE=" + cacheDir}
+	// Calibrate: how long does one full pull take?
+	start := time.Now()
+	if _, errs, code := run(t, env, "pull", "big@"+d.String()); code != 0 {
+		t.Fatalf("pull: %d %s", code, errs)
+	}
+	full := time.Since(start)
+	run(t, env, "rm", "big@"+d.String())
+	rng := mrand.New(mrand.NewPCG(1, uint64(time.Now().UnixNano())))
+	for i := range 20 {
+		cmd := exec.Command(depotBin, "pull", "big@"+d.String())
+		cmd.Env = append(os.Environ(), env...)
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Duration(rng.Int64N(int64(full))))
+		cmd.Process.Signal(syscall.SIGKILL)
+		cmd.Wait()
+		checkCacheInvariants(t, cacheDir)
+		out, errs, code := run(t, env, "ensure", "big@"+d.String())
+		if code != 0 {
+			t.Fatalf("kill %d: re-run failed: %d %s", i, code, errs)
+		}
+		got, _ := os.ReadFile(strings.TrimSpace(out))
+		if !bytes.Equal(got, content) {
+			t.Fatalf("kill %d: ensured file differs from the content", i)
+		}
+		checkCacheInvariants(t, cacheDir)
+		run(t, env, "rm", "big@"+d.String())
+	}
+}
+
+// TestConcurrentProcessesOneTransfer is R2.
+func TestConcurrentProcessesOneTransfer(t *testing.T) {
+	data := t.TempDir()
+	h := startServe(t, data)
+	c, _ := client.New(h.url, adminToken(t, data))
+	_, d := pushRandom(t, c, "shared", 32<<20)
+	cacheDir := t.TempDir()
+	env := []string{"DEPOT_SERVER=" + h.url, "DEPOT_TOKEN=" + adminToken(t, data), "DEPOT_CACHE=" + cacheDir}
+	before := blobGets(t, h.url)
+	var wg sync.WaitGroup
+	paths := make([]string, 16)
+	for i := range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			out, errs, code := run(t, env, "ensure", "shared@"+d.String())
+			if code != 0 {
+				t.Errorf("process %d: %d %s", i, code, errs)
+			}
+			paths[i] = strings.TrimSpace(out)
+		}()
+	}
+	wg.Wait()
+	if n := blobGets(t, h.url) - before; n != 1 {
+		t.Fatalf("16 processes made %d blob transfers, want 1", n)
+	}
+	for _, p := range paths[1:] {
+		if p != paths[0] {
+			t.Fatalf("processes got different paths: %q vs %q", p, paths[0])
+		}
+	}
+	checkCacheInvariants(t, cacheDir)
+}
+
+// TestFullDiskDuringPull is R8, on a real 16 MiB tmpfs.
+func TestFullDiskDuringPull(t *testing.T) {
+	mnt := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", mnt).CombinedOutput(); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("cannot mount a tmpfs in CI: %v %s", err, out)
+		}
+		t.Skipf("cannot mount a tmpfs (needs root): %v %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", mnt).Run() })
+	data := t.TempDir()
+	h := startServe(t, data)
+	c, _ := client.New(h.url, adminToken(t, data))
+	_, big := pushRandom(t, c, "toobig", 24<<20)
+	small, sd := pushRandom(t, c, "small", 1<<20)
+	env := []string{"DEPOT_SERVER=" + h.url, "DEPOT_TOKEN=" + adminToken(t, data), "DEPOT_CACHE=" + mnt}
+	_, errs, code := run(t, env, "pull", "toobig@"+big.String())
+	if code == 0 || !strings.Contains(errs, "no space left") {
+		t.Fatalf("full disk: exit %d, %q; want a clear no-space error", code, errs)
+	}
+	checkCacheInvariants(t, mnt)
+	if ents, _ := os.ReadDir(filepath.Join(mnt, "blobs", "sha256")); len(ents) != 0 {
+		t.Fatalf("a blob became visible after ENOSPC")
+	}
+	// The space was given back: a small pull in the same cache works.
+	out, errs, code := run(t, env, "ensure", "small@"+sd.String())
+	if code != 0 {
+		t.Fatalf("pull after ENOSPC: %d %s", code, errs)
+	}
+	if got, _ := os.ReadFile(strings.TrimSpace(out)); !bytes.Equal(got, small) {
+		t.Fatal("content after ENOSPC differs")
+	}
+	checkCacheInvariants(t, mnt)
+}
+
+func TestCLIDigestUnavailableExitCode(t *testing.T) {
+	data := t.TempDir()
+	h := startServe(t, data, "--keep-revisions", "1", "--gc-grace", "0s", "--gc-interval", "1h")
+	c, _ := client.New(h.url, adminToken(t, data))
+	_, d1 := pushRandom(t, c, "moving", 1000)
+	_, d2 := pushRandom(t, c, "moving", 1000)
+	env := []string{"DEPOT_SERVER=" + h.url, "DEPOT_TOKEN=" + adminToken(t, data), "DEPOT_CACHE=" + t.TempDir()}
+	// The server retains d1 until GC; restart it to run GC at start.
+	h.kill9()
+	h = startServe(t, data, "--keep-revisions", "1", "--gc-grace", "0s", "--gc-interval", "1h")
+	env[0] = "DEPOT_SERVER=" + h.url
+	time.Sleep(200 * time.Millisecond) // the first GC pass runs at start
+	_, errs, code := run(t, env, "pull", "moving@"+d1.String())
+	if code != cli.ExitDigestGone || !strings.Contains(errs, d1.String()) || !strings.Contains(errs, d2.String()) {
+		t.Fatalf("exit %d %q; want %d naming %s and %s", code, errs, cli.ExitDigestGone, d1, d2)
+	}
+	out, _, code := run(t, env, "ensure", "moving", "--json")
+	var img struct{ Digest, Path string }
+	if code != 0 || json.Unmarshal([]byte(out), &img) != nil || img.Digest != d2.String() {
+		t.Fatalf("ensure --json: %d %q", code, out)
+	}
+	out, _, _ = run(t, env, "cache", "ls")
+	if !strings.Contains(out, d2.String()[:19]) || !strings.Contains(out, "moving") {
+		t.Errorf("cache ls: %q", out)
+	}
+	if _, _, code := run(t, env, "rm", "moving"); code != 0 {
+		t.Fatalf("rm: %d", code)
+	}
+	if _, errs, code := run(t, env, "ensure", "moving", "--policy", "Never"); code != cli.ExitNotFound {
+		t.Fatalf("after rm, Never: %d %s", code, errs)
+	}
+	_ = io.Discard
+}
