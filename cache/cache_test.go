@@ -32,13 +32,12 @@ var ctx = context.Background()
 // head is a real depot server (the server package behind httptest) whose
 // blob GETs are counted.
 type head struct {
-	url       string
-	admin     *client.Client
-	srv       *server.Server
-	blobGets  atomic.Int64
-	infoGets  atomic.Int64
-	down      atomic.Bool
-	closeFunc func()
+	url      string
+	admin    *client.Client
+	srv      *server.Server
+	blobGets atomic.Int64
+	infoGets atomic.Int64
+	down     atomic.Bool
 }
 
 func newHead(t *testing.T) *head {

@@ -51,10 +51,7 @@ func Parse(r io.Reader) ([]Entry, error) {
 		}
 		var hex, name string
 		if m := gnuRE.FindStringSubmatch(line); m != nil {
-			hex, name = m[1], m[2]
-			if strings.HasPrefix(name, "./") {
-				name = name[2:]
-			}
+			hex, name = m[1], strings.TrimPrefix(m[2], "./")
 		} else if m := bsdRE.FindStringSubmatch(line); m != nil {
 			name, hex = m[1], m[2]
 		} else if m := bare.FindStringSubmatch(strings.TrimSpace(line)); m != nil {

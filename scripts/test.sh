@@ -39,4 +39,8 @@ fuzz() { go test -run='^$' -fuzz="^$2\$" -fuzztime="$FUZZTIME" "$1" >/dev/null |
 fuzz ./format FuzzDetect
 fuzz ./server FuzzDecodeRequests
 fuzz ./server FuzzValidRef
+fuzz ./ref FuzzParse
+fuzz ./checksum FuzzParse
+fuzz ./qcow2 FuzzReadHeader
+fuzz ./cache FuzzDecodeIndex
 echo "== all tests passed"

@@ -6,7 +6,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/json"
-	"io"
 	mrand "math/rand/v2"
 	"net/http"
 	"os"
@@ -22,8 +21,8 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/depot-images/depot/api"
-	"github.com/depot-images/depot/client"
 	"github.com/depot-images/depot/cli"
+	"github.com/depot-images/depot/client"
 )
 
 // pushRandom creates image name with n random bytes and returns them.
@@ -227,5 +226,4 @@ func TestCLIDigestUnavailableExitCode(t *testing.T) {
 	if _, errs, code := run(t, env, "ensure", "moving", "--policy", "Never"); code != cli.ExitNotFound {
 		t.Fatalf("after rm, Never: %d %s", code, errs)
 	}
-	_ = io.Discard
 }
