@@ -87,6 +87,9 @@ type Options struct {
 	Depot *client.Client
 	// HTTPClient fetches URL and OCI sources; nil is http.DefaultClient.
 	HTTPClient *http.Client
+	// Connections is how many parallel ranged requests fetch one large blob
+	// (default 1: a single stream).
+	Connections int
 	// Sources overrides source construction (tests, embedding programs).
 	Sources func(r ref.Ref, o EnsureOptions) (source.Source, error)
 }
@@ -266,6 +269,13 @@ func (c *Cache) ensure(ctx context.Context, r ref.Ref, src source.Source, o Ensu
 		img.Offline = offline && ok
 		return img, ok, err
 	}
+	if r.Kind == ref.OCI && r.Digest != "" && !o.Force {
+		// A pinned manifest: its layer never changes, so a valid local
+		// copy answers with no network, whatever the policy.
+		if img, ok, err := usePtr(false); err != nil || ok {
+			return img, err
+		}
+	}
 	switch {
 	case o.Policy == Never:
 		img, ok, err := usePtr(false)
@@ -280,6 +290,9 @@ func (c *Cache) ensure(ctx context.Context, r ref.Ref, src source.Source, o Ensu
 	}
 	desc, err := src.Resolve(ctx)
 	if err != nil {
+		if r.Kind == ref.OCI && want != "" && errors.Is(err, errdefs.ErrNotFound) {
+			return Image{}, fmt.Errorf("%v: %w", err, &errdefs.DigestUnavailableError{Ref: r.String(), Want: want})
+		}
 		if errors.Is(err, errdefs.ErrUnavailable) && o.OfflineOK {
 			if img, ok, lerr := usePtr(true); lerr == nil && ok {
 				c.log.Warn("source unreachable; using the last resolved copy", "ref", r.String(), "digest", img.Digest, "resolved_at", ptr.ResolvedAt)
@@ -414,44 +427,111 @@ func (c *Cache) unavailable(ctx context.Context, r ref.Ref, src source.Source, w
 type ingestState struct {
 	Source    string `json:"source"`
 	Validator string `json:"validator,omitempty"`
+	// Prefix is how many leading bytes of the part file are known written
+	// in order. -1 means the file was written strictly sequentially, so its
+	// whole length is a valid prefix.
+	Prefix int64 `json:"prefix"`
+}
+
+// Parallel transfers: blobs larger than parallelMin, from sources that honour
+// ranges, are fetched as segments over Options.Connections connections.
+const (
+	parallelMin = 64 << 20
+	segmentSize = 16 << 20
+)
+
+// partial is an ingest in progress: the part file and the running hashes of
+// its verified-in-order prefix.
+type partial struct {
+	c         *Cache
+	d         digest.Digest
+	f         *os.File
+	path      string
+	statePath string
+	st        ingestState
+	h         *blob.DualHasher
+	sniff     *format.Sniffer
+	done      int64 // bytes hashed in order
+}
+
+func (p *partial) hash(b []byte) {
+	p.h.Write(b)
+	p.sniff.Write(b)
+	p.done += int64(len(b))
+}
+
+func (p *partial) reset() error {
+	if err := p.f.Truncate(0); err != nil {
+		return p.c.diskErr(err)
+	}
+	p.h.Close()
+	p.h, p.sniff, p.done = blob.NewDualHasher(), &format.Sniffer{}, 0
+	return nil
+}
+
+// discard removes the partial (after a verification failure or ENOSPC).
+func (p *partial) discard() {
+	p.f.Close()
+	os.Remove(p.path)
+	os.Remove(p.statePath)
+}
+
+func (p *partial) saveState() error {
+	return writeJSON(p.statePath, p.st, false)
 }
 
 func (c *Cache) transfer(ctx context.Context, src source.Source, d digest.Digest, validator string, o EnsureOptions) (Image, error) {
-	part := filepath.Join(c.dir, "ingest", d.Encoded()+".part")
-	statePath := filepath.Join(c.dir, "ingest", d.Encoded()+".json")
-	st, _, _ := readJSON[ingestState](statePath)
-	if st.Source != src.String() {
-		st = ingestState{Source: src.String()} // partial from another origin: its validator means nothing here
+	p := &partial{c: c, d: d, path: filepath.Join(c.dir, "ingest", d.Encoded()+".part"),
+		statePath: filepath.Join(c.dir, "ingest", d.Encoded()+".json"), h: blob.NewDualHasher(), sniff: &format.Sniffer{}}
+	defer func() { p.h.Close() }()
+	st, ok, _ := readJSON[ingestState](p.statePath)
+	if !ok {
+		st = ingestState{Prefix: 0} // no state: nothing in the part file is known good
 	}
+	if st.Source != src.String() {
+		// Another origin's partial: the bytes are still content of d (the
+		// prefix rule holds), but its validator means nothing here.
+		st.Source, st.Validator = src.String(), ""
+	}
+	p.st = st
 	if validator == "" {
 		validator = st.Validator
 	}
-	f, err := os.OpenFile(part, os.O_RDWR|os.O_CREATE, 0o644)
+	f, err := os.OpenFile(p.path, os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
 		return Image{}, c.diskErr(err)
 	}
+	p.f = f
 	defer f.Close()
-	h := blob.NewDualHasher()
-	defer h.Close()
-	var sniff format.Sniffer
-	hashed := io.MultiWriter(h, &sniff)
-	// Resume: re-hash what an earlier attempt left, then ask for the rest.
-	off, err := io.CopyBuffer(hashed, f, make([]byte, 1<<20))
-	if err != nil {
-		return Image{}, err
+	// Resume: keep only the in-order prefix, re-hash it, ask for the rest.
+	if st.Prefix >= 0 {
+		if err := f.Truncate(st.Prefix); err != nil {
+			return Image{}, c.diskErr(err)
+		}
 	}
+	buf := make([]byte, 1<<20)
+	for {
+		n, err := f.Read(buf)
+		p.hash(buf[:n])
+		if err == io.EOF {
+			break
+		} else if err != nil {
+			return Image{}, err
+		}
+	}
+	off := p.done
 	var body source.Body
-	if off > 0 && h.Digest() == d {
+	if off > 0 && p.h.Digest() == d {
 		// A run killed between the last byte and the rename left the whole
 		// content: commit it without asking the source for anything.
 		body = source.Body{ReadCloser: io.NopCloser(eofReader{}), Offset: off, Size: off}
 	} else {
-		body, err = src.Open(ctx, d, off, validator)
+		body, err = src.Open(ctx, d, off, -1, validator)
 		if err != nil && off > 0 && !errors.Is(err, errdefs.ErrNotFound) && !errors.Is(err, errdefs.ErrUnavailable) && ctx.Err() == nil {
 			// The source refused the range (e.g. 416: the partial is not a
 			// prefix of this content): start again from zero.
 			c.log.Info("ranged resume refused; restarting", "digest", d, "err", err)
-			body, err = src.Open(ctx, d, 0, "")
+			body, err = src.Open(ctx, d, 0, -1, "")
 		}
 		if err != nil {
 			return Image{}, err
@@ -460,62 +540,166 @@ func (c *Cache) transfer(ctx context.Context, src source.Source, d digest.Digest
 	defer body.Close()
 	if body.Offset != off { // the source sent everything (no range, or it changed)
 		c.log.Info("restarting download from the beginning", "digest", d, "had", off)
-		if err := f.Truncate(0); err != nil {
-			return Image{}, c.diskErr(err)
-		}
-		if _, err := f.Seek(0, io.SeekStart); err != nil {
+		if err := p.reset(); err != nil {
 			return Image{}, err
 		}
-		h.Close()
-		h = blob.NewDualHasher()
-		defer h.Close()
-		sniff = format.Sniffer{}
-		hashed = io.MultiWriter(h, &sniff)
-		off = 0
 	}
-	st.Validator = body.Validator
-	if err := writeJSON(statePath, st, false); err != nil {
-		return Image{}, c.diskErr(err)
+	if _, err := f.Seek(p.done, io.SeekStart); err != nil {
+		return Image{}, err
 	}
-	done := off
-	buf := make([]byte, 1<<20)
+	p.st.Validator = body.Validator
+	conns := max(c.opts.Connections, 1)
+	if conns > 1 && body.Ranges && body.Size-p.done > parallelMin {
+		body.Close()
+		err = c.parallel(ctx, p, src, body.Size, body.Validator, conns, o)
+	} else {
+		p.st.Prefix = -1
+		if err := p.saveState(); err != nil {
+			return Image{}, c.diskErr(err)
+		}
+		err = c.sequential(p, src, body, buf, o)
+	}
+	if err != nil {
+		if errors.Is(err, syscall.ENOSPC) {
+			p.discard()
+		}
+		if ctx.Err() != nil {
+			return Image{}, ctx.Err()
+		}
+		return Image{}, err
+	}
+	if body.Size >= 0 && p.done != body.Size {
+		return Image{}, fmt.Errorf("download of %s from %s ended at %d of %d bytes (it resumes next time): %w", d, src, p.done, body.Size, errdefs.ErrUnavailable)
+	}
+	return c.commit(p, src)
+}
+
+// sequential streams body to the end of the part file, hashing in order.
+func (c *Cache) sequential(p *partial, src source.Source, body source.Body, buf []byte, o EnsureOptions) error {
 	for {
 		n, rerr := io.ReadFull(body, buf)
 		if n > 0 {
-			if _, err := f.Write(buf[:n]); err != nil {
-				if errors.Is(err, syscall.ENOSPC) {
-					f.Close()
-					os.Remove(part)
-					os.Remove(statePath)
-				}
-				return Image{}, c.diskErr(err)
+			if _, err := p.f.Write(buf[:n]); err != nil {
+				return c.diskErr(err)
 			}
-			hashed.Write(buf[:n])
-			done += int64(n)
+			p.hash(buf[:n])
 			if o.Progress != nil {
-				o.Progress(done, body.Size)
+				o.Progress(p.done, body.Size)
 			}
 		}
 		if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
-			break
+			return nil
 		}
 		if rerr != nil {
-			if ctx.Err() != nil {
-				return Image{}, ctx.Err()
-			}
-			return Image{}, fmt.Errorf("download of %s from %s interrupted after %d bytes (it resumes next time): %v: %w", d, src, done, rerr, errdefs.ErrUnavailable)
+			return fmt.Errorf("download of %s from %s interrupted after %d bytes (it resumes next time): %v: %w", p.d, src, p.done, rerr, errdefs.ErrUnavailable)
 		}
 	}
-	if body.Size >= 0 && done != body.Size {
-		return Image{}, fmt.Errorf("download of %s from %s ended at %d of %d bytes (it resumes next time): %w", d, src, done, body.Size, errdefs.ErrUnavailable)
+}
+
+// parallel fetches [p.done, size) as segments over conns connections. Each
+// worker writes its segment in place; this goroutine hashes segments in
+// order as they complete, reading them back from the page cache, so the
+// content is verified without a second transfer. The state file records the
+// in-order prefix, so an interrupted run resumes cleanly.
+func (c *Cache) parallel(ctx context.Context, p *partial, src source.Source, size int64, validator string, conns int, o EnsureOptions) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	start := p.done
+	// Record the in-order prefix before any out-of-order write, so a crash
+	// from here on never lets a later run hash a hole.
+	p.st.Prefix = start
+	if err := p.saveState(); err != nil {
+		return c.diskErr(err)
 	}
-	got := h.Digest()
+	nseg := int((size - start + segmentSize - 1) / segmentSize)
+	ready := make([]chan error, nseg)
+	for i := range ready {
+		ready[i] = make(chan error, 1)
+	}
+	next := make(chan int, nseg)
+	for i := range nseg {
+		next <- i
+	}
+	close(next)
+	for range min(conns, nseg) {
+		go func() {
+			buf := make([]byte, 1<<20)
+			for i := range next {
+				if ctx.Err() != nil {
+					ready[i] <- ctx.Err()
+					continue
+				}
+				off := start + int64(i)*segmentSize
+				n := min(segmentSize, size-off)
+				ready[i] <- c.fetchSegment(ctx, p, src, off, n, validator, buf)
+			}
+		}()
+	}
+	buf := make([]byte, 1<<20)
+	for i := range nseg {
+		if err := <-ready[i]; err != nil {
+			cancel()
+			return err
+		}
+		off := start + int64(i)*segmentSize
+		end := min(off+segmentSize, size)
+		for pos := off; pos < end; {
+			n, err := p.f.ReadAt(buf[:min(int64(len(buf)), end-pos)], pos)
+			if err != nil && !(err == io.EOF && pos+int64(n) == end) {
+				return err
+			}
+			p.hash(buf[:n])
+			pos += int64(n)
+		}
+		p.st.Prefix = p.done
+		if err := p.saveState(); err != nil {
+			return c.diskErr(err)
+		}
+		if o.Progress != nil {
+			o.Progress(p.done, size)
+		}
+	}
+	return nil
+}
+
+func (c *Cache) fetchSegment(ctx context.Context, p *partial, src source.Source, off, n int64, validator string, buf []byte) error {
+	body, err := src.Open(ctx, p.d, off, n, validator)
+	if err != nil {
+		return err
+	}
+	defer body.Close()
+	if body.Offset != off {
+		return fmt.Errorf("%s ignored a range request during a parallel download: %w", src, errdefs.ErrUnavailable)
+	}
+	pos, end := off, off+n
+	for pos < end {
+		k, rerr := io.ReadFull(body, buf[:min(int64(len(buf)), end-pos)])
+		if k > 0 {
+			if _, err := p.f.WriteAt(buf[:k], pos); err != nil {
+				return c.diskErr(err)
+			}
+			pos += int64(k)
+		}
+		if rerr != nil {
+			if pos == end {
+				break
+			}
+			return fmt.Errorf("segment at %d of %s from %s interrupted (it resumes next time): %v: %w", off, p.d, src, rerr, errdefs.ErrUnavailable)
+		}
+	}
+	return nil
+}
+
+// commit verifies the digest, then fsyncs, makes read-only and renames the
+// part file into blobs/, and records it.
+func (c *Cache) commit(p *partial, src source.Source) (Image, error) {
+	d := p.d
+	got := p.h.Digest()
 	if got != d {
-		f.Close()
-		os.Remove(part)
-		os.Remove(statePath)
+		p.discard()
 		return Image{}, fmt.Errorf("%s sent content that is not %s: %w", src, d, &errdefs.VerificationError{Want: d, Got: got})
 	}
+	f := p.f
 	if err := f.Sync(); err != nil {
 		return Image{}, c.diskErr(err)
 	}
@@ -526,10 +710,10 @@ func (c *Cache) transfer(ctx context.Context, src source.Source, d digest.Digest
 		return Image{}, c.diskErr(err)
 	}
 	path := c.BlobPath(d)
-	if err := os.Rename(part, path); err != nil {
+	if err := os.Rename(p.path, path); err != nil {
 		return Image{}, err
 	}
-	os.Remove(statePath)
+	os.Remove(p.statePath)
 	if err := syncDir(filepath.Dir(path)); err != nil {
 		return Image{}, err
 	}
@@ -538,12 +722,12 @@ func (c *Cache) transfer(ctx context.Context, src source.Source, d digest.Digest
 		return Image{}, err
 	}
 	now := time.Now().UTC()
-	rec := BlobRecord{Digest: d, Size: done, BLAKE3: h.BLAKE3(), Format: sniff.Format(), VerifiedAt: now, LastUsed: now, Stat: fingerprint(fi), Source: src.String()}
+	rec := BlobRecord{Digest: d, Size: p.done, BLAKE3: p.h.BLAKE3(), Format: p.sniff.Format(), VerifiedAt: now, LastUsed: now, Stat: fingerprint(fi), Source: src.String()}
 	if err := writeJSON(c.recordPath(d), rec, true); err != nil {
 		return Image{}, c.diskErr(err)
 	}
-	c.log.Info("fetched", "digest", d, "bytes", done, "from", src.String())
-	return Image{Path: path, Digest: d, Size: done, Format: rec.Format}, nil
+	c.log.Info("fetched", "digest", d, "bytes", p.done, "from", src.String())
+	return Image{Path: path, Digest: d, Size: p.done, Format: rec.Format}, nil
 }
 
 func (c *Cache) diskErr(err error) error {

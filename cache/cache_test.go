@@ -431,3 +431,65 @@ func TestQcow2BackingChain(t *testing.T) {
 		t.Fatalf("missing link = %v", err)
 	}
 }
+
+func TestParallelRangedDownload(t *testing.T) {
+	h := newHead(t)
+	data := randBytes(100 << 20) // > parallelMin: 7 segments of 16 MiB
+	d := h.push(t, "big", data)
+	c, _ := Open(t.TempDir(), Options{Depot: h.admin, Connections: 4})
+	var last int64
+	img, err := c.Ensure(ctx, "big@"+d.String(), EnsureOptions{Progress: func(done, total int64) {
+		if done < last || total != int64(len(data)) {
+			t.Errorf("progress went %d → %d of %d", last, done, total)
+		}
+		last = done
+	}})
+	if err != nil || !bytes.Equal(mustRead(t, img.Path), data) {
+		t.Fatalf("parallel: %v", err)
+	}
+	// One probe request plus one request per segment.
+	if n := h.blobGets.Load(); n != 1+7 {
+		t.Errorf("%d blob requests, want 8", n)
+	}
+	if last != int64(len(data)) {
+		t.Errorf("progress ended at %d", last)
+	}
+}
+
+func TestParallelResumeAfterSegmentFailure(t *testing.T) {
+	dir := t.TempDir()
+	data := randBytes(100 << 20)
+	os.WriteFile(filepath.Join(dir, "big.img"), data, 0o644)
+	var fail atomic.Bool
+	fail.Store(true)
+	fs := http.FileServer(http.Dir(dir))
+	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// The segment at 48 MiB fails once, mid-way.
+		if fail.Load() && strings.HasPrefix(r.Header.Get("Range"), "bytes=50331648-") {
+			fail.Store(false)
+			w.Header().Set("Content-Range", "bytes 50331648-67108863/104857600")
+			w.Header().Set("Content-Length", "16777216")
+			w.WriteHeader(http.StatusPartialContent)
+			w.Write(data[50331648 : 50331648+1<<20])
+			hj, _ := w.(http.Hijacker)
+			conn, _, _ := hj.Hijack()
+			conn.Close()
+			return
+		}
+		fs.ServeHTTP(w, r)
+	}))
+	defer s.Close()
+	c, _ := Open(t.TempDir(), Options{Connections: 4})
+	o := EnsureOptions{Checksum: digest.FromBytes(data)}
+	if _, err := c.Ensure(ctx, s.URL+"/big.img", o); !errors.Is(err, errdefs.ErrUnavailable) {
+		t.Fatalf("failed segment = %v, want ErrUnavailable", err)
+	}
+	st, ok, _ := readJSON[ingestState](filepath.Join(c.Dir(), "ingest", digest.FromBytes(data).Encoded()+".json"))
+	if !ok || st.Prefix != 48<<20 {
+		t.Fatalf("state after failure: %+v (want the in-order prefix 48 MiB)", st)
+	}
+	img, err := c.Ensure(ctx, s.URL+"/big.img", o)
+	if err != nil || !bytes.Equal(mustRead(t, img.Path), data) {
+		t.Fatalf("resume: %v", err)
+	}
+}

@@ -27,6 +27,7 @@ type cacheOptions struct {
 	checksum    string
 	checksumURL string
 	printChain  bool
+	connections int
 }
 
 func (o *cacheOptions) addDirFlag(f *pflag.FlagSet) {
@@ -40,6 +41,7 @@ func (o *cacheOptions) addEnsureFlags(f *pflag.FlagSet, defPolicy string) {
 	f.BoolVar(&o.offlineOK, "offline-ok", false, "with Always: use the last resolved copy when the source is unreachable")
 	f.StringVar(&o.checksum, "checksum", "", "pin an http(s) reference to sha256:<hex>")
 	f.StringVar(&o.checksumURL, "checksum-url", "", "checksum file of an http(s) reference (default: <url>.sha256, SHA256SUMS, CHECKSUM)")
+	f.IntVar(&o.connections, "connections", 4, "parallel ranged connections for blobs over 64 MiB (1: one stream)")
 }
 
 func defaultCacheDir() string {
@@ -73,7 +75,7 @@ func (o *cacheOptions) open(g *globals) (*cache.Cache, error) {
 	if g.logLevel == "info" {
 		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	}
-	return cache.Open(o.dir, cache.Options{Depot: dc, Logger: log})
+	return cache.Open(o.dir, cache.Options{Depot: dc, Logger: log, Connections: o.connections})
 }
 
 func (o *cacheOptions) ensureOptions(g *globals, label string) (cache.EnsureOptions, func(), error) {

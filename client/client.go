@@ -318,27 +318,56 @@ type Content struct {
 	// honoured the range, else 0.
 	Offset int64
 	// Size is the length of the body (-1 when unknown).
-	Size   int64
+	Size int64
+	// Total is the size of the whole content (-1 when unknown).
+	Total int64
+	// Ranges reports that the server honours byte ranges.
+	Ranges bool
 	Format string
+}
+
+// totalFromContentRange reads the total of "bytes a-b/total" (-1 if absent).
+func totalFromContentRange(v string) int64 {
+	i := strings.LastIndexByte(v, '/')
+	if i < 0 {
+		return -1
+	}
+	n, err := strconv.ParseInt(v[i+1:], 10, 64)
+	if err != nil {
+		return -1
+	}
+	return n
 }
 
 // OpenContent starts a download of ref's current content.
 func (c *Client) OpenContent(ctx context.Context, ref string) (*Content, error) {
-	return c.open(ctx, imagePath(ref, "/content"), 0, "content of "+ref)
+	return c.open(ctx, imagePath(ref, "/content"), 0, -1, "content of "+ref)
 }
 
-// OpenBlob starts a download of a blob by digest, from offset (0 for all).
-func (c *Client) OpenBlob(ctx context.Context, d digest.Digest, offset int64) (*Content, error) {
-	return c.open(ctx, "/blob/"+d.String(), offset, "blob "+d.String())
+// OpenBlob starts a download of a blob by digest, from offset, length bytes
+// (-1 for the rest).
+func (c *Client) OpenBlob(ctx context.Context, d digest.Digest, offset, length int64) (*Content, error) {
+	return c.open(ctx, "/blob/"+d.String(), offset, length, "blob "+d.String())
 }
 
-func (c *Client) open(ctx context.Context, path string, offset int64, what string) (*Content, error) {
+// RangeHeader renders a Range header value ("" for the whole content).
+func RangeHeader(offset, length int64) string {
+	switch {
+	case length >= 0:
+		return "bytes=" + strconv.FormatInt(offset, 10) + "-" + strconv.FormatInt(offset+length-1, 10)
+	case offset > 0:
+		return "bytes=" + strconv.FormatInt(offset, 10) + "-"
+	}
+	return ""
+}
+
+func (c *Client) open(ctx context.Context, path string, offset, length int64, what string) (*Content, error) {
 	req, err := c.newRequest(ctx, http.MethodGet, path, nil, nil)
 	if err != nil {
 		return nil, err
 	}
-	if offset > 0 {
-		req.Header.Set("Range", "bytes="+strconv.FormatInt(offset, 10)+"-")
+	if rh := RangeHeader(offset, length); rh != "" {
+		req.Header.Set("Range", rh)
 	}
 	resp, err := c.send(req, what)
 	if err != nil {
@@ -348,7 +377,11 @@ func (c *Client) open(ctx context.Context, path string, offset int64, what strin
 		Size: resp.ContentLength, Format: resp.Header.Get(api.HeaderFormat)}
 	if resp.StatusCode == http.StatusPartialContent {
 		out.Offset = offset
+		out.Total = totalFromContentRange(resp.Header.Get("Content-Range"))
+	} else {
+		out.Total = resp.ContentLength
 	}
+	out.Ranges = resp.Header.Get("Accept-Ranges") == "bytes" || resp.StatusCode == http.StatusPartialContent
 	return out, nil
 }
 

@@ -63,6 +63,9 @@ func (r Ref) Key(server string) string {
 	case HTTP:
 		return "http:" + r.URL
 	case OCI:
+		if r.Digest != "" { // a pinned manifest maps to its layer immutably
+			return "oci:" + r.Registry + "/" + r.Repository + "@" + r.Digest.String()
+		}
 		return "oci:" + r.Registry + "/" + r.Repository + ":" + r.Tag
 	}
 	return ""

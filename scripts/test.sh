@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs whatever depot's tests need that is missing, then runs every test:
+# Installs whatever depot's tests need that is missing (qemu-utils,
+# squashfs-tools, staticcheck, the distribution registry), then runs every test:
 # formatting, vet, staticcheck, the race-enabled test suite, and a short
 # pass of every fuzz target. Under CI=true a test whose tool is missing fails
 # instead of skipping.
@@ -20,6 +21,11 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 GOBIN=$(go env GOPATH)/bin
+export PATH="$GOBIN:$PATH"
+if ! command -v registry >/dev/null; then
+  echo "== installing the distribution registry (OCI tests)"
+  go install github.com/distribution/distribution/v3/cmd/registry@v3.1.2
+fi
 if ! "$GOBIN/staticcheck" -version 2>/dev/null | grep -q "$STATICCHECK_VERSION"; then
   echo "== installing staticcheck $STATICCHECK_VERSION"
   go install "honnef.co/go/tools/cmd/staticcheck@v0.8.2"

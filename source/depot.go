@@ -27,16 +27,12 @@ func (d *Depot) Resolve(ctx context.Context) (Descriptor, error) {
 }
 
 // Open implements Source.
-func (d *Depot) Open(ctx context.Context, dg digest.Digest, offset int64, _ string) (Body, error) {
-	c, err := d.Client.OpenBlob(ctx, dg, offset)
+func (d *Depot) Open(ctx context.Context, dg digest.Digest, offset, length int64, _ string) (Body, error) {
+	c, err := d.Client.OpenBlob(ctx, dg, offset, length)
 	if err != nil {
 		return Body{}, err
 	}
-	size := int64(-1)
-	if c.Size >= 0 {
-		size = c.Offset + c.Size
-	}
-	return Body{ReadCloser: c, Offset: c.Offset, Size: size}, nil
+	return Body{ReadCloser: c, Offset: c.Offset, Size: c.Total, Ranges: c.Ranges}, nil
 }
 
 // ByDigest implements Source.

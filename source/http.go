@@ -13,6 +13,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/depot-images/depot/checksum"
+	"github.com/depot-images/depot/client"
 	"github.com/depot-images/depot/errdefs"
 )
 
@@ -113,13 +114,13 @@ func (h *HTTP) Resolve(ctx context.Context) (Descriptor, error) {
 
 // Open implements Source. The URL serves whatever it serves; the cache
 // checks it is d.
-func (h *HTTP) Open(ctx context.Context, d digest.Digest, offset int64, validator string) (Body, error) {
+func (h *HTTP) Open(ctx context.Context, d digest.Digest, offset, length int64, validator string) (Body, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, h.URL, nil)
 	if err != nil {
 		return Body{}, err
 	}
-	if offset > 0 {
-		req.Header.Set("Range", "bytes="+strconv.FormatInt(offset, 10)+"-")
+	if rh := client.RangeHeader(offset, length); rh != "" {
+		req.Header.Set("Range", rh)
 		if validator != "" {
 			req.Header.Set("If-Range", validator)
 		}
@@ -140,12 +141,18 @@ func (h *HTTP) Open(ctx context.Context, d digest.Digest, offset int64, validato
 		resp.Body.Close()
 		return Body{}, fmt.Errorf("%s: HTTP %d", h.URL, resp.StatusCode)
 	}
-	b := Body{ReadCloser: resp.Body, Size: -1, Validator: resp.Header.Get("ETag")}
+	b := Body{ReadCloser: resp.Body, Size: resp.ContentLength, Validator: resp.Header.Get("ETag"),
+		Ranges: resp.Header.Get("Accept-Ranges") == "bytes" || resp.StatusCode == http.StatusPartialContent}
 	if resp.StatusCode == http.StatusPartialContent {
 		b.Offset = offset
-	}
-	if resp.ContentLength >= 0 {
-		b.Size = b.Offset + resp.ContentLength
+		b.Size = -1
+		if cr := resp.Header.Get("Content-Range"); cr != "" {
+			if i := strings.LastIndexByte(cr, '/'); i >= 0 {
+				if n, err := strconv.ParseInt(cr[i+1:], 10, 64); err == nil {
+					b.Size = n
+				}
+			}
+		}
 	}
 	return b, nil
 }

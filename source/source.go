@@ -32,6 +32,9 @@ type Body struct {
 	// Size is the total size of the content when known, else -1.
 	Size      int64
 	Validator string
+	// Ranges reports that the origin honours byte ranges, so the rest may be
+	// fetched over several connections.
+	Ranges bool
 }
 
 // Source is one origin of content.
@@ -41,10 +44,11 @@ type Source interface {
 	// the pointer names nothing, ErrUnavailable when the origin is
 	// unreachable.
 	Resolve(ctx context.Context) (Descriptor, error)
-	// Open starts a download of d from offset. validator, when non-empty,
-	// makes a ranged request conditional (If-Range). Errors: ErrNotFound
-	// when the origin cannot supply d, ErrUnavailable when unreachable.
-	Open(ctx context.Context, d digest.Digest, offset int64, validator string) (Body, error)
+	// Open starts a download of d from offset, length bytes (-1: to the
+	// end). validator, when non-empty, makes a ranged request conditional
+	// (If-Range). Errors: ErrNotFound when the origin cannot supply d,
+	// ErrUnavailable when unreachable.
+	Open(ctx context.Context, d digest.Digest, offset, length int64, validator string) (Body, error)
 	// ByDigest reports whether Open can fetch any digest (depot, OCI),
 	// rather than only the one content the pointer names (a plain URL).
 	ByDigest() bool

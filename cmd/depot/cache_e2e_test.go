@@ -104,7 +104,9 @@ func TestPullKilledAtRandomPoints(t *testing.T) {
 	run(t, env, "rm", "big@"+d.String())
 	rng := mrand.New(mrand.NewPCG(1, uint64(time.Now().UnixNano())))
 	for i := range 20 {
-		cmd := exec.Command(depotBin, "pull", "big@"+d.String())
+		// Alternate single-stream and parallel transfers.
+		conns := []string{"--connections=1", "--connections=4"}[i%2]
+		cmd := exec.Command(depotBin, "pull", "big@"+d.String(), conns)
 		cmd.Env = append(os.Environ(), env...)
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
