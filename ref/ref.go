@@ -97,7 +97,6 @@ func (r Ref) String() string {
 var (
 	hexRE  = regexp.MustCompile(`^[a-f0-9]{64}$`)
 	repoRE = regexp.MustCompile(`^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$`)
-	tagRE  = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$`)
 	hostRE = regexp.MustCompile(`^[A-Za-z0-9.-]+(?::[0-9]{1,5})?$|^\[[0-9a-fA-F:]+\](?::[0-9]{1,5})?$`)
 )
 
@@ -205,7 +204,7 @@ func parseOCI(s string) (Ref, error) {
 	}
 	if i := strings.LastIndex(path, ":"); i >= 0 {
 		r.Tag, path = path[i+1:], path[:i]
-		if !tagRE.MatchString(r.Tag) {
+		if !validTag(r.Tag) {
 			return Ref{}, bad(s, "invalid tag")
 		}
 	}
@@ -220,4 +219,19 @@ func parseOCI(s string) (Ref, error) {
 	}
 	r.Registry, r.Repository = host, path
 	return r, nil
+}
+
+// validTag checks an OCI tag: [A-Za-z0-9_][A-Za-z0-9_.-]{0,127}.
+func validTag(t string) bool {
+	if len(t) == 0 || len(t) > 128 {
+		return false
+	}
+	for i := range len(t) {
+		c := t[i]
+		ok := 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '_' || (i > 0 && (c == '.' || c == '-'))
+		if !ok {
+			return false
+		}
+	}
+	return true
 }
