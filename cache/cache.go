@@ -109,6 +109,11 @@ type EnsureOptions struct {
 	// Progress, when set, is called as bytes arrive (done, total; total -1
 	// when unknown).
 	Progress func(done, total int64)
+	// Lease, when set, leases the image and its backing chain to this
+	// holder (for LeaseTTL; 0 until removed), so prune and quarantine
+	// leave them alone.
+	Lease    string
+	LeaseTTL time.Duration
 }
 
 // Link is one element of a qcow2 backing chain.
@@ -146,7 +151,7 @@ type Cache struct {
 
 // Open prepares dir for use.
 func Open(dir string, opts Options) (*Cache, error) {
-	for _, d := range []string{"blobs/sha256", "ingest", "locks", "index/pointers", "index/blobs"} {
+	for _, d := range []string{"blobs/sha256", "ingest", "locks", "index/pointers", "index/blobs", "leases", "quarantine"} {
 		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
 			return nil, fmt.Errorf("cache %s: %w", dir, err)
 		}
@@ -228,11 +233,16 @@ func (c *Cache) Ensure(ctx context.Context, refStr string, o EnsureOptions) (Ima
 		return Image{}, err
 	}
 	img.Ref = refStr
-	chain, err := c.ensureChain(ctx, img, src, o, 0)
+	chain, err := c.ensureChain(ctx, r, img, src, o, 0)
 	if err != nil {
 		return Image{}, err
 	}
 	img.Chain = chain
+	if o.Lease != "" {
+		if err := c.leaseImage(ctx, img, o.Lease, o.LeaseTTL); err != nil {
+			return Image{}, err
+		}
+	}
 	return img, nil
 }
 
@@ -320,7 +330,8 @@ func (c *Cache) ensure(ctx context.Context, r ref.Ref, src source.Source, o Ensu
 	if err != nil {
 		return Image{}, err
 	}
-	p := Pointer{Key: key, Ref: r.String(), Digest: img.Digest, Size: img.Size, ResolvedAt: time.Now().UTC(), Validator: desc.Validator, Source: src.String()}
+	p := Pointer{Key: key, Ref: r.String(), Digest: img.Digest, Size: img.Size, ResolvedAt: time.Now().UTC(), Validator: desc.Validator,
+		Source: src.String(), UID: desc.Identity, Upstream: "current", CheckedAt: time.Now().UTC()}
 	if err := writeJSON(c.pointerPath(key), p, true); err != nil {
 		return Image{}, fmt.Errorf("cache index: %w", err)
 	}
@@ -371,20 +382,31 @@ func (c *Cache) reverify(d digest.Digest, path string, old BlobRecord) (BlobReco
 	}
 	if h.Digest() != d {
 		c.log.Error("cached blob is corrupt; quarantined", "digest", d, "got", h.Digest())
-		q := filepath.Join(c.dir, "quarantine")
-		os.MkdirAll(q, 0o755)
-		if err := os.Rename(path, filepath.Join(q, d.Encoded())); err != nil {
-			os.Remove(path)
-		}
-		os.Remove(c.recordPath(d))
+		c.quarantine(d)
 		return BlobRecord{}, nil
 	}
 	fi, err := f.Stat()
 	if err != nil {
 		return BlobRecord{}, err
 	}
-	rec := BlobRecord{Digest: d, Size: h.Size(), BLAKE3: h.BLAKE3(), Format: sniff.Format(), VerifiedAt: time.Now().UTC(), Stat: fingerprint(fi), Source: old.Source}
+	rec := BlobRecord{Digest: d, Size: h.Size(), BLAKE3: h.BLAKE3(), Format: sniff.Format(), VerifiedAt: time.Now().UTC(), Stat: fingerprint(fi), Source: old.Source, Ref: old.Ref, LastUsed: old.LastUsed}
 	return rec, writeJSON(c.recordPath(d), rec, true)
+}
+
+// quarantine moves a corrupt blob aside, for forensics, and forgets it. A
+// holder that has it open keeps reading the same inode (a rename does not
+// disturb open files); the next Ensure fetches a good copy at the path.
+func (c *Cache) quarantine(d digest.Digest) {
+	q := filepath.Join(c.dir, "quarantine", d.Encoded()+"."+time.Now().UTC().Format("20060102T150405.000000000"))
+	if err := os.Rename(c.BlobPath(d), q); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		c.log.Error("quarantine failed", "digest", d, "err", err)
+	}
+	rec, ok, _ := readJSON[BlobRecord](c.recordPath(d))
+	if !ok {
+		rec = BlobRecord{Digest: d}
+	}
+	rec.Quarantined = q
+	writeJSON(c.recordPath(d), rec, true)
 }
 
 // fetch transfers d from src (once across processes), verifies it and
@@ -403,7 +425,7 @@ func (c *Cache) fetch(ctx context.Context, r ref.Ref, src source.Source, d diges
 			return img, err // another process fetched it while we waited
 		}
 	}
-	img, err := c.transfer(ctx, src, d, validator, o)
+	img, err := c.transfer(ctx, r, src, d, validator, o)
 	if err != nil && errors.Is(err, errdefs.ErrNotFound) {
 		return Image{}, c.unavailable(ctx, r, src, d)
 	}
@@ -451,7 +473,8 @@ type partial struct {
 	st        ingestState
 	h         *blob.DualHasher
 	sniff     *format.Sniffer
-	done      int64 // bytes hashed in order
+	done      int64  // bytes hashed in order
+	ref       string // the reference it is fetched through
 }
 
 func (p *partial) hash(b []byte) {
@@ -480,8 +503,8 @@ func (p *partial) saveState() error {
 	return writeJSON(p.statePath, p.st, false)
 }
 
-func (c *Cache) transfer(ctx context.Context, src source.Source, d digest.Digest, validator string, o EnsureOptions) (Image, error) {
-	p := &partial{c: c, d: d, path: filepath.Join(c.dir, "ingest", d.Encoded()+".part"),
+func (c *Cache) transfer(ctx context.Context, r ref.Ref, src source.Source, d digest.Digest, validator string, o EnsureOptions) (Image, error) {
+	p := &partial{c: c, d: d, ref: r.String(), path: filepath.Join(c.dir, "ingest", d.Encoded()+".part"),
 		statePath: filepath.Join(c.dir, "ingest", d.Encoded()+".json"), h: blob.NewDualHasher(), sniff: &format.Sniffer{}}
 	defer func() { p.h.Close() }()
 	st, ok, _ := readJSON[ingestState](p.statePath)
@@ -722,7 +745,7 @@ func (c *Cache) commit(p *partial, src source.Source) (Image, error) {
 		return Image{}, err
 	}
 	now := time.Now().UTC()
-	rec := BlobRecord{Digest: d, Size: p.done, BLAKE3: p.h.BLAKE3(), Format: p.sniff.Format(), VerifiedAt: now, LastUsed: now, Stat: fingerprint(fi), Source: src.String()}
+	rec := BlobRecord{Digest: d, Size: p.done, BLAKE3: p.h.BLAKE3(), Format: p.sniff.Format(), VerifiedAt: now, LastUsed: now, Stat: fingerprint(fi), Source: src.String(), Ref: p.ref}
 	if err := writeJSON(c.recordPath(d), rec, true); err != nil {
 		return Image{}, c.diskErr(err)
 	}
@@ -751,7 +774,7 @@ const maxChain = 16
 
 // ensureChain makes sure every qcow2 backing file that names a digest is
 // present and verified, fetching it by digest when the source can.
-func (c *Cache) ensureChain(ctx context.Context, img Image, src source.Source, o EnsureOptions, depth int) ([]Link, error) {
+func (c *Cache) ensureChain(ctx context.Context, parent ref.Ref, img Image, src source.Source, o EnsureOptions, depth int) ([]Link, error) {
 	if img.Format != format.QCOW2 {
 		return nil, nil
 	}
@@ -787,7 +810,7 @@ func (c *Cache) ensureChain(ctx context.Context, img Image, src source.Source, o
 			return nil, fmt.Errorf("%s needs backing file %s: %w", img.Digest, h.BackingFile,
 				&errdefs.DigestUnavailableError{Ref: src.String(), Want: bd})
 		}
-		if base, err = c.fetch(ctx, ref.Ref{Kind: ref.Depot, Name: "backing", Digest: bd}, src, bd, "", o); err != nil {
+		if base, err = c.fetch(ctx, parent, src, bd, "", o); err != nil {
 			var du *errdefs.DigestUnavailableError
 			if errors.As(err, &du) {
 				return nil, fmt.Errorf("%s needs backing file %s: %w", img.Digest, h.BackingFile,
@@ -797,7 +820,7 @@ func (c *Cache) ensureChain(ctx context.Context, img Image, src source.Source, o
 		}
 	}
 	link := Link{Path: base.Path, Digest: bd, Format: base.Format, Backing: h.BackingFile}
-	rest, err := c.ensureChain(ctx, base, src, o, depth+1)
+	rest, err := c.ensureChain(ctx, parent, base, src, o, depth+1)
 	if err != nil {
 		return nil, err
 	}

@@ -65,7 +65,8 @@ func newHead(t *testing.T) *head {
 		if strings.HasPrefix(r.URL.Path, "/api/v1/blob/") && r.Method == http.MethodGet {
 			h.blobGets.Add(1)
 		}
-		if strings.HasSuffix(r.URL.Path, "/content/info") {
+		// A resolve is one GET of the image object (metadata, no body).
+		if p := strings.TrimPrefix(r.URL.Path, "/api/v1/image/"); p != r.URL.Path && !strings.Contains(p, "/") && r.Method == http.MethodGet {
 			h.infoGets.Add(1)
 		}
 		s.Handler().ServeHTTP(w, r)

@@ -26,6 +26,13 @@ type Pointer struct {
 	ResolvedAt time.Time     `json:"resolved_at"`
 	Validator  string        `json:"validator,omitempty"`
 	Source     string        `json:"source"`
+	// UID is the depot image the name resolved to (seed 000's identity).
+	UID string `json:"uid,omitempty"`
+	// Upstream is what the last check against the source found: "" (not
+	// checked since the pointer was written), "current", "changed" or
+	// "gone"; CheckedAt says when.
+	Upstream  string    `json:"upstream,omitempty"`
+	CheckedAt time.Time `json:"checked_at,omitzero"`
 }
 
 // Fingerprint is the stat identity of a committed blob file. A blob whose
@@ -46,8 +53,13 @@ type BlobRecord struct {
 	VerifiedAt time.Time     `json:"verified_at"`
 	LastUsed   time.Time     `json:"last_used"`
 	Stat       Fingerprint   `json:"stat"`
-	// Source is the reference it was fetched through, for repair.
+	// Source names the origin it was fetched from (for messages).
 	Source string `json:"source,omitempty"`
+	// Ref is the reference it was fetched through, for repair.
+	Ref string `json:"ref,omitempty"`
+	// Quarantined is where the blob went when it failed verification; the
+	// record stays until a repair fetches a good copy.
+	Quarantined string `json:"quarantined,omitempty"`
 }
 
 func fingerprint(fi fs.FileInfo) Fingerprint {

@@ -200,16 +200,27 @@ func newCacheCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return g.emit(ents, func(w io.Writer) {
+			quarantined, err := c.Quarantined()
+			if err != nil {
+				return err
+			}
+			out := struct {
+				Entries     []cache.Entry `json:"entries"`
+				Quarantined []string      `json:"quarantined"`
+			}{ents, quarantined}
+			return g.emit(out, func(w io.Writer) {
 				tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-				fmt.Fprintln(tw, "DIGEST\tFMT\tSIZE\tLAST USED\tVERIFIED\tREFS")
+				fmt.Fprintln(tw, "DIGEST\tFMT\tSIZE\tSTATE\tLAST USED\tVERIFIED\tREFS")
 				for _, e := range ents {
 					var refs []string
 					for _, p := range e.Pointers {
 						refs = append(refs, p.Ref)
 					}
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", shortDigest(e.Record.Digest.String()), e.Record.Format, humanBytes(e.Record.Size),
-						e.Record.LastUsed.Local().Format("2006-01-02 15:04"), e.Record.VerifiedAt.Local().Format("2006-01-02 15:04"), strings.Join(refs, ","))
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", shortDigest(e.Record.Digest.String()), e.Record.Format, humanBytes(e.Record.Size),
+						strings.Join(e.States, ","), e.Record.LastUsed.Local().Format("2006-01-02 15:04"), e.Record.VerifiedAt.Local().Format("2006-01-02 15:04"), strings.Join(refs, ","))
+				}
+				for _, q := range quarantined {
+					fmt.Fprintf(tw, "%s\t\t\tcorrupt (quarantined)\t\t\t\n", q)
 				}
 				tw.Flush()
 			})

@@ -2,10 +2,12 @@ package source
 
 import (
 	"context"
+	"fmt"
 
 	"github.com/opencontainers/go-digest"
 
 	"github.com/depot-images/depot/client"
+	"github.com/depot-images/depot/errdefs"
 )
 
 // Depot is an image on a depot server. Resolve reads …/content/info; Open
@@ -19,11 +21,14 @@ var _ Source = (*Depot)(nil)
 
 // Resolve implements Source.
 func (d *Depot) Resolve(ctx context.Context) (Descriptor, error) {
-	info, err := d.Client.ContentInfo(ctx, d.Ref)
+	img, err := d.Client.GetImage(ctx, d.Ref)
 	if err != nil {
 		return Descriptor{}, err
 	}
-	return Descriptor{Digest: digest.Digest(info.Chksum), Size: info.Size}, nil
+	if img.Content == nil {
+		return Descriptor{Identity: img.UID}, fmt.Errorf("image %s (%s) has no content: %w", img.Name, img.UID, errdefs.ErrNotFound)
+	}
+	return Descriptor{Digest: digest.Digest(img.Content.Chksum), Size: img.Content.Size, Identity: img.UID}, nil
 }
 
 // Open implements Source.

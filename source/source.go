@@ -21,6 +21,9 @@ type Descriptor struct {
 	// Validator is an opaque version tag (an HTTP ETag) used to resume a
 	// partial download only while the source still serves the same bytes.
 	Validator string
+	// Identity is the object the pointer named (a depot image's UID), so a
+	// delete-and-recreate under the same name is told apart (seed 000).
+	Identity string
 }
 
 // Body is an open download.

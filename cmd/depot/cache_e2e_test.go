@@ -6,7 +6,9 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/json"
+	"io"
 	mrand "math/rand/v2"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -227,5 +229,89 @@ func TestCLIDigestUnavailableExitCode(t *testing.T) {
 	}
 	if _, errs, code := run(t, env, "ensure", "moving", "--policy", "Never"); code != cli.ExitNotFound {
 		t.Fatalf("after rm, Never: %d %s", code, errs)
+	}
+}
+
+func TestCLIVerifyLeasePruneAgent(t *testing.T) {
+	data := t.TempDir()
+	h := startServe(t, data)
+	c, _ := client.New(h.url, adminToken(t, data))
+	content, d := pushRandom(t, c, "node-img", 3<<20)
+	cacheDir := t.TempDir()
+	env := []string{"DEPOT_SERVER=" + h.url, "DEPOT_TOKEN=" + adminToken(t, data), "DEPOT_CACHE=" + cacheDir}
+	out, errs, code := run(t, env, "lease", "add", "node-img", "--holder", "vm-1")
+	if code != 0 || !strings.Contains(out, "leased") {
+		t.Fatalf("lease add: %d %s %s", code, out, errs)
+	}
+	path := filepath.Join(cacheDir, "blobs", "sha256", d.Encoded())
+	// Corrupt it in place (same size, mode and mtime).
+	fi, _ := os.Stat(path)
+	os.Chmod(path, 0o644)
+	f, _ := os.OpenFile(path, os.O_RDWR, 0)
+	f.WriteAt([]byte{content[10] ^ 0xff}, 10)
+	f.Close()
+	os.Chmod(path, fi.Mode())
+	os.Chtimes(path, fi.ModTime(), fi.ModTime())
+	out, errs, code = run(t, env, "verify")
+	if code != cli.ExitCorrupt || !strings.Contains(out, "corrupt") || !strings.Contains(errs, "--repair") {
+		t.Fatalf("verify of a corrupt cache: exit %d\n%s\n%s", code, out, errs)
+	}
+	out, _, code = run(t, env, "verify", "--repair", "--json")
+	if code != 0 || !strings.Contains(out, `"repaired"`) {
+		t.Fatalf("verify --repair: %d %s", code, out)
+	}
+	if got, _ := os.ReadFile(path); !bytes.Equal(got, content) {
+		t.Fatal("repair did not restore the content")
+	}
+	out, _, _ = run(t, env, "cache", "ls")
+	if !strings.Contains(out, "leased") || !strings.Contains(out, "corrupt (quarantined)") {
+		t.Errorf("cache ls: %s", out)
+	}
+	out, _, code = run(t, env, "prune", "--max-size", "1", "--max-age", "1ns")
+	if code != 0 || !strings.Contains(out, "size-budget") {
+		t.Fatalf("prune: %d %s", code, out)
+	}
+	if _, err := os.Stat(path); err != nil {
+		t.Fatal("prune removed a leased blob")
+	}
+	if _, _, code := run(t, env, "lease", "rm", "--holder", "vm-1"); code != 0 {
+		t.Fatal("lease rm failed")
+	}
+	// The agent: two cycles with short intervals, metrics on a port.
+	l, _ := net.Listen("tcp", "127.0.0.1:0")
+	maddr := l.Addr().String()
+	l.Close()
+	cmd := exec.Command(depotBin, "agent", "--cycles", "2", "--scrub-interval", "200ms", "--revalidate-interval", "200ms",
+		"--prune-interval", "200ms", "--max-size", "1", "--metrics-addr", maddr)
+	cmd.Env = append(os.Environ(), env...)
+	var agentErr bytes.Buffer
+	cmd.Stderr = &agentErr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var metrics string
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) && !strings.Contains(metrics, `depot_cache_agent_runs_total{result="ok",task="prune"} 1`) {
+		if resp, err := http.Get("http://" + maddr + "/metrics"); err == nil {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			metrics = string(b)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("agent: %v\n%s", err, agentErr.String())
+	}
+	for _, done := range []string{"scrub done", "revalidation done", "prune done"} {
+		if n := strings.Count(agentErr.String(), done); n != 2 {
+			t.Errorf("agent logged %q %d times, want 2:\n%s", done, n, agentErr.String())
+		}
+	}
+	if !strings.Contains(metrics, "depot_cache_blobs_total") {
+		t.Errorf("agent metrics: %s", metrics)
+	}
+	// With the lease gone, the agent's prune (budget 1 byte) evicted the blob.
+	if _, err := os.Stat(path); !os.IsNotExist(err) {
+		t.Error("the agent's prune kept an unleased blob over budget")
 	}
 }
