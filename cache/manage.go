@@ -4,15 +4,18 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
 	"time"
 
+	"github.com/gofrs/flock"
 	"github.com/opencontainers/go-digest"
 
 	"github.com/depot-images/depot/errdefs"
+	"github.com/depot-images/depot/format"
 	"github.com/depot-images/depot/ref"
 )
 
@@ -200,3 +203,58 @@ func entryStates(c *Cache, e *Entry) []string {
 	}
 	return st
 }
+
+// Adopt moves the file at path, whose sha256 (d) and BLAKE3 the caller has
+// just computed from its bytes, into the cache as a committed blob, without
+// copying it. It is how an edit workspace re-bases onto content it has
+// uploaded. The file must be on the cache's filesystem.
+func (c *Cache) Adopt(ctx context.Context, path string, d digest.Digest, blake3Hex, refStr string) (Image, error) {
+	if err := d.Validate(); err != nil {
+		return Image{}, fmt.Errorf("adopt: %v: %w", err, errdefs.ErrInvalidArgument)
+	}
+	lock := flock.New(filepath.Join(c.dir, "locks", d.Encoded()+".lock"))
+	if _, err := lock.TryLockContext(ctx, 20*time.Millisecond); err != nil {
+		return Image{}, err
+	}
+	defer lock.Unlock()
+	if img, ok, err := c.local(d); err != nil || ok {
+		os.Remove(path)
+		return img, err
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return Image{}, err
+	}
+	var sniff format.Sniffer
+	head := make([]byte, format.HeaderSize)
+	n, _ := io.ReadFull(f, head)
+	sniff.Write(head[:n])
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return Image{}, c.diskErr(err)
+	}
+	f.Close()
+	if err := os.Chmod(path, 0o444); err != nil {
+		return Image{}, err
+	}
+	dst := c.BlobPath(d)
+	if err := os.Rename(path, dst); err != nil {
+		return Image{}, fmt.Errorf("adopt %s: %w", d, err)
+	}
+	if err := syncDir(filepath.Dir(dst)); err != nil {
+		return Image{}, err
+	}
+	fi, err := os.Stat(dst)
+	if err != nil {
+		return Image{}, err
+	}
+	now := time.Now().UTC()
+	rec := BlobRecord{Digest: d, Size: fi.Size(), BLAKE3: blake3Hex, Format: sniff.Format(), VerifiedAt: now, LastUsed: now, Stat: fingerprint(fi), Source: "local commit", Ref: refStr}
+	if err := writeJSON(c.recordPath(d), rec, true); err != nil {
+		return Image{}, c.diskErr(err)
+	}
+	return Image{Path: dst, Digest: d, Size: rec.Size, Format: rec.Format}, nil
+}
+
+// WorkDir is where edit workspaces live (see HasWorkspace).
+func (c *Cache) WorkDir() string { return filepath.Join(c.dir, "work") }

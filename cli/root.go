@@ -109,7 +109,8 @@ func NewRoot(stdout, stderr io.Writer) *cobra.Command {
 	pf.StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError{err} })
 	root.AddCommand(newServeCmd(g), newImageCmd(g), newTokenCmd(g), newPullCmd(g), newEnsureCmd(g), newCacheCmd(g), newRmCmd(g),
-		newVerifyCmd(g), newLeaseCmd(g), newPruneCmd(g), newAgentCmd(g))
+		newVerifyCmd(g), newLeaseCmd(g), newPruneCmd(g), newAgentCmd(g),
+		newEditCmd(g), newWorkspaceCmd(g), newCommitCmd(g))
 	return root
 }
 

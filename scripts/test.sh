@@ -15,6 +15,7 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 need_apt=()
 command -v qemu-img   >/dev/null || need_apt+=(qemu-utils)
 command -v mksquashfs >/dev/null || need_apt+=(squashfs-tools)
+command -v busybox    >/dev/null || need_apt+=(busybox-static)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "== installing ${need_apt[*]}"
   as_root apt-get update -qq

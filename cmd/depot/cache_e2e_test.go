@@ -315,3 +315,96 @@ func TestCLIVerifyLeasePruneAgent(t *testing.T) {
 		t.Error("the agent's prune kept an unleased blob over budget")
 	}
 }
+
+// TestKillDuringCommit: a commit killed at any point leaves the server on
+// its old content (or, once the upload landed, on exactly the new content)
+// and the workspace with its staged changes; the next commit completes.
+func TestKillDuringCommit(t *testing.T) {
+	for _, tool := range []string{"mksquashfs", "unsquashfs", "busybox", "chroot"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			if os.Getenv("CI") != "" {
+				t.Fatalf("%s missing in CI", tool)
+			}
+			t.Skipf("%s not installed", tool)
+		}
+	}
+	root := t.TempDir()
+	os.MkdirAll(filepath.Join(root, "bin"), 0o755)
+	os.MkdirAll(filepath.Join(root, "etc"), 0o755)
+	bb, _ := exec.LookPath("busybox")
+	b, _ := os.ReadFile(bb)
+	os.WriteFile(filepath.Join(root, "bin", "busybox"), b, 0o755)
+	os.Symlink("busybox", filepath.Join(root, "bin", "sh"))
+	big := make([]byte, 48<<20)
+	rand.Read(big)
+	os.WriteFile(filepath.Join(root, "big"), big, 0o644)
+	img := filepath.Join(t.TempDir(), "root.squashfs")
+	if out, err := exec.Command("mksquashfs", root, img, "-noappend", "-quiet", "-no-progress").CombinedOutput(); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	data := t.TempDir()
+	h := startServe(t, data)
+	cacheDir := t.TempDir()
+	env := []string{"DEPOT_SERVER=" + h.url, "DEPOT_TOKEN=" + adminToken(t, data), "DEPOT_CACHE=" + cacheDir}
+	if _, errs, code := run(t, env, "image", "push", "node", img); code != 0 {
+		t.Fatalf("push: %s", errs)
+	}
+	c, _ := client.New(h.url, adminToken(t, data))
+	info, _ := c.ContentInfo(context.Background(), "node")
+	oldDigest := info.Chksum
+	if _, errs, code := run(t, env, "edit", "node", "--exec", "echo staged > /etc/staged"); code != 0 {
+		t.Fatalf("edit: %s", errs)
+	}
+	rng := mrand.New(mrand.NewPCG(7, uint64(time.Now().UnixNano())))
+	for i := range 6 {
+		cmd := exec.Command(depotBin, "commit", "node")
+		cmd.Env = append(os.Environ(), env...)
+		cmd.Start()
+		time.Sleep(time.Duration(rng.Int64N(int64(1500 * time.Millisecond))))
+		cmd.Process.Signal(syscall.SIGKILL)
+		cmd.Wait()
+		info, err := c.ContentInfo(context.Background(), "node")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.Chksum != oldDigest {
+			// The upload landed: it must be complete and carry the change.
+			rc, _ := c.OpenContent(context.Background(), "node")
+			var buf bytes.Buffer
+			buf.ReadFrom(rc)
+			rc.Close()
+			if digest.FromBytes(buf.Bytes()).String() != info.Chksum {
+				t.Fatalf("kill %d: the server serves content that is not its digest", i)
+			}
+			break
+		}
+		if got, err := os.ReadFile(filepath.Join(cacheDir, "work", strings.TrimSpace(uidOf(t, c, "node")), "root", "etc", "staged")); err != nil || string(got) != "staged\n" {
+			t.Fatalf("kill %d: the staged change is gone: %v", i, err)
+		}
+	}
+	out, errs, code := run(t, env, "commit", "node", "--json")
+	if code != 0 {
+		t.Fatalf("final commit: %d %s", code, errs)
+	}
+	var res struct {
+		Digest    string
+		Unchanged bool
+	}
+	json.Unmarshal([]byte(out), &res)
+	info, _ = c.ContentInfo(context.Background(), "node")
+	if info.Chksum == oldDigest || (!res.Unchanged && info.Chksum != res.Digest) {
+		t.Fatalf("after the final commit the server has %s (old %s, commit %+v)", info.Chksum, oldDigest, res)
+	}
+	out, _, _ = run(t, env, "workspace", "show", "node", "--json")
+	if !strings.Contains(out, `"state": "current"`) || !strings.Contains(out, `"modified": false`) {
+		t.Fatalf("workspace after commit: %s", out)
+	}
+}
+
+func uidOf(t *testing.T, c *client.Client, name string) string {
+	img, err := c.GetImage(context.Background(), name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return img.UID
+}
