@@ -25,6 +25,7 @@ import (
 	"github.com/depot-images/depot/client"
 	"github.com/depot-images/depot/errdefs"
 	"github.com/depot-images/depot/server"
+	"github.com/depot-images/depot/testenv"
 )
 
 var ctx = context.Background()
@@ -387,12 +388,7 @@ func TestFingerprintChangeRehashes(t *testing.T) {
 
 func qemuImg(t *testing.T, args ...string) {
 	t.Helper()
-	if _, err := exec.LookPath("qemu-img"); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatal("qemu-img missing in CI")
-		}
-		t.Skip("qemu-img not installed")
-	}
+	testenv.Need(t, "qemu-img")
 	if out, err := exec.Command("qemu-img", args...).CombinedOutput(); err != nil {
 		t.Fatalf("qemu-img %v: %v %s", args, err, out)
 	}

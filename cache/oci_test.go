@@ -3,14 +3,7 @@ package cache
 import (
 	"bytes"
 	"errors"
-	"fmt"
-	"net"
-	"net/http"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"testing"
-	"time"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -18,48 +11,8 @@ import (
 	"oras.land/oras-go/v2/registry/remote"
 
 	"github.com/depot-images/depot/errdefs"
+	"github.com/depot-images/depot/testenv"
 )
-
-// startRegistry runs the real distribution registry on a loopback port.
-func startRegistry(t *testing.T) string {
-	t.Helper()
-	bin, err := exec.LookPath("registry")
-	if err != nil {
-		if gp, e := exec.Command("go", "env", "GOPATH").Output(); e == nil {
-			if p := filepath.Join(string(bytes.TrimSpace(gp)), "bin", "registry"); fileExists(p) {
-				bin, err = p, nil
-			}
-		}
-	}
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatal("the distribution registry is not installed; scripts/test.sh installs it")
-		}
-		t.Skip("registry not installed (go install github.com/distribution/distribution/v3/cmd/registry@v3.1.2)")
-	}
-	l, _ := net.Listen("tcp", "127.0.0.1:0")
-	addr := l.Addr().String()
-	l.Close()
-	dir := t.TempDir()
-	cfg := filepath.Join(dir, "config.yml")
-	os.WriteFile(cfg, []byte(fmt.Sprintf("version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: %s\n  delete:\n    enabled: true\nhttp:\n  addr: %s\n", filepath.Join(dir, "data"), addr)), 0o644)
-	cmd := exec.Command(bin, "serve", cfg)
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	for range 100 {
-		if resp, err := http.Get("http://" + addr + "/v2/"); err == nil {
-			resp.Body.Close()
-			return addr
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Fatal("registry did not start")
-	return ""
-}
-
-func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
 
 // pushArtifact pushes data as a one-layer disk-image artifact tagged tag.
 func pushArtifact(t *testing.T, addr, repoName, tag string, data []byte) ocispec.Descriptor {
@@ -85,7 +38,7 @@ func pushArtifact(t *testing.T, addr, repoName, tag string, data []byte) ocispec
 }
 
 func TestOCISource(t *testing.T) {
-	addr := startRegistry(t)
+	addr := testenv.Registry(t)
 	v1, v2 := randBytes(3<<20), randBytes(3<<20)
 	m1 := pushArtifact(t, addr, "vm/base", "latest", v1)
 	c, _ := Open(t.TempDir(), Options{})

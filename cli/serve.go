@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -18,7 +19,9 @@ import (
 
 	"github.com/depot-images/depot/auth"
 	"github.com/depot-images/depot/blob/local"
+	"github.com/depot-images/depot/catalog"
 	"github.com/depot-images/depot/catalog/bolt"
+	etcdcat "github.com/depot-images/depot/catalog/etcd"
 	"github.com/depot-images/depot/errdefs"
 	"github.com/depot-images/depot/server"
 )
@@ -26,6 +29,8 @@ import (
 type serveOptions struct {
 	addr           string
 	data           string
+	catalogURL     string
+	blobsDir       string
 	anonRead       bool
 	keepRevisions  int
 	gcInterval     time.Duration
@@ -37,6 +42,8 @@ type serveOptions struct {
 func (o *serveOptions) AddFlags(f *pflag.FlagSet) {
 	f.StringVar(&o.addr, "addr", envOr("DEPOT_ADDR", "127.0.0.1:8484"), "listen address (env DEPOT_ADDR)")
 	f.StringVar(&o.data, "data", envOr("DEPOT_DATA", defaultDataDir()), "data directory: catalog.db, blobs/, ingest/ (env DEPOT_DATA)")
+	f.StringVar(&o.catalogURL, "catalog", envOr("DEPOT_CATALOG", ""), "catalog: empty for bbolt in --data, or etcd://host1:2379,host2:2379/prefix for several heads (env DEPOT_CATALOG)")
+	f.StringVar(&o.blobsDir, "blobs", envOr("DEPOT_BLOBS", ""), "blob directory (default --data); several heads may share one on a filesystem with atomic rename (env DEPOT_BLOBS)")
 	f.BoolVar(&o.anonRead, "allow-anonymous-read", false, "let requests without a token GET and HEAD")
 	f.IntVar(&o.keepRevisions, "keep-revisions", 3, "content revisions retained per image (current included)")
 	f.DurationVar(&o.gcInterval, "gc-interval", time.Minute, "how often unreferenced blobs are collected")
@@ -119,12 +126,16 @@ func runServe(ctx context.Context, g *globals, o *serveOptions) error {
 	if err := os.MkdirAll(o.data, 0o700); err != nil {
 		return fmt.Errorf("data dir: %w", err)
 	}
-	cat, err := bolt.Open(filepath.Join(o.data, "catalog.db"), 2*time.Second)
+	cat, err := openCatalog(ctx, o)
 	if err != nil {
 		return err
 	}
 	defer cat.Close()
-	blobs, err := local.Open(o.data)
+	blobRoot := o.blobsDir
+	if blobRoot == "" {
+		blobRoot = o.data
+	}
+	blobs, err := local.Open(blobRoot)
 	if err != nil {
 		return err
 	}
@@ -158,7 +169,29 @@ func runServe(ctx context.Context, g *globals, o *serveOptions) error {
 
 // bootstrapAdmin mints the first admin token on a catalog with no tokens and
 // writes it to <data>/admin.token with mode 0600. The token is never logged.
-func bootstrapAdmin(ctx context.Context, g *globals, cat *bolt.Catalog, a *auth.Authority, data string) error {
+// openCatalog opens bbolt in the data dir, or etcd for several heads.
+func openCatalog(ctx context.Context, o *serveOptions) (catalog.Catalog, error) {
+	if o.catalogURL == "" {
+		return bolt.Open(filepath.Join(o.data, "catalog.db"), 2*time.Second)
+	}
+	rest, ok := strings.CutPrefix(o.catalogURL, "etcd://")
+	if !ok {
+		return nil, usageError{fmt.Errorf("--catalog %q: want etcd://host:port[,host:port…][/prefix]", o.catalogURL)}
+	}
+	hosts, prefix, _ := strings.Cut(rest, "/")
+	var eps []string
+	for _, h := range strings.Split(hosts, ",") {
+		if h != "" {
+			eps = append(eps, "http://"+h)
+		}
+	}
+	if len(eps) == 0 {
+		return nil, usageError{fmt.Errorf("--catalog %q names no etcd endpoint", o.catalogURL)}
+	}
+	return etcdcat.Open(ctx, eps, "/"+strings.Trim(prefix, "/")+"/")
+}
+
+func bootstrapAdmin(ctx context.Context, g *globals, cat catalog.Catalog, a *auth.Authority, data string) error {
 	toks, err := cat.ListTokens(ctx)
 	if err != nil || len(toks) > 0 {
 		return err

@@ -22,21 +22,12 @@ import (
 	"github.com/depot-images/depot/client"
 	"github.com/depot-images/depot/errdefs"
 	"github.com/depot-images/depot/server"
+	"github.com/depot-images/depot/testenv"
 )
 
 var ctx = context.Background()
 
-func need(t *testing.T, tools ...string) {
-	t.Helper()
-	for _, tool := range tools {
-		if _, err := exec.LookPath(tool); err != nil {
-			if os.Getenv("CI") != "" {
-				t.Fatalf("%s is not installed; scripts/test.sh installs it", tool)
-			}
-			t.Skipf("%s not installed", tool)
-		}
-	}
-}
+func need(t *testing.T, tools ...string) { t.Helper(); testenv.Need(t, tools...) }
 
 func newServer(t *testing.T) (*client.Client, *client.Client) {
 	t.Helper()

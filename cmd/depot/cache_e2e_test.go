@@ -25,6 +25,7 @@ import (
 	"github.com/depot-images/depot/api"
 	"github.com/depot-images/depot/cli"
 	"github.com/depot-images/depot/client"
+	"github.com/depot-images/depot/testenv"
 )
 
 // pushRandom creates image name with n random bytes and returns them.
@@ -320,14 +321,7 @@ func TestCLIVerifyLeasePruneAgent(t *testing.T) {
 // its old content (or, once the upload landed, on exactly the new content)
 // and the workspace with its staged changes; the next commit completes.
 func TestKillDuringCommit(t *testing.T) {
-	for _, tool := range []string{"mksquashfs", "unsquashfs", "busybox", "chroot"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			if os.Getenv("CI") != "" {
-				t.Fatalf("%s missing in CI", tool)
-			}
-			t.Skipf("%s not installed", tool)
-		}
-	}
+	testenv.Need(t, "mksquashfs", "unsquashfs", "busybox", "chroot")
 	root := t.TempDir()
 	os.MkdirAll(filepath.Join(root, "bin"), 0o755)
 	os.MkdirAll(filepath.Join(root, "etc"), 0o755)

@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -14,6 +15,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -23,6 +25,8 @@ import (
 	"github.com/depot-images/depot/api"
 	"github.com/depot-images/depot/cli"
 	"github.com/depot-images/depot/client"
+	"github.com/depot-images/depot/errdefs"
+	"github.com/depot-images/depot/testenv"
 )
 
 var depotBin string
@@ -294,5 +298,72 @@ func TestKillDuringPut(t *testing.T) {
 				t.Fatalf("kill %d: revision %s was never uploaded completely", i, r.Chksum)
 			}
 		}
+	}
+}
+
+// TestTwoHeadsOnEtcd: two `depot serve` heads share an etcd catalog and a
+// blob directory. An upload through one is served by the other at once, a
+// delete through one is gone on the other, a token minted on one works on
+// the other, and racing creates of one name give one winner and a clear
+// conflict.
+func TestTwoHeadsOnEtcd(t *testing.T) {
+	ep := testenv.Etcd(t)
+	shared := t.TempDir()
+	cat := "etcd://" + strings.TrimPrefix(ep, "http://") + "/depot-e2e"
+	d1, d2 := t.TempDir(), t.TempDir()
+	h1 := startServe(t, d1, "--catalog", cat, "--blobs", shared)
+	h2 := startServe(t, d2, "--catalog", cat, "--blobs", shared)
+	ctx := context.Background()
+	// Only the first head found no tokens and minted the admin token.
+	tok := adminToken(t, d1)
+	c1, _ := client.New(h1.url, tok)
+	c2, _ := client.New(h2.url, tok)
+	if _, err := c2.ListImages(ctx); err != nil {
+		t.Fatalf("head 2 rejects head 1's token: %v", err)
+	}
+	data := make([]byte, 1<<20)
+	rand.Read(data)
+	c1.CreateImage(ctx, api.CreateImageRequest{Name: "img"})
+	info, err := c1.PushContent(ctx, "img", bytes.NewReader(data), int64(len(data)), client.PushOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, err := c2.OpenContent(ctx, "img")
+	if err != nil {
+		t.Fatalf("head 2 cannot serve head 1's upload: %v", err)
+	}
+	got, _ := io.ReadAll(rc)
+	rc.Close()
+	if !bytes.Equal(got, data) || digest.FromBytes(got).String() != info.Chksum {
+		t.Fatal("head 2 served different bytes")
+	}
+	if err := c2.DeleteImage(ctx, "img"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c1.GetImage(ctx, "img"); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("a delete on head 2 is not gone on head 1: %v", err)
+	}
+	// Racing creates of one name through both heads.
+	var wins, conflicts atomic.Int32
+	var wg sync.WaitGroup
+	for i := range 10 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := []*client.Client{c1, c2}[i%2]
+			_, err := c.CreateImage(ctx, api.CreateImageRequest{Name: "race"})
+			switch {
+			case err == nil:
+				wins.Add(1)
+			case errors.Is(err, errdefs.ErrAlreadyExists) && strings.Contains(err.Error(), "taken"):
+				conflicts.Add(1)
+			default:
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	if wins.Load() != 1 || conflicts.Load() != 9 {
+		t.Fatalf("racing creates: %d wins, %d conflicts", wins.Load(), conflicts.Load())
 	}
 }
