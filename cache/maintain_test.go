@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -330,5 +331,35 @@ func TestPruneRules(t *testing.T) {
 	}
 	if len(left) != 2 || !left[recent] || !left[ws] {
 		t.Errorf("left: %v", left)
+	}
+}
+
+// TestOtherServersEntriesAreNotJudged: an entry fetched from server A is
+// neither orphaned nor pruned as identical when the cache talks to server B.
+func TestOtherServersEntriesAreNotJudged(t *testing.T) {
+	a, b := newHead(t), newHead(t)
+	da := a.push(t, "img", randBytes(1000))
+	dir := t.TempDir()
+	ca, _ := Open(dir, Options{Depot: a.admin})
+	if _, err := ca.Ensure(ctx, "img", EnsureOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	rec, _, _ := readJSON[BlobRecord](ca.recordPath(da))
+	rec.LastUsed = time.Now().Add(-2 * time.Hour)
+	writeJSON(ca.recordPath(da), rec, false)
+	cb, _ := Open(dir, Options{Depot: b.admin}) // same cache, other server
+	rep, err := cb.Prune(ctx, PruneOptions{Orphans: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Orphans) != 0 || len(rep.Rules[0].Blobs) != 0 || len(rep.Rules[1].Blobs) != 0 {
+		t.Fatalf("server B judged server A's entry: %+v", rep)
+	}
+	res, _ := cb.CheckSources(ctx, false)
+	if len(res) != 1 || res[0].Status != UpstreamUnreachable || !strings.Contains(res[0].Detail, "another server") {
+		t.Fatalf("sources check: %+v", res)
+	}
+	if _, err := os.Stat(cb.BlobPath(da)); err != nil {
+		t.Fatal("the entry was deleted")
 	}
 }

@@ -129,6 +129,9 @@ func (c *Cache) Prune(ctx context.Context, o PruneOptions) (PruneReport, error) 
 		if err != nil || r.Kind != ref.Depot || p.UID == "" {
 			continue
 		}
+		if !c.ownsPointer(p) {
+			continue // fetched from another server: this one cannot judge it
+		}
 		if c.HasWorkspace(p.UID) {
 			protected[p.Digest] = true
 			rep.Kept = append(rep.Kept, fmt.Sprintf("%s: bound to a workspace (work/%s)", p.Ref, p.UID))
@@ -241,4 +244,10 @@ func (c *Cache) deleteBlob(d digest.Digest) {
 	os.Remove(c.recordPath(d))
 	os.Remove(c.BlobPath(d))
 	c.log.Info("pruned", "digest", d)
+}
+
+// ownsPointer reports whether a depot pointer was resolved against the
+// server this cache is configured with (keys carry the server URL).
+func (c *Cache) ownsPointer(p Pointer) bool {
+	return !strings.HasPrefix(p.Key, "depot:") || strings.HasPrefix(p.Key, "depot:"+c.server()+"/")
 }

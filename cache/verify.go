@@ -322,6 +322,11 @@ func (c *Cache) CheckSources(ctx context.Context, refresh bool) ([]SourceCheck, 
 		if err != nil || r.Pinned() {
 			continue // a pinned manifest cannot change
 		}
+		if !c.ownsPointer(p) {
+			out = append(out, SourceCheck{Ref: p.Ref, Cached: p.Digest, Status: UpstreamUnreachable,
+				Detail: "resolved against another server (" + p.Source + "); run with that --server"})
+			continue
+		}
 		chk := SourceCheck{Ref: p.Ref, Cached: p.Digest}
 		src, err := c.sourceFor(r, EnsureOptions{})
 		var desc sourceDesc

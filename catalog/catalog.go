@@ -218,3 +218,46 @@ func NewUID() string {
 func NotFound(ref string) error {
 	return fmt.Errorf("image %q: %w", ref, errdefs.ErrNotFound)
 }
+
+// Clone returns a deep copy (content and history are not shared).
+func (img *Image) Clone() *Image {
+	out := *img
+	if img.Content != nil {
+		c := *img.Content
+		out.Content = &c
+	}
+	out.History = append([]Content(nil), img.History...)
+	return &out
+}
+
+// ApplyRefDiff adjusts blob records for an image changing from before to
+// after (either may be nil), inside the caller's transaction: each digest
+// the image gains gets one more reference and leaves its grace period; each
+// it loses gets one fewer, and starts its grace period at now on reaching
+// zero. Backends supply get (a missing record is the zero BlobRef with the
+// digest set) and put. Keeping this in one place keeps GC's rules identical
+// on every backend.
+func ApplyRefDiff(before, after *Image, now time.Time, get func(digest.Digest) BlobRef, put func(BlobRef) error) error {
+	inc, dec := RefDiff(before, after)
+	for _, d := range inc {
+		r := get(d)
+		r.Refs++
+		r.ZeroSince = time.Time{}
+		if err := put(r); err != nil {
+			return err
+		}
+	}
+	for _, d := range dec {
+		r := get(d)
+		if r.Refs > 0 {
+			r.Refs--
+		}
+		if r.Refs == 0 {
+			r.ZeroSince = now
+		}
+		if err := put(r); err != nil {
+			return err
+		}
+	}
+	return nil
+}

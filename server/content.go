@@ -64,14 +64,19 @@ func (c *countingWriter) ReadFrom(r io.Reader) (int64, error) {
 	return n, err
 }
 
-func (s *Server) getContent(w http.ResponseWriter, r *http.Request) {
+// lookupContent resolves {ref} to an image that has content.
+func (s *Server) lookupContent(r *http.Request) (catalog.Image, error) {
 	img, err := s.lookup(r)
+	if err == nil && img.Content == nil {
+		err = noContent(img)
+	}
+	return img, err
+}
+
+func (s *Server) getContent(w http.ResponseWriter, r *http.Request) {
+	img, err := s.lookupContent(r)
 	if err != nil {
 		s.fail(w, r, err)
-		return
-	}
-	if img.Content == nil {
-		s.fail(w, r, noContent(img))
 		return
 	}
 	w.Header().Set("Cache-Control", "no-cache")
@@ -321,26 +326,18 @@ func (s *Server) deleteContent(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) contentStat(w http.ResponseWriter, r *http.Request) {
-	img, err := s.lookup(r)
+	img, err := s.lookupContent(r)
 	if err != nil {
 		s.fail(w, r, err)
-		return
-	}
-	if img.Content == nil {
-		s.fail(w, r, noContent(img))
 		return
 	}
 	s.ok(w, http.StatusOK, api.ContentStat{Size: img.Content.Size, MTime: api.UnixFloat(img.Content.MTime)})
 }
 
 func (s *Server) contentInfo(w http.ResponseWriter, r *http.Request) {
-	img, err := s.lookup(r)
+	img, err := s.lookupContent(r)
 	if err != nil {
 		s.fail(w, r, err)
-		return
-	}
-	if img.Content == nil {
-		s.fail(w, r, noContent(img))
 		return
 	}
 	s.answerInfo(w, r, img, http.StatusOK)

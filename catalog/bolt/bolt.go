@@ -94,29 +94,10 @@ func putImage(tx *bbolt.Tx, img *catalog.Image) error {
 }
 
 func adjustRefs(tx *bbolt.Tx, before, after *catalog.Image, now time.Time) error {
-	inc, dec := catalog.RefDiff(before, after)
 	b := tx.Bucket(bBlobs)
-	for _, d := range inc {
-		r := getRef(b, d)
-		r.Refs++
-		r.ZeroSince = time.Time{}
-		if err := putRef(b, r); err != nil {
-			return err
-		}
-	}
-	for _, d := range dec {
-		r := getRef(b, d)
-		if r.Refs > 0 {
-			r.Refs--
-		}
-		if r.Refs == 0 {
-			r.ZeroSince = now
-		}
-		if err := putRef(b, r); err != nil {
-			return err
-		}
-	}
-	return nil
+	return catalog.ApplyRefDiff(before, after, now,
+		func(d digest.Digest) catalog.BlobRef { return getRef(b, d) },
+		func(r catalog.BlobRef) error { return putRef(b, r) })
 }
 
 func getRef(b *bbolt.Bucket, d digest.Digest) catalog.BlobRef {
@@ -223,7 +204,7 @@ func (c *Catalog) Update(ctx context.Context, ref string, fn func(*catalog.Image
 		if err != nil {
 			return err
 		}
-		after := clone(before)
+		after := before.Clone()
 		if err := fn(after); err != nil {
 			return err
 		}
@@ -277,16 +258,6 @@ func (c *Catalog) Delete(ctx context.Context, ref string, check func(catalog.Ima
 		return adjustRefs(tx, img, nil, time.Now().UTC())
 	})
 	return result, err
-}
-
-func clone(img *catalog.Image) *catalog.Image {
-	out := *img
-	if img.Content != nil {
-		c := *img.Content
-		out.Content = &c
-	}
-	out.History = append([]catalog.Content(nil), img.History...)
-	return &out
 }
 
 // Ref implements catalog.Refs.

@@ -117,28 +117,9 @@ func (c *Catalog) getRef(s concurrency.STM, d digest.Digest) catalog.BlobRef {
 }
 
 func (c *Catalog) adjustRefs(s concurrency.STM, before, after *catalog.Image, now time.Time) error {
-	inc, dec := catalog.RefDiff(before, after)
-	for _, d := range inc {
-		r := c.getRef(s, d)
-		r.Refs++
-		r.ZeroSince = time.Time{}
-		if err := c.putJSON(s, c.k("blobs", d.String()), r); err != nil {
-			return err
-		}
-	}
-	for _, d := range dec {
-		r := c.getRef(s, d)
-		if r.Refs > 0 {
-			r.Refs--
-		}
-		if r.Refs == 0 {
-			r.ZeroSince = now
-		}
-		if err := c.putJSON(s, c.k("blobs", d.String()), r); err != nil {
-			return err
-		}
-	}
-	return nil
+	return catalog.ApplyRefDiff(before, after, now,
+		func(d digest.Digest) catalog.BlobRef { return c.getRef(s, d) },
+		func(r catalog.BlobRef) error { return c.putJSON(s, c.k("blobs", r.Digest.String()), r) })
 }
 
 // Create implements catalog.Images.
@@ -224,7 +205,7 @@ func (c *Catalog) Update(ctx context.Context, ref string, fn func(*catalog.Image
 		if err != nil {
 			return err
 		}
-		after := cloneImage(before)
+		after := before.Clone()
 		if err := fn(after); err != nil {
 			return err
 		}
@@ -269,16 +250,6 @@ func (c *Catalog) Delete(ctx context.Context, ref string, check func(catalog.Ima
 		return c.adjustRefs(s, img, nil, time.Now().UTC())
 	})
 	return result, err
-}
-
-func cloneImage(img *catalog.Image) *catalog.Image {
-	out := *img
-	if img.Content != nil {
-		cc := *img.Content
-		out.Content = &cc
-	}
-	out.History = append([]catalog.Content(nil), img.History...)
-	return &out
 }
 
 // Ref implements catalog.Refs.
