@@ -426,6 +426,16 @@ func (c *Cache) fetch(ctx context.Context, r ref.Ref, src source.Source, d diges
 		}
 	}
 	img, err := c.transfer(ctx, r, src, d, validator, o)
+	// An interrupted transfer (a head died, the network dropped) resumes
+	// from what it has: by Range, on the next head of a cluster.
+	for attempt := 1; attempt <= 3 && err != nil && errors.Is(err, errdefs.ErrUnavailable) && ctx.Err() == nil; attempt++ {
+		c.log.Warn("transfer interrupted; resuming", "digest", d, "attempt", attempt, "err", err)
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Duration(attempt) * 200 * time.Millisecond):
+		}
+		img, err = c.transfer(ctx, r, src, d, validator, o)
+	}
 	if err != nil && errors.Is(err, errdefs.ErrNotFound) {
 		return Image{}, c.unavailable(ctx, r, src, d)
 	}

@@ -18,6 +18,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync/atomic"
 
 	"github.com/opencontainers/go-digest"
 
@@ -25,31 +26,83 @@ import (
 	"github.com/depot-images/depot/errdefs"
 )
 
-// Client talks to one depot server.
+// Client talks to a depot server, or to several heads of one cluster: it
+// sends each request to the head that answered last and, on a connection
+// error or a 5xx, fails over to the next one, for every request whose body
+// can be sent again (all but a streamed content upload).
 type Client struct {
-	base  *url.URL
+	bases []*url.URL
+	cur   atomic.Int32 // index of the head that answered last
 	token string
 	hc    *http.Client
 }
 
-// New returns a client for server (e.g. "http://127.0.0.1:8484"). token may
-// be empty for anonymous reads.
+// New returns a client for server: one URL (e.g. "http://127.0.0.1:8484")
+// or a comma-separated list of a cluster's heads. token may be empty for
+// anonymous reads.
 func New(server, token string) (*Client, error) {
-	u, err := url.Parse(strings.TrimRight(server, "/"))
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, fmt.Errorf("server %q: want http(s)://host[:port]: %w", server, errdefs.ErrInvalidArgument)
+	c := &Client{token: token, hc: &http.Client{}}
+	for _, s := range strings.Split(server, ",") {
+		s = strings.TrimSpace(s)
+		if s == "" {
+			continue
+		}
+		u, err := url.Parse(strings.TrimRight(s, "/"))
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return nil, fmt.Errorf("server %q: want http(s)://host[:port][,…]: %w", s, errdefs.ErrInvalidArgument)
+		}
+		c.bases = append(c.bases, u)
 	}
-	return &Client{base: u, token: token, hc: &http.Client{}}, nil
+	if len(c.bases) == 0 {
+		return nil, fmt.Errorf("no server given: %w", errdefs.ErrInvalidArgument)
+	}
+	return c, nil
 }
 
-// Server is the base URL.
-func (c *Client) Server() string { return c.base.String() }
+// Server names the server (the comma-separated heads of a cluster). It is
+// stable, so it can key what was resolved against it.
+func (c *Client) Server() string {
+	parts := make([]string, len(c.bases))
+	for i, b := range c.bases {
+		parts[i] = b.String()
+	}
+	return strings.Join(parts, ",")
+}
 
 func (c *Client) url(path string, q url.Values) string {
-	u := *c.base
+	u := *c.bases[int(c.cur.Load())%len(c.bases)]
 	u.Path += api.Prefix + path
 	u.RawQuery = q.Encode()
 	return u.String()
+}
+
+// onHead rewrites req for head i (same path below the head's base).
+func (c *Client) onHead(req *http.Request, from, to int) (*http.Request, bool) {
+	if req.Body != nil && req.Body != http.NoBody && req.GetBody == nil {
+		return nil, false // a streamed body cannot be sent again
+	}
+	r := req.Clone(req.Context())
+	if req.GetBody != nil {
+		b, err := req.GetBody()
+		if err != nil {
+			return nil, false
+		}
+		r.Body = b
+	}
+	u := *req.URL
+	u.Scheme, u.Host = c.bases[to].Scheme, c.bases[to].Host
+	u.Path = c.bases[to].Path + strings.TrimPrefix(req.URL.Path, c.bases[from].Path)
+	r.URL, r.Host = &u, c.bases[to].Host
+	return r, true
+}
+
+func (c *Client) headOf(req *http.Request) int {
+	for i, b := range c.bases {
+		if b.Host == req.URL.Host {
+			return i
+		}
+	}
+	return 0
 }
 
 func imagePath(ref string, rest string) string {
@@ -68,14 +121,45 @@ func (c *Client) newRequest(ctx context.Context, method, path string, q url.Valu
 	return req, nil
 }
 
-// send performs req and converts transport failures and error responses.
+// send performs req, failing over between heads, and converts transport
+// failures and error responses.
 func (c *Client) send(req *http.Request, what string) (*http.Response, error) {
-	resp, err := c.hc.Do(req)
-	if err != nil {
-		if ctxErr := req.Context().Err(); ctxErr != nil {
-			return nil, ctxErr
+	first := c.headOf(req)
+	var resp *http.Response
+	var lastErr error
+	for i := range len(c.bases) {
+		head := (first + i) % len(c.bases)
+		r := req
+		if i > 0 {
+			var ok bool
+			if r, ok = c.onHead(req, first, head); !ok {
+				break
+			}
 		}
-		return nil, fmt.Errorf("%s: %s: %v: %w", what, c.base.Host, err, errdefs.ErrUnavailable)
+		var err error
+		resp, err = c.hc.Do(r)
+		if err != nil {
+			if ctxErr := req.Context().Err(); ctxErr != nil {
+				return nil, ctxErr
+			}
+			lastErr = fmt.Errorf("%s: %s: %v: %w", what, c.bases[head].Host, err, errdefs.ErrUnavailable)
+			resp = nil
+			continue
+		}
+		if resp.StatusCode >= 500 && i < len(c.bases)-1 {
+			if _, ok := c.onHead(req, first, (head+1)%len(c.bases)); ok {
+				io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+				resp.Body.Close()
+				lastErr = fmt.Errorf("%s: %s: HTTP %d: %w", what, c.bases[head].Host, resp.StatusCode, errdefs.ErrUnavailable)
+				resp = nil
+				continue
+			}
+		}
+		c.cur.Store(int32(head))
+		break
+	}
+	if resp == nil {
+		return nil, lastErr
 	}
 	if resp.StatusCode >= 300 && resp.StatusCode != http.StatusNotModified {
 		defer resp.Body.Close()
