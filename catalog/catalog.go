@@ -261,3 +261,24 @@ func ApplyRefDiff(before, after *Image, now time.Time, get func(digest.Digest) B
 	}
 	return nil
 }
+
+// PrepareNew validates an image about to be created and fills what the
+// caller left empty (UID, timestamps). Every backend's Create calls it.
+func PrepareNew(img *Image, now time.Time) error {
+	if err := ValidateName(img.Name); err != nil {
+		return err
+	}
+	if img.UID == "" {
+		img.UID = NewUID()
+	}
+	if !IsUID(img.UID) {
+		return fmt.Errorf("uid %q: %w", img.UID, errdefs.ErrInvalidArgument)
+	}
+	if img.Created.IsZero() {
+		img.Created = now
+	}
+	if img.LastModified.IsZero() {
+		img.LastModified = now
+	}
+	return nil
+}

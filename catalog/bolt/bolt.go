@@ -118,21 +118,9 @@ func putRef(b *bbolt.Bucket, r catalog.BlobRef) error {
 
 // Create implements catalog.Images.
 func (c *Catalog) Create(ctx context.Context, img catalog.Image) (catalog.Image, error) {
-	if err := catalog.ValidateName(img.Name); err != nil {
-		return catalog.Image{}, err
-	}
-	if img.UID == "" {
-		img.UID = catalog.NewUID()
-	}
-	if !catalog.IsUID(img.UID) {
-		return catalog.Image{}, fmt.Errorf("uid %q: %w", img.UID, errdefs.ErrInvalidArgument)
-	}
 	now := time.Now().UTC()
-	if img.Created.IsZero() {
-		img.Created = now
-	}
-	if img.LastModified.IsZero() {
-		img.LastModified = now
+	if err := catalog.PrepareNew(&img, now); err != nil {
+		return catalog.Image{}, err
 	}
 	err := c.db.Update(func(tx *bbolt.Tx) error {
 		names := tx.Bucket(bNames)

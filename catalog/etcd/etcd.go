@@ -124,21 +124,9 @@ func (c *Catalog) adjustRefs(s concurrency.STM, before, after *catalog.Image, no
 
 // Create implements catalog.Images.
 func (c *Catalog) Create(ctx context.Context, img catalog.Image) (catalog.Image, error) {
-	if err := catalog.ValidateName(img.Name); err != nil {
-		return catalog.Image{}, err
-	}
-	if img.UID == "" {
-		img.UID = catalog.NewUID()
-	}
-	if !catalog.IsUID(img.UID) {
-		return catalog.Image{}, fmt.Errorf("uid %q: %w", img.UID, errdefs.ErrInvalidArgument)
-	}
 	now := time.Now().UTC()
-	if img.Created.IsZero() {
-		img.Created = now
-	}
-	if img.LastModified.IsZero() {
-		img.LastModified = now
+	if err := catalog.PrepareNew(&img, now); err != nil {
+		return catalog.Image{}, err
 	}
 	err := c.stm(ctx, func(s concurrency.STM) error {
 		if s.Get(c.k("names", img.Name)) != "" {
