@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # bench/serve.sh: depot serve against nginx on the same files, in one run.
 #
-#  1. 16 concurrent downloads of 256 MiB images (4 images x 4 clients each)
+#  1. `depot image push` of a 1 GiB file against `sha256sum` of that file,
+#     alternating, on a settled page cache (before the download phase).
+#  2. 16 concurrent downloads of 256 MiB images (4 images x 4 clients each)
 #     from `depot serve` and from nginx serving depot's own blob directory;
 #     aggregate throughput ratio, and depot's peak RSS (VmHWM).
-#  2. `depot image push` of a 1 GiB file against `sha256sum` of that file.
 #
 # Needs: go, curl, nginx (Debian nginx-light), python3. Loopback only.
 # Usage: bench/serve.sh [ROUNDS]   (default 5; medians are reported)
@@ -24,6 +25,15 @@ for _ in $(seq 50); do [ -f "$WORK/data/admin.token" ] && curl -s "http://127.0.
 kill -0 "$DEPOT_PID" 2>/dev/null || { echo "depot serve did not start:"; cat "$WORK/serve.log"; exit 1; }
 export DEPOT_SERVER=http://127.0.0.1:$DEPOT_PORT DEPOT_TOKEN_FILE=$WORK/data/admin.token
 TOKEN=$(cat "$WORK/data/admin.token")
+
+echo "== push 1 GiB vs sha256sum ($ROUNDS rounds)"
+head -c $((1<<30)) /dev/urandom > "$WORK/big"
+PT=() ST=()
+for r in $(seq "$ROUNDS"); do
+  s=$(date +%s.%N); "$D" image push "big$r" "$WORK/big" >/dev/null; e=$(date +%s.%N); PT+=("$(python3 -c "print($e-$s)")")
+  s=$(date +%s.%N); sha256sum "$WORK/big" >/dev/null; e=$(date +%s.%N); ST+=("$(python3 -c "print($e-$s)")")
+done
+PUSH_RSS_KB=$(awk '/VmHWM/ {print $2}' /proc/$DEPOT_PID/status)
 
 echo "== preparing 4 x 256 MiB images"
 for i in 0 1 2 3; do
@@ -76,14 +86,6 @@ for r in $(seq "$ROUNDS"); do
 done
 RSS_KB=$(awk '/VmHWM/ {print $2}' /proc/$DEPOT_PID/status)
 
-echo "== push 1 GiB vs sha256sum ($ROUNDS rounds)"
-head -c $((1<<30)) /dev/urandom > "$WORK/big"
-PT=() ST=()
-for r in $(seq "$ROUNDS"); do
-  s=$(date +%s.%N); "$D" image push "big$r" "$WORK/big" >/dev/null; e=$(date +%s.%N); PT+=("$(python3 -c "print($e-$s)")")
-  s=$(date +%s.%N); sha256sum "$WORK/big" >/dev/null; e=$(date +%s.%N); ST+=("$(python3 -c "print($e-$s)")")
-done
-PUSH_RSS_KB=$(awk '/VmHWM/ {print $2}' /proc/$DEPOT_PID/status)
 
 python3 - "$RSS_KB" "$PUSH_RSS_KB" "${DT[*]}" "${NT[*]}" "${PT[*]}" "${ST[*]}" <<'PY'
 import statistics, sys
@@ -94,7 +96,7 @@ md, mn, mp, ms = (statistics.median(x) for x in (dt, nt, pt, st))
 print(f"download  depot  median {md:.2f}s  {total*1024/md:7.0f} MiB/s   runs {' '.join(f'{x:.2f}' for x in dt)}")
 print(f"download  nginx  median {mn:.2f}s  {total*1024/mn:7.0f} MiB/s   runs {' '.join(f'{x:.2f}' for x in nt)}")
 print(f"download  ratio  depot/nginx throughput = {mn/md:.2f}  (goal >= 0.90)")
-print(f"depot serve peak RSS after downloads: {rss/1024:.1f} MiB, after pushes: {prss/1024:.1f} MiB  (goal <= 100 MiB)")
+print(f"depot serve peak RSS after pushes: {prss/1024:.1f} MiB, after downloads too: {rss/1024:.1f} MiB  (goal <= 100 MiB)")
 print(f"push 1GiB depot  median {mp:.2f}s   runs {' '.join(f'{x:.2f}' for x in pt)}")
 print(f"sha256sum 1GiB   median {ms:.2f}s   runs {' '.join(f'{x:.2f}' for x in st)}")
 print(f"push ratio depot push / sha256sum = {mp/ms:.2f}  (goal <= 1.20)")

@@ -178,10 +178,16 @@ const writeChunk = 1 << 20
 
 func (w *writer) fileLoop() {
 	defer close(w.done)
+	var written, flushed int64
 	for b := range w.queue {
 		if w.ioErr == nil {
 			if _, err := w.f.Write(b); err != nil {
 				w.ioErr = err
+			}
+			written += int64(len(b))
+			if written-flushed >= writebackChunk {
+				startWriteback(w.f, flushed, written-flushed)
+				flushed = written
 			}
 		}
 		select {
