@@ -166,11 +166,26 @@ func (m *Manager) find(ref string) (Meta, bool, error) {
 		return Meta{}, false, err
 	}
 	for _, w := range all {
-		if w.Server == m.Client.Server() && (w.UID == ref || w.Name == ref) {
+		if sameCluster(w.Server, m.Client.Server()) && (w.UID == ref || w.Name == ref) {
 			return w, true, nil
 		}
 	}
 	return Meta{}, false, nil
+}
+
+// sameCluster reports whether two server lists (comma-separated heads)
+// share a head, so reordering or adding heads keeps workspaces visible.
+func sameCluster(a, b string) bool {
+	heads := map[string]bool{}
+	for _, h := range strings.Split(a, ",") {
+		heads[strings.TrimRight(strings.TrimSpace(h), "/")] = true
+	}
+	for _, h := range strings.Split(b, ",") {
+		if heads[strings.TrimRight(strings.TrimSpace(h), "/")] {
+			return true
+		}
+	}
+	return false
 }
 
 // conflictErr builds seed 000's messages: they name both UIDs and the safe

@@ -305,14 +305,18 @@ func TestQcow2OverlayEdit(t *testing.T) {
 	}
 }
 
-func TestTarGzWorkspace(t *testing.T) {
-	need(t, "tar", "gzip")
+func TestTarGzWorkspace(t *testing.T) { testTarWorkspace(t, "gzip", "-z") }
+
+func TestTarZstWorkspace(t *testing.T) { testTarWorkspace(t, "zstd", "--zstd") }
+
+func testTarWorkspace(t *testing.T, compressor, flag string) {
+	need(t, "tar", compressor)
 	c, _ := newServer(t)
 	src := t.TempDir()
 	os.MkdirAll(filepath.Join(src, "etc"), 0o755)
 	os.WriteFile(filepath.Join(src, "etc", "motd"), []byte("hello\n"), 0o644)
-	tgz := filepath.Join(t.TempDir(), "root.tar.gz")
-	if b, err := exec.Command("tar", "-czf", tgz, "-C", src, ".").CombinedOutput(); err != nil {
+	tgz := filepath.Join(t.TempDir(), "root.tar")
+	if b, err := exec.Command("tar", "-c", flag, "-f", tgz, "-C", src, ".").CombinedOutput(); err != nil {
 		t.Fatalf("%v %s", err, b)
 	}
 	data, _ := os.ReadFile(tgz)
@@ -328,11 +332,11 @@ func TestTarGzWorkspace(t *testing.T) {
 		t.Fatal("a new file is not seen as a change")
 	}
 	res, err := m.Commit(ctx, "tgz", CommitOptions{})
-	if err != nil || res.Format != "gzip" {
+	if err != nil || res.Format != compressor {
 		t.Fatalf("commit: %+v %v", res, err)
 	}
 	out := t.TempDir()
-	if b, err := exec.Command("tar", "-xzf", m.Cache.BlobPath(res.Digest), "-C", out).CombinedOutput(); err != nil {
+	if b, err := exec.Command("tar", "-x", flag, "-f", m.Cache.BlobPath(res.Digest), "-C", out).CombinedOutput(); err != nil {
 		t.Fatalf("%v %s", err, b)
 	}
 	for f, want := range map[string]string{"etc/motd": "hello\n", "etc/added": "new\n"} {
@@ -347,5 +351,21 @@ func TestTarGzWorkspace(t *testing.T) {
 	}
 	if hist, _ := c.History(ctx, "tgz"); len(hist) != 2 {
 		t.Errorf("history has %d revisions, want 2", len(hist))
+	}
+}
+
+func TestSameCluster(t *testing.T) {
+	for _, tc := range []struct {
+		a, b string
+		want bool
+	}{
+		{"http://h1:8484", "http://h1:8484", true},
+		{"http://h1:8484,http://h2:8484", "http://h2:8484,http://h1:8484", true},
+		{"http://h1:8484", "http://h1:8484/,http://h3:8484", true},
+		{"http://h1:8484", "http://h2:8484", false},
+	} {
+		if got := sameCluster(tc.a, tc.b); got != tc.want {
+			t.Errorf("sameCluster(%q, %q) = %v", tc.a, tc.b, got)
+		}
 	}
 }
