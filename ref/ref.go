@@ -113,12 +113,15 @@ func parseDigest(s, whole string) (digest.Digest, error) {
 	return digest.Digest(s), nil
 }
 
+// maxLen bounds a reference, in its canonical form.
+const maxLen = 4096
+
 // Parse parses a reference.
 func Parse(s string) (Ref, error) {
 	if s == "" {
 		return Ref{}, bad(s, "empty")
 	}
-	if len(s) > 4096 {
+	if len(s) > maxLen {
 		return Ref{}, bad(s[:64]+"…", "longer than 4096 bytes")
 	}
 	for _, c := range s {
@@ -185,6 +188,11 @@ func parseHTTP(s string) (Ref, error) {
 		return Ref{}, bad(raw, "the URL must name a file")
 	}
 	r.URL = u.String()
+	// Bound the canonical form, not the input: percent-encoding can triple
+	// the length, and every accepted reference must round-trip.
+	if len(r.String()) > maxLen {
+		return Ref{}, bad(raw[:min(len(raw), 64)]+"…", "longer than 4096 bytes once URL-encoded")
+	}
 	return r, nil
 }
 
