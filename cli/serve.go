@@ -146,8 +146,15 @@ func runServe(ctx context.Context, g *globals, o *serveOptions) error {
 	if err := bootstrapAdmin(ctx, g, cat, authority, o.data); err != nil {
 		return err
 	}
+	var leader interface{ IsLeader() bool }
+	if ec, ok := cat.(*etcdcat.Catalog); ok {
+		// Several heads share this catalog: one at a time collects garbage.
+		host, _ := os.Hostname()
+		leader = ec.Campaign(ctx, "gc", fmt.Sprintf("%s/%d", host, os.Getpid()), 5)
+	}
 	srv, err := server.New(server.Config{
-		Catalog: cat, Blobs: blobs, Auth: authority, Logger: log,
+		GCLeader: leader,
+		Catalog:  cat, Blobs: blobs, Auth: authority, Logger: log,
 		AllowAnonymousRead: o.anonRead, KeepRevisions: o.keepRevisions,
 		GCInterval: o.gcInterval, GCGrace: graceFor(o.gcGrace), MaxContentSize: o.maxContentSize,
 	})

@@ -74,8 +74,10 @@ func (s *Server) gcLoop(ctx context.Context) {
 	t := time.NewTicker(s.cfg.GCInterval)
 	defer t.Stop()
 	for {
-		if _, err := s.CollectGarbage(ctx); err != nil && ctx.Err() == nil {
-			s.log.Error("garbage collection", "err", err)
+		if s.isGCLeader() { // with several heads, only the elected one collects
+			if _, err := s.CollectGarbage(ctx); err != nil && ctx.Err() == nil {
+				s.log.Error("garbage collection", "err", err)
+			}
 		}
 		select {
 		case <-ctx.Done():

@@ -50,6 +50,9 @@ type Config struct {
 	IngestTTL time.Duration
 	// MaxContentSize bounds one content upload. Default 1 TiB.
 	MaxContentSize int64
+	// GCLeader, when set, makes garbage collection run only while it
+	// reports leadership (several heads on one catalog elect one collector).
+	GCLeader interface{ IsLeader() bool }
 }
 
 func (c *Config) setDefaults() {
@@ -98,6 +101,14 @@ func New(cfg Config) (*Server, error) {
 	cfg.setDefaults()
 	s := &Server{cfg: cfg, log: cfg.Logger, mux: http.NewServeMux(), reg: prometheus.NewRegistry()}
 	s.metrics = newMetrics(s.reg)
+	s.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "depot_gc_leader", Help: "1 when this head runs garbage collection (always 1 with a single head).",
+	}, func() float64 {
+		if s.isGCLeader() {
+			return 1
+		}
+		return 0
+	}))
 	s.routes()
 	return s, nil
 }
@@ -242,3 +253,5 @@ func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
 	}
 	s.ok(w, http.StatusOK, "ok")
 }
+
+func (s *Server) isGCLeader() bool { return s.cfg.GCLeader == nil || s.cfg.GCLeader.IsLeader() }

@@ -54,20 +54,26 @@ func TestSweepIngests(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A live upload: its part file is fresh and must survive.
 	w, err := s.Writer(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer w.Close()
 	w.Write([]byte("partial"))
-	if n, _ := s.SweepIngests(context.Background(), time.Hour); n != 0 {
-		t.Fatalf("swept %d fresh ingests", n)
-	}
+	// An upload abandoned by a crashed process two hours ago.
+	abandoned := filepath.Join(s.Root(), "ingest", "crashed.part")
+	os.WriteFile(abandoned, []byte("half"), 0o644)
 	old := time.Now().Add(-2 * time.Hour)
-	ents, _ := os.ReadDir(filepath.Join(s.Root(), "ingest"))
-	for _, e := range ents {
-		os.Chtimes(filepath.Join(s.Root(), "ingest", e.Name()), old, old)
-	}
+	os.Chtimes(abandoned, old, old)
 	if n, _ := s.SweepIngests(context.Background(), time.Hour); n != 1 {
-		t.Fatalf("swept %d, want 1", n)
+		t.Fatalf("swept %d, want 1 (only the abandoned part)", n)
+	}
+	if _, err := os.Stat(abandoned); !os.IsNotExist(err) {
+		t.Error("the abandoned part is still there")
+	}
+	ents, _ := os.ReadDir(filepath.Join(s.Root(), "ingest"))
+	if len(ents) != 1 {
+		t.Errorf("ingest/ holds %d files, want the live upload's only", len(ents))
 	}
 }

@@ -460,3 +460,65 @@ func sentBytes(url string) float64 {
 	}
 	return 0
 }
+
+// TestGCElection: with two heads on one etcd, exactly one collects garbage;
+// when it dies, the other takes over once the leader's lease expires.
+func TestGCElection(t *testing.T) {
+	ep := testenv.Etcd(t)
+	cat := "etcd://" + strings.TrimPrefix(ep, "http://") + "/depot-gc"
+	shared := t.TempDir()
+	h1 := startServe(t, t.TempDir(), "--catalog", cat, "--blobs", shared)
+	h2 := startServe(t, t.TempDir(), "--catalog", cat, "--blobs", shared)
+	leaders := func(hs ...*headProc) []int {
+		var out []int
+		for i, h := range hs {
+			if gauge(h.url, "depot_gc_leader") == 1 {
+				out = append(out, i)
+			}
+		}
+		return out
+	}
+	var l []int
+	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if l = leaders(h1, h2); len(l) == 1 {
+			break
+		}
+	}
+	if len(l) != 1 {
+		t.Fatalf("leaders = %v, want exactly one", l)
+	}
+	// Stable: still exactly one a moment later.
+	time.Sleep(500 * time.Millisecond)
+	if again := leaders(h1, h2); len(again) != 1 || again[0] != l[0] {
+		t.Fatalf("leadership flapped: %v then %v", l, again)
+	}
+	dead, survivor := h1, h2
+	if l[0] == 1 {
+		dead, survivor = h2, h1
+	}
+	dead.kill9()
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		if gauge(survivor.url, "depot_gc_leader") == 1 {
+			return
+		}
+	}
+	t.Fatal("the surviving head never took over garbage collection")
+}
+
+// gauge reads a metric without labels from a head's /metrics (-1 if absent).
+func gauge(url, name string) float64 {
+	resp, err := http.Get(url + "/metrics")
+	if err != nil {
+		return -1
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			var f float64
+			fmt.Sscan(v, &f)
+			return f
+		}
+	}
+	return -1
+}
