@@ -282,3 +282,16 @@ func PrepareNew(img *Image, now time.Time) error {
 	}
 	return nil
 }
+
+// CheckUpdate enforces what an Update may not do, on every backend: change
+// the UID, or rename to an invalid name. (Whether a new name is free is the
+// backend's check, inside its transaction.)
+func CheckUpdate(before, after *Image) error {
+	if after.UID != before.UID {
+		return fmt.Errorf("image %s: the UID cannot change: %w", before.UID, errdefs.ErrInvalidArgument)
+	}
+	if after.Name != before.Name {
+		return ValidateName(after.Name)
+	}
+	return nil
+}

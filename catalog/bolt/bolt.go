@@ -196,13 +196,10 @@ func (c *Catalog) Update(ctx context.Context, ref string, fn func(*catalog.Image
 		if err := fn(after); err != nil {
 			return err
 		}
-		if after.UID != before.UID {
-			return fmt.Errorf("image %s: the UID cannot change: %w", before.UID, errdefs.ErrInvalidArgument)
+		if err := catalog.CheckUpdate(before, after); err != nil {
+			return err
 		}
 		if after.Name != before.Name {
-			if err := catalog.ValidateName(after.Name); err != nil {
-				return err
-			}
 			names := tx.Bucket(bNames)
 			if names.Get([]byte(after.Name)) != nil {
 				return fmt.Errorf("image name %q is taken: %w", after.Name, errdefs.ErrAlreadyExists)

@@ -197,13 +197,10 @@ func (c *Catalog) Update(ctx context.Context, ref string, fn func(*catalog.Image
 		if err := fn(after); err != nil {
 			return err
 		}
-		if after.UID != before.UID {
-			return fmt.Errorf("image %s: the UID cannot change: %w", before.UID, errdefs.ErrInvalidArgument)
+		if err := catalog.CheckUpdate(before, after); err != nil {
+			return err
 		}
 		if after.Name != before.Name {
-			if err := catalog.ValidateName(after.Name); err != nil {
-				return err
-			}
 			if s.Get(c.k("names", after.Name)) != "" {
 				return fmt.Errorf("image name %q is taken: %w", after.Name, errdefs.ErrAlreadyExists)
 			}
