@@ -31,6 +31,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -59,24 +60,11 @@ const (
 // ParsePolicy accepts the policy names case-insensitively.
 func ParsePolicy(s string) (Policy, error) {
 	for _, p := range []Policy{Always, IfNotPresent, Never} {
-		if equalFold(string(p), s) {
+		if strings.EqualFold(string(p), s) {
 			return p, nil
 		}
 	}
 	return "", fmt.Errorf("pull policy %q: want Always, IfNotPresent or Never: %w", s, errdefs.ErrInvalidArgument)
-}
-
-func equalFold(a, b string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range len(a) {
-		x, y := a[i]|0x20, b[i]|0x20
-		if x != y {
-			return false
-		}
-	}
-	return true
 }
 
 // Options configure a Cache.

@@ -410,8 +410,9 @@ type Content struct {
 	Format string
 }
 
-// totalFromContentRange reads the total of "bytes a-b/total" (-1 if absent).
-func totalFromContentRange(v string) int64 {
+// ContentRangeTotal reads the total of a Content-Range "bytes a-b/total"
+// (-1 if absent or unknown).
+func ContentRangeTotal(v string) int64 {
 	i := strings.LastIndexByte(v, '/')
 	if i < 0 {
 		return -1
@@ -461,7 +462,7 @@ func (c *Client) open(ctx context.Context, path string, offset, length int64, wh
 		Size: resp.ContentLength, Format: resp.Header.Get(api.HeaderFormat)}
 	if resp.StatusCode == http.StatusPartialContent {
 		out.Offset = offset
-		out.Total = totalFromContentRange(resp.Header.Get("Content-Range"))
+		out.Total = ContentRangeTotal(resp.Header.Get("Content-Range"))
 	} else {
 		out.Total = resp.ContentLength
 	}

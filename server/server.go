@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -214,7 +215,7 @@ func (s *Server) authorize(r *http.Request, need auth.Role) (auth.Principal, err
 		return auth.Principal{}, fmt.Errorf("this endpoint needs a bearer token (role %s or higher): %w", need, errdefs.ErrUnauthorized)
 	}
 	const prefix = "Bearer "
-	if len(h) <= len(prefix) || !equalFold(h[:len(prefix)], prefix) {
+	if len(h) <= len(prefix) || !strings.EqualFold(h[:len(prefix)], prefix) {
 		return auth.Principal{}, fmt.Errorf("the Authorization header must be \"Bearer <token>\": %w", errdefs.ErrUnauthorized)
 	}
 	p, err := s.cfg.Auth.Verify(r.Context(), h[len(prefix):])
@@ -225,25 +226,6 @@ func (s *Server) authorize(r *http.Request, need auth.Role) (auth.Principal, err
 		return p, fmt.Errorf("token of %s has role %s; this needs %s: %w", p.Subject, p.Role, need, errdefs.ErrForbidden)
 	}
 	return p, nil
-}
-
-func equalFold(a, b string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range len(a) {
-		x, y := a[i], b[i]
-		if 'A' <= x && x <= 'Z' {
-			x += 'a' - 'A'
-		}
-		if 'A' <= y && y <= 'Z' {
-			y += 'a' - 'A'
-		}
-		if x != y {
-			return false
-		}
-	}
-	return true
 }
 
 func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {

@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"net/url"
 	"path"
-	"strconv"
 	"strings"
 
 	"github.com/opencontainers/go-digest"
@@ -145,14 +144,7 @@ func (h *HTTP) Open(ctx context.Context, d digest.Digest, offset, length int64, 
 		Ranges: resp.Header.Get("Accept-Ranges") == "bytes" || resp.StatusCode == http.StatusPartialContent}
 	if resp.StatusCode == http.StatusPartialContent {
 		b.Offset = offset
-		b.Size = -1
-		if cr := resp.Header.Get("Content-Range"); cr != "" {
-			if i := strings.LastIndexByte(cr, '/'); i >= 0 {
-				if n, err := strconv.ParseInt(cr[i+1:], 10, 64); err == nil {
-					b.Size = n
-				}
-			}
-		}
+		b.Size = client.ContentRangeTotal(resp.Header.Get("Content-Range"))
 	}
 	return b, nil
 }
