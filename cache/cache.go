@@ -38,6 +38,7 @@ import (
 	"github.com/gofrs/flock"
 	"github.com/opencontainers/go-digest"
 
+	"github.com/depot-images/depot/atomicfile"
 	"github.com/depot-images/depot/blob"
 	"github.com/depot-images/depot/client"
 	"github.com/depot-images/depot/errdefs"
@@ -735,7 +736,7 @@ func (c *Cache) commit(p *partial, src source.Source) (Image, error) {
 		return Image{}, err
 	}
 	os.Remove(p.statePath)
-	if err := syncDir(filepath.Dir(path)); err != nil {
+	if err := atomicfile.SyncDir(filepath.Dir(path)); err != nil {
 		return Image{}, err
 	}
 	fi, err := os.Stat(path)
@@ -756,15 +757,6 @@ func (c *Cache) diskErr(err error) error {
 		return fmt.Errorf("cache %s: no space left on the device; free space or prune the cache, then retry: %w", c.dir, err)
 	}
 	return fmt.Errorf("cache %s: %w", c.dir, err)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
 
 // maxChain bounds backing-chain depth (and breaks cycles).

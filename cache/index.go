@@ -14,6 +14,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/depot-images/depot/atomicfile"
 	"github.com/depot-images/depot/errdefs"
 )
 
@@ -108,29 +109,11 @@ func readJSON[T any](path string) (T, bool, error) {
 	return v, true, nil
 }
 
-// writeJSON replaces path atomically (temp file, optional fsync, rename).
+// writeJSON replaces path atomically (optionally fsynced), mode 0600.
 func writeJSON(path string, v any, durable bool) error {
 	data, err := json.Marshal(v)
 	if err != nil {
 		return err
 	}
-	f, err := os.CreateTemp(filepath.Dir(path), ".tmp-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name())
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if durable {
-		if err := f.Sync(); err != nil {
-			f.Close()
-			return err
-		}
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(f.Name(), path)
+	return atomicfile.Write(path, data, 0o600, durable)
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/gofrs/flock"
 	"github.com/opencontainers/go-digest"
 
+	"github.com/depot-images/depot/atomicfile"
 	"github.com/depot-images/depot/errdefs"
 	"github.com/depot-images/depot/format"
 	"github.com/depot-images/depot/ref"
@@ -241,7 +242,7 @@ func (c *Cache) Adopt(ctx context.Context, path string, d digest.Digest, blake3H
 	if err := os.Rename(path, dst); err != nil {
 		return Image{}, fmt.Errorf("adopt %s: %w", d, err)
 	}
-	if err := syncDir(filepath.Dir(dst)); err != nil {
+	if err := atomicfile.SyncDir(filepath.Dir(dst)); err != nil {
 		return Image{}, err
 	}
 	fi, err := os.Stat(dst)

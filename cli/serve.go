@@ -17,6 +17,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/depot-images/depot/atomicfile"
 	"github.com/depot-images/depot/auth"
 	"github.com/depot-images/depot/blob/local"
 	"github.com/depot-images/depot/catalog"
@@ -208,37 +209,12 @@ func bootstrapAdmin(ctx context.Context, g *globals, cat catalog.Catalog, a *aut
 		return err
 	}
 	path := filepath.Join(data, "admin.token")
-	if err := writeFileAtomic(path, []byte(tok+"\n"), 0o600); err != nil {
+	if err := atomicfile.Write(path, []byte(tok+"\n"), 0o600, true); err != nil {
 		return fmt.Errorf("write admin token: %w", err)
 	}
 	fmt.Fprintf(g.stderr, "depot: first start: an admin token was written to %s (mode 0600).\n"+
 		"       Use it with: export DEPOT_TOKEN_FILE=%s\n", path, path)
 	return nil
-}
-
-// writeFileAtomic writes via a temporary file, fsync and rename.
-func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
-	f, err := os.CreateTemp(filepath.Dir(path), ".tmp-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name())
-	if err := f.Chmod(mode); err != nil {
-		f.Close()
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(f.Name(), path)
 }
 
 // graceFor maps the flag to server.Config, where zero means "default".

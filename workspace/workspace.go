@@ -31,6 +31,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/depot-images/depot/api"
+	"github.com/depot-images/depot/atomicfile"
 	"github.com/depot-images/depot/blob"
 	"github.com/depot-images/depot/cache"
 	"github.com/depot-images/depot/catalog"
@@ -123,21 +124,7 @@ func load(dir string) (Meta, error) {
 
 func save(dir string, meta Meta) error {
 	b, _ := json.MarshalIndent(meta, "", "  ")
-	tmp := filepath.Join(dir, ".workspace.json.tmp")
-	f, err := os.Create(tmp)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	f.Close()
-	return os.Rename(tmp, filepath.Join(dir, "workspace.json"))
+	return atomicfile.Write(filepath.Join(dir, "workspace.json"), b, 0o644, true)
 }
 
 // all lists every workspace's meta.

@@ -24,6 +24,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/depot-images/depot/atomicfile"
 	"github.com/depot-images/depot/blob"
 	"github.com/depot-images/depot/errdefs"
 )
@@ -90,7 +91,7 @@ func (s *Store) Delete(ctx context.Context, dgst digest.Digest) error {
 	if err := os.Remove(s.Path(dgst)); err != nil {
 		return notFound(dgst, err)
 	}
-	return syncDir(filepath.Dir(s.Path(dgst)))
+	return atomicfile.SyncDir(filepath.Dir(s.Path(dgst)))
 }
 
 // Walk implements blob.Manager. Files whose names are not sha256 hex are
@@ -290,20 +291,11 @@ func (w *writer) Commit(ctx context.Context, size int64, expected digest.Digest)
 	}
 	w.closed = true
 	w.h.Close()
-	if err := syncDir(filepath.Dir(target)); err != nil {
+	if err := atomicfile.SyncDir(filepath.Dir(target)); err != nil {
 		return blob.Info{}, fmt.Errorf("commit %s: %w", got, err)
 	}
 	info.Committed = time.Now()
 	return info, nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
 
 func notFound(dgst digest.Digest, err error) error {
