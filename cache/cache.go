@@ -348,9 +348,13 @@ func (c *Cache) local(d digest.Digest) (Image, bool, error) {
 			return Image{}, false, nil // it was bad and is gone: fetch again
 		}
 	}
-	rec.LastUsed = time.Now().UTC()
-	if err := writeJSON(c.recordPath(d), rec, false); err != nil {
-		c.log.Debug("last_used not recorded", "digest", d, "err", err)
+	// last_used only orders LRU eviction: refresh it at most once a minute,
+	// so a warm ensure (the hot path) is a stat and a small read, no write.
+	if now := time.Now().UTC(); now.Sub(rec.LastUsed) > lastUsedResolution {
+		rec.LastUsed = now
+		if err := writeJSON(c.recordPath(d), rec, false); err != nil {
+			c.log.Debug("last_used not recorded", "digest", d, "err", err)
+		}
 	}
 	return Image{Path: path, Digest: d, Size: rec.Size, Format: rec.Format}, true, nil
 }
@@ -758,6 +762,9 @@ func (c *Cache) diskErr(err error) error {
 	}
 	return fmt.Errorf("cache %s: %w", c.dir, err)
 }
+
+// lastUsedResolution is how stale a blob's last_used may be.
+const lastUsedResolution = time.Minute
 
 // maxChain bounds backing-chain depth (and breaks cycles).
 const maxChain = 16
