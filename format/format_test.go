@@ -8,6 +8,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"testing"
+
+	"github.com/depot-images/depot/testenv"
 )
 
 func readHead(t *testing.T, path string) []byte {
@@ -22,20 +24,8 @@ func readHead(t *testing.T, path string) []byte {
 	return b[:n]
 }
 
-// needTool skips when a tool is missing locally, but fails under CI, where
-// .ci/run installs it: a skip there would hide an untested feature.
-func needTool(t *testing.T, name string) {
-	t.Helper()
-	if _, err := exec.LookPath(name); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("%s is not installed; CI must install it", name)
-		}
-		t.Skipf("%s not installed", name)
-	}
-}
-
 func TestDetectRealQcow2(t *testing.T) {
-	needTool(t, "qemu-img")
+	testenv.Need(t, "qemu-img")
 	p := filepath.Join(t.TempDir(), "d.qcow2")
 	if out, err := exec.Command("qemu-img", "create", "-f", "qcow2", p, "64M").CombinedOutput(); err != nil {
 		t.Fatalf("qemu-img: %v %s", err, out)
@@ -53,7 +43,7 @@ func TestDetectRealQcow2(t *testing.T) {
 }
 
 func TestDetectRealSquashfs(t *testing.T) {
-	needTool(t, "mksquashfs")
+	testenv.Need(t, "mksquashfs")
 	src := t.TempDir()
 	os.WriteFile(filepath.Join(src, "hello"), []byte("hi"), 0o644)
 	p := filepath.Join(t.TempDir(), "fs.squashfs")

@@ -7,16 +7,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"testing"
+
+	"github.com/depot-images/depot/testenv"
 )
 
 func qemuImg(t *testing.T, args ...string) {
 	t.Helper()
-	if _, err := exec.LookPath("qemu-img"); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatal("qemu-img missing in CI")
-		}
-		t.Skip("qemu-img not installed")
-	}
+	testenv.Need(t, "qemu-img")
 	if out, err := exec.Command("qemu-img", args...).CombinedOutput(); err != nil {
 		t.Fatalf("qemu-img %v: %v %s", args, err, out)
 	}

@@ -24,6 +24,8 @@ import (
 	"github.com/depot-images/depot/catalog/bolt"
 	"github.com/depot-images/depot/client"
 	"github.com/depot-images/depot/errdefs"
+
+	"github.com/depot-images/depot/testenv"
 )
 
 type env struct {
@@ -132,12 +134,7 @@ var ctx = context.Background()
 
 func qcow2(t *testing.T) []byte {
 	t.Helper()
-	if _, err := exec.LookPath("qemu-img"); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatal("qemu-img missing in CI")
-		}
-		t.Skip("qemu-img not installed")
-	}
+	testenv.Need(t, "qemu-img")
 	p := filepath.Join(t.TempDir(), "x.qcow2")
 	if out, err := exec.Command("qemu-img", "create", "-f", "qcow2", p, "1G").CombinedOutput(); err != nil {
 		t.Fatalf("%v %s", err, out)
@@ -649,12 +646,7 @@ func TestMetricsAndHealth(t *testing.T) {
 }
 
 func TestSquashfsReportsFormat(t *testing.T) {
-	if _, err := exec.LookPath("mksquashfs"); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatal("mksquashfs missing in CI")
-		}
-		t.Skip("mksquashfs not installed")
-	}
+	testenv.Need(t, "mksquashfs")
 	src := t.TempDir()
 	os.WriteFile(filepath.Join(src, "etc-hostname"), []byte("node1\n"), 0o644)
 	p := filepath.Join(t.TempDir(), "root.squashfs")

@@ -160,12 +160,7 @@ func TestCLIFlowAndExitCodes(t *testing.T) {
 	wenv := []string{"DEPOT_SERVER=" + h.url, "DEPOT_TOKEN=" + writer, "DEPOT_TOKEN_FILE="}
 
 	img := filepath.Join(t.TempDir(), "disk.qcow2")
-	if _, err := exec.LookPath("qemu-img"); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatal("qemu-img missing in CI")
-		}
-		t.Skip("qemu-img not installed")
-	}
+	testenv.Need(t, "qemu-img")
 	if out, err := exec.Command("qemu-img", "create", "-f", "qcow2", img, "1G").CombinedOutput(); err != nil {
 		t.Fatalf("%v %s", err, out)
 	}
