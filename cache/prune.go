@@ -107,6 +107,10 @@ func (c *Cache) Prune(ctx context.Context, o PruneOptions) (PruneReport, error) 
 	if err != nil {
 		return rep, err
 	}
+	named := map[digest.Digest][]Pointer{} // loaded once; deleting a blob drops these
+	for _, p := range ptrs {
+		named[p.Digest] = append(named[p.Digest], p)
+	}
 	deleted := map[digest.Digest]bool{}
 	protected := map[digest.Digest]bool{} // workspace-bound or orphaned without --orphans
 	del := func(res *RuleResult, d digest.Digest) {
@@ -117,7 +121,7 @@ func (c *Cache) Prune(ctx context.Context, o PruneOptions) (PruneReport, error) 
 		res.Blobs = append(res.Blobs, d)
 		res.Bytes += byDigest[d].Size
 		if !o.DryRun {
-			c.deleteBlob(d)
+			c.deleteBlob(d, named[d])
 		}
 	}
 
@@ -238,9 +242,11 @@ func (c *Cache) sweepPartials(res *RuleResult, cutoff time.Time, dryRun bool) er
 	return nil
 }
 
-// deleteBlob removes a blob, its record and every pointer naming it.
-func (c *Cache) deleteBlob(d digest.Digest) {
-	c.dropPointersTo(d)
+// deleteBlob removes a blob, its record and the pointers naming it.
+func (c *Cache) deleteBlob(d digest.Digest, named []Pointer) {
+	for _, p := range named {
+		os.Remove(c.pointerPath(p.Key))
+	}
 	os.Remove(c.recordPath(d))
 	os.Remove(c.BlobPath(d))
 	c.log.Info("pruned", "digest", d)
