@@ -300,9 +300,6 @@ func (c *Cache) ensure(ctx context.Context, r ref.Ref, src source.Source, o Ensu
 		}
 		return Image{}, err
 	}
-	if r.Kind == ref.OCI && want != "" && desc.Digest == "" {
-		return Image{}, fmt.Errorf("%s: %w", r, errdefs.ErrNotFound)
-	}
 	var img Image
 	if !o.Force {
 		var ok bool

@@ -3,7 +3,6 @@ package cli
 import (
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -68,12 +67,13 @@ func (o *cacheOptions) open(g *globals) (*cache.Cache, error) {
 			return nil, err
 		}
 	}
-	log, err := newLogger(os.Stderr, g.logLevel, "text")
+	level := g.logLevel
+	if level == "info" { // the default: cache commands only say what went wrong
+		level = "warn"
+	}
+	log, err := newLogger(os.Stderr, level, "text")
 	if err != nil {
 		return nil, err
-	}
-	if g.logLevel == "info" {
-		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	}
 	return cache.Open(o.dir, cache.Options{Depot: dc, Logger: log, Connections: o.connections})
 }
