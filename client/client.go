@@ -16,6 +16,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"sort"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -59,13 +60,16 @@ func New(server, token string) (*Client, error) {
 	return c, nil
 }
 
-// Server names the server (the comma-separated heads of a cluster). It is
-// stable, so it can key what was resolved against it.
+// Server names the server: the comma-separated heads of a cluster, sorted,
+// so the name does not depend on the order the heads were given in and can
+// key what was resolved against it. (Requests still try heads in the given
+// order.)
 func (c *Client) Server() string {
 	parts := make([]string, len(c.bases))
 	for i, b := range c.bases {
 		parts[i] = b.String()
 	}
+	sort.Strings(parts)
 	return strings.Join(parts, ",")
 }
 
