@@ -41,27 +41,17 @@ func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request, d digest.Dige
 	if fmtName != "" {
 		h.Set(api.HeaderFormat, fmtName)
 	}
-	cw := &countingWriter{ResponseWriter: w}
-	http.ServeContent(cw, r, "", mtime, f)
-	s.metrics.bytesSent.Add(float64(cw.n))
-}
-
-// countingWriter counts body bytes; it forwards ReadFrom for sendfile.
-type countingWriter struct {
-	http.ResponseWriter
-	n int64
-}
-
-func (c *countingWriter) Write(p []byte) (int, error) {
-	n, err := c.ResponseWriter.Write(p)
-	c.n += int64(n)
-	return n, err
-}
-
-func (c *countingWriter) ReadFrom(r io.Reader) (int64, error) {
-	n, err := c.ResponseWriter.(io.ReaderFrom).ReadFrom(r)
-	c.n += n
-	return n, err
+	// Handlers get the *respWriter from handle, which already counts bytes
+	// (and forwards ReadFrom, so this is still sendfile).
+	rw, _ := w.(*respWriter)
+	var before int64
+	if rw != nil {
+		before = rw.bytes
+	}
+	http.ServeContent(w, r, "", mtime, f)
+	if rw != nil {
+		s.metrics.bytesSent.Add(float64(rw.bytes - before))
+	}
 }
 
 // lookupContent resolves {ref} to an image that has content.
