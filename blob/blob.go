@@ -3,7 +3,7 @@
 // A blob is an immutable byte string named by its sha256 digest. The seam is
 // split by role, after containerd's content store: a Provider reads committed
 // blobs, an Ingester streams new ones in, and a Manager deletes and walks.
-// Backends (blob/local today; S3 later) implement all three and run the one
+// Backends (blob/local, blob/s3) implement all three and run the one
 // conformance suite in blob/blobtest.
 //
 // The central contract: a blob becomes visible only through Writer.Commit,
@@ -16,6 +16,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net/url"
 	"strings"
 	"time"
 
@@ -97,6 +98,13 @@ type Store interface {
 // writes older than the given age and reports how many it removed.
 type IngestSweeper interface {
 	SweepIngests(ctx context.Context, olderThan time.Duration) (int, error)
+}
+
+// Presigner is an optional capability of stores that clients can read
+// directly (object storage): a URL that GETs blob d, with Range, without
+// depot credentials, until expiry. A missing blob is errdefs.ErrNotFound.
+type Presigner interface {
+	PresignGet(ctx context.Context, d digest.Digest, expiry time.Duration) (*url.URL, error)
 }
 
 // Validate checks that d is a well-formed sha256 digest, the only algorithm

@@ -19,7 +19,9 @@ import (
 
 	"github.com/depot-images/depot/atomicfile"
 	"github.com/depot-images/depot/auth"
+	"github.com/depot-images/depot/blob"
 	"github.com/depot-images/depot/blob/local"
+	"github.com/depot-images/depot/blob/s3"
 	"github.com/depot-images/depot/catalog"
 	"github.com/depot-images/depot/catalog/bolt"
 	etcdcat "github.com/depot-images/depot/catalog/etcd"
@@ -32,6 +34,10 @@ type serveOptions struct {
 	data           string
 	catalogURL     string
 	blobsDir       string
+	s3AccessKey    string
+	s3SecretFile   string
+	redirect       bool
+	redirectExpiry time.Duration
 	anonRead       bool
 	keepRevisions  int
 	gcInterval     time.Duration
@@ -44,7 +50,11 @@ func (o *serveOptions) AddFlags(f *pflag.FlagSet) {
 	f.StringVar(&o.addr, "addr", envOr("DEPOT_ADDR", "127.0.0.1:8484"), "listen address (env DEPOT_ADDR)")
 	f.StringVar(&o.data, "data", envOr("DEPOT_DATA", defaultDataDir()), "data directory: catalog.db, blobs/, ingest/ (env DEPOT_DATA)")
 	f.StringVar(&o.catalogURL, "catalog", envOr("DEPOT_CATALOG", ""), "catalog: empty for bbolt in --data, or etcd://host1:2379,host2:2379/prefix for several heads (env DEPOT_CATALOG)")
-	f.StringVar(&o.blobsDir, "blobs", envOr("DEPOT_BLOBS", ""), "blob directory (default --data); several heads may share one on a filesystem with atomic rename (env DEPOT_BLOBS)")
+	f.StringVar(&o.blobsDir, "blobs", envOr("DEPOT_BLOBS", ""), "blob store: a directory (default --data; several heads may share one on a filesystem with atomic rename), or s3://bucket[/prefix]?endpoint=[http://]host:port (env DEPOT_BLOBS)")
+	f.StringVar(&o.s3AccessKey, "s3-access-key", envOr("DEPOT_S3_ACCESS_KEY", ""), "S3 access key; empty uses AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, MINIO_ROOT_USER/MINIO_ROOT_PASSWORD, ~/.aws/credentials or the IAM role (env DEPOT_S3_ACCESS_KEY)")
+	f.StringVar(&o.s3SecretFile, "s3-secret-key-file", envOr("DEPOT_S3_SECRET_KEY_FILE", ""), "file holding the S3 secret key for --s3-access-key (env DEPOT_S3_SECRET_KEY_FILE)")
+	f.BoolVar(&o.redirect, "redirect-content", false, "answer content and blob downloads with a 307 to a presigned URL of the object store (s3:// blobs only), so this head does not carry the bytes")
+	f.DurationVar(&o.redirectExpiry, "redirect-expiry", 15*time.Minute, "how long a presigned download URL stays valid")
 	f.BoolVar(&o.anonRead, "allow-anonymous-read", false, "let requests without a token GET and HEAD")
 	f.IntVar(&o.keepRevisions, "keep-revisions", 3, "content revisions retained per image (current included)")
 	f.DurationVar(&o.gcInterval, "gc-interval", time.Minute, "how often unreferenced blobs are collected")
@@ -66,6 +76,12 @@ func (o *serveOptions) Validate() error {
 		return usageError{errors.New("--max-content-size must be positive")}
 	case o.logFormat != "text" && o.logFormat != "json":
 		return usageError{errors.New("--log-format is text or json")}
+	case o.redirect && !strings.HasPrefix(o.blobsDir, "s3://"):
+		return usageError{errors.New("--redirect-content needs --blobs s3://…: clients must be able to fetch the blob store directly")}
+	case o.redirect && (o.redirectExpiry < time.Minute || o.redirectExpiry > 7*24*time.Hour):
+		return usageError{errors.New("--redirect-expiry must be between 1m and 168h")}
+	case (o.s3AccessKey == "") != (o.s3SecretFile == ""):
+		return usageError{errors.New("--s3-access-key and --s3-secret-key-file go together")}
 	}
 	return nil
 }
@@ -132,11 +148,7 @@ func runServe(ctx context.Context, g *globals, o *serveOptions) error {
 		return err
 	}
 	defer cat.Close()
-	blobRoot := o.blobsDir
-	if blobRoot == "" {
-		blobRoot = o.data
-	}
-	blobs, err := local.Open(blobRoot)
+	blobs, err := openBlobs(ctx, o)
 	if err != nil {
 		return err
 	}
@@ -158,6 +170,7 @@ func runServe(ctx context.Context, g *globals, o *serveOptions) error {
 		Catalog:  cat, Blobs: blobs, Auth: authority, Logger: log,
 		AllowAnonymousRead: o.anonRead, KeepRevisions: o.keepRevisions,
 		GCInterval: o.gcInterval, GCGrace: graceFor(o.gcGrace), MaxContentSize: o.maxContentSize,
+		RedirectContent: redirectFor(o),
 	})
 	if err != nil {
 		return err
@@ -166,7 +179,7 @@ func runServe(ctx context.Context, g *globals, o *serveOptions) error {
 	if err != nil {
 		return fmt.Errorf("listen %s: %v: %w", o.addr, err, errdefs.ErrUnavailable)
 	}
-	log.Info("depot serve listening", "url", "http://"+ln.Addr().String(), "data", o.data, "anonymous_read", o.anonRead)
+	log.Info("depot serve listening", "url", "http://"+ln.Addr().String(), "data", o.data, "blobs", fmt.Sprint(blobs), "anonymous_read", o.anonRead, "redirect_content", o.redirect)
 	hs := &http.Server{ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
 	if err := srv.Run(ctx, ln, hs); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return err
@@ -215,6 +228,39 @@ func bootstrapAdmin(ctx context.Context, g *globals, cat catalog.Catalog, a *aut
 	fmt.Fprintf(g.stderr, "depot: first start: an admin token was written to %s (mode 0600).\n"+
 		"       Use it with: export DEPOT_TOKEN_FILE=%s\n", path, path)
 	return nil
+}
+
+// openBlobs opens the blob store --blobs names: a directory (default the data
+// directory) or an S3 bucket.
+func openBlobs(ctx context.Context, o *serveOptions) (blob.Store, error) {
+	if !strings.HasPrefix(o.blobsDir, "s3://") {
+		root := o.blobsDir
+		if root == "" {
+			root = o.data
+		}
+		return local.Open(root)
+	}
+	cfg, err := s3.ParseURL(o.blobsDir)
+	if err != nil {
+		return nil, usageError{err}
+	}
+	secret := ""
+	if o.s3SecretFile != "" {
+		b, err := os.ReadFile(o.s3SecretFile)
+		if err != nil {
+			return nil, usageError{fmt.Errorf("--s3-secret-key-file: %w", err)}
+		}
+		secret = strings.TrimSpace(string(b))
+	}
+	cfg.Creds = s3.DefaultCredentials(o.s3AccessKey, secret)
+	return s3.Open(ctx, cfg)
+}
+
+func redirectFor(o *serveOptions) time.Duration {
+	if !o.redirect {
+		return 0
+	}
+	return o.redirectExpiry
 }
 
 // graceFor maps the flag to server.Config, where zero means "default".

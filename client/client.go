@@ -42,7 +42,7 @@ type Client struct {
 // or a comma-separated list of a cluster's heads. token may be empty for
 // anonymous reads.
 func New(server, token string) (*Client, error) {
-	c := &Client{token: token, hc: &http.Client{}}
+	c := &Client{token: token, hc: &http.Client{CheckRedirect: checkRedirect}}
 	for _, s := range strings.Split(server, ",") {
 		s = strings.TrimSpace(s)
 		if s == "" {
@@ -107,6 +107,37 @@ func (c *Client) headOf(req *http.Request) int {
 		}
 	}
 	return 0
+}
+
+// checkRedirect follows up to 10 redirects and never sends the depot token to
+// another origin: a head started with --redirect-content answers downloads
+// with a presigned object-store URL, which carries its own authorization.
+// (Go's own rule compares host names only, so it would forward the token to
+// an object store on the same host but another port.)
+func checkRedirect(req *http.Request, via []*http.Request) error {
+	if len(via) >= 10 {
+		return errors.New("stopped after 10 redirects")
+	}
+	if req.URL.Scheme != via[0].URL.Scheme || req.URL.Host != via[0].URL.Host {
+		req.Header.Del("Authorization")
+	}
+	return nil
+}
+
+// headerOf reads key from resp or, when resp came through redirects, from the
+// nearest response in the chain that set it: a head's redirect carries the
+// digest and format headers that the object store's answer lacks.
+func headerOf(resp *http.Response, key string) string {
+	for r := resp; r != nil; {
+		if v := r.Header.Get(key); v != "" {
+			return v
+		}
+		if r.Request == nil {
+			break
+		}
+		r = r.Request.Response
+	}
+	return ""
 }
 
 func imagePath(ref string, rest string) string {
@@ -462,8 +493,8 @@ func (c *Client) open(ctx context.Context, path string, offset, length int64, wh
 	if err != nil {
 		return nil, err
 	}
-	out := &Content{ReadCloser: resp.Body, Digest: digest.Digest(resp.Header.Get(api.HeaderDigest)),
-		Size: resp.ContentLength, Format: resp.Header.Get(api.HeaderFormat)}
+	out := &Content{ReadCloser: resp.Body, Digest: digest.Digest(headerOf(resp, api.HeaderDigest)),
+		Size: resp.ContentLength, Format: headerOf(resp, api.HeaderFormat)}
 	if resp.StatusCode == http.StatusPartialContent {
 		out.Offset = offset
 		out.Total = ContentRangeTotal(resp.Header.Get("Content-Range"))

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs whatever depot's tests need that is missing (qemu-utils,
 # squashfs-tools, busybox-static, etcd-server, zstd, staticcheck, the distribution
-# registry), then runs every test:
+# registry, MinIO), then runs every test:
 # formatting, vet, staticcheck, the race-enabled test suite, and a short
 # pass of every fuzz target. Under CI=true a test whose tool is missing fails
 # instead of skipping.
@@ -9,6 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 STATICCHECK_VERSION=2026.2.2
+MINIO_VERSION=v0.0.0-20260212201848-7aac2a2c5b7c
 FUZZTIME=${FUZZTIME:-8s}
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -29,6 +30,12 @@ export PATH="$GOBIN:$PATH"
 if ! command -v registry >/dev/null; then
   echo "== installing the distribution registry (OCI tests)"
   go install github.com/distribution/distribution/v3/cmd/registry@v3.1.2
+fi
+if ! command -v minio >/dev/null; then
+  # A pinned commit of github.com/minio/minio (the module has no semver tags
+  # go install accepts); the build takes a few minutes, once.
+  echo "== installing MinIO (S3 blob store tests)"
+  go install github.com/minio/minio@$MINIO_VERSION
 fi
 if ! "$GOBIN/staticcheck" -version 2>/dev/null | grep -q "$STATICCHECK_VERSION"; then
   echo "== installing staticcheck $STATICCHECK_VERSION"
@@ -53,4 +60,5 @@ fuzz ./ref FuzzParse
 fuzz ./checksum FuzzParse
 fuzz ./qcow2 FuzzReadHeader
 fuzz ./cache FuzzDecodeIndex
+fuzz ./blob/s3 FuzzParseURL
 echo "== all tests passed"

@@ -25,6 +25,10 @@ func noContent(img catalog.Image) error {
 // serveBlob streams a committed blob with Range, If-None-Match and HEAD
 // support (http.ServeContent), preserving sendfile for local stores.
 func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request, d digest.Digest, mtime time.Time, fmtName string) {
+	if p, ok := s.cfg.Blobs.(blob.Presigner); ok && s.cfg.RedirectContent > 0 && r.Method == http.MethodGet {
+		s.redirectBlob(w, r, p, d, fmtName)
+		return
+	}
 	f, err := s.cfg.Blobs.Open(r.Context(), d)
 	if err != nil {
 		if errors.Is(err, errdefs.ErrNotFound) {
@@ -52,6 +56,47 @@ func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request, d digest.Dige
 	if rw != nil {
 		s.metrics.bytesSent.Add(float64(rw.bytes - before))
 	}
+}
+
+// redirectBlob answers a GET with a 307 to a presigned object-store URL.
+// The redirect carries the digest, ETag and format headers, so a client
+// knows what the object store's answer must hash to; If-None-Match is
+// answered here without a round trip to the store.
+func (s *Server) redirectBlob(w http.ResponseWriter, r *http.Request, p blob.Presigner, d digest.Digest, fmtName string) {
+	h := w.Header()
+	h.Set("ETag", api.ETag(d))
+	h.Set(api.HeaderDigest, d.String())
+	if fmtName != "" {
+		h.Set(api.HeaderFormat, fmtName)
+	}
+	if etagListMatches(r.Header.Get("If-None-Match"), api.ETag(d)) {
+		w.WriteHeader(http.StatusNotModified)
+		return
+	}
+	u, err := p.PresignGet(r.Context(), d, s.cfg.RedirectContent)
+	if err != nil {
+		if errors.Is(err, errdefs.ErrNotFound) {
+			err = fmt.Errorf("blob %s is referenced but missing from the blob store: %w", d, errdefs.ErrCorrupt)
+		}
+		s.fail(w, r, err)
+		return
+	}
+	// The URL expires: no cache may keep the redirect.
+	h.Set("Cache-Control", "no-store")
+	http.Redirect(w, r, u.String(), http.StatusTemporaryRedirect)
+	s.metrics.redirects.Inc()
+}
+
+// etagListMatches reports whether an If-None-Match value names etag (weak
+// comparison, as RFC 9110 asks for If-None-Match) or is "*".
+func etagListMatches(list, etag string) bool {
+	for _, v := range strings.Split(list, ",") {
+		v = strings.TrimPrefix(strings.TrimSpace(v), "W/")
+		if v == "*" || v == etag {
+			return true
+		}
+	}
+	return false
 }
 
 // lookupContent resolves {ref} to an image that has content.

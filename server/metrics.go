@@ -12,6 +12,7 @@ type metrics struct {
 	bytesReceived prometheus.Counter
 	gcBlobs       prometheus.Counter
 	gcBytes       prometheus.Counter
+	redirects     prometheus.Counter
 }
 
 func newMetrics(reg *prometheus.Registry) *metrics {
@@ -27,8 +28,9 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 		bytesReceived: prometheus.NewCounter(prometheus.CounterOpts{Name: "depot_content_received_bytes_total", Help: "Content bytes received by uploads."}),
 		gcBlobs:       prometheus.NewCounter(prometheus.CounterOpts{Name: "depot_gc_deleted_blobs_total", Help: "Blobs deleted by garbage collection."}),
 		gcBytes:       prometheus.NewCounter(prometheus.CounterOpts{Name: "depot_gc_deleted_bytes_total", Help: "Bytes deleted by garbage collection."}),
+		redirects:     prometheus.NewCounter(prometheus.CounterOpts{Name: "depot_content_redirects_total", Help: "Downloads answered with a presigned object-store URL (--redirect-content)."}),
 	}
-	reg.MustRegister(m.requests, m.duration, m.bytesSent, m.bytesReceived, m.gcBlobs, m.gcBytes,
+	reg.MustRegister(m.requests, m.duration, m.bytesSent, m.bytesReceived, m.gcBlobs, m.gcBytes, m.redirects,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

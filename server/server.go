@@ -54,6 +54,10 @@ type Config struct {
 	// GCLeader, when set, makes garbage collection run only while it
 	// reports leadership (several heads on one catalog elect one collector).
 	GCLeader interface{ IsLeader() bool }
+	// RedirectContent answers content and blob GETs with a 307 to a
+	// presigned URL valid for this long, so the head does not carry the
+	// bytes. Zero serves the bytes. It needs a blob.Presigner store.
+	RedirectContent time.Duration
 }
 
 func (c *Config) setDefaults() {
@@ -100,6 +104,9 @@ func New(cfg Config) (*Server, error) {
 		return nil, errors.New("server: Catalog, Blobs and Auth are required")
 	}
 	cfg.setDefaults()
+	if _, ok := cfg.Blobs.(blob.Presigner); cfg.RedirectContent > 0 && !ok {
+		return nil, fmt.Errorf("server: redirecting downloads needs a blob store that clients can read directly (s3://…): %w", errdefs.ErrInvalidArgument)
+	}
 	s := &Server{cfg: cfg, log: cfg.Logger, mux: http.NewServeMux(), reg: prometheus.NewRegistry()}
 	s.metrics = newMetrics(s.reg)
 	s.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{

@@ -1,5 +1,5 @@
 // Package testenv starts the real services depot's integration tests run
-// against (etcd, the distribution registry) on loopback ports, and stops them when the test ends.
+// against (etcd, the distribution registry, MinIO) on loopback ports, and stops them when the test ends.
 // A missing tool skips the test on a laptop but fails it under CI=true, so
 // CI can never silently skip an integration test. It is used by tests only.
 package testenv
@@ -42,47 +42,91 @@ func FreePort(t testing.TB) int {
 // Etcd runs a single-member etcd and returns its client URL.
 func Etcd(t testing.TB) string {
 	t.Helper()
+	return EtcdCluster(t, 1).URLs[0]
+}
+
+// EtcdMembers is a running etcd cluster.
+type EtcdMembers struct {
+	URLs []string // client URL of each member
+	cmds []*exec.Cmd
+}
+
+// Kill stops member i with SIGKILL.
+func (e *EtcdMembers) Kill(i int) {
+	e.cmds[i].Process.Kill()
+	e.cmds[i].Wait()
+}
+
+// EtcdCluster runs an n-member etcd cluster on loopback and waits until every
+// member reports healthy (which needs a quorum).
+func EtcdCluster(t testing.TB, n int) *EtcdMembers {
+	t.Helper()
 	Need(t, "etcd")
-	client := fmt.Sprintf("http://127.0.0.1:%d", FreePort(t))
-	peer := fmt.Sprintf("http://127.0.0.1:%d", FreePort(t))
-	cmd := exec.Command("etcd", "--name", "t", "--data-dir", t.TempDir(),
-		"--listen-client-urls", client, "--advertise-client-urls", client,
-		"--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-		"--initial-cluster", "t="+peer, "--log-level", "error")
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
+	peers := make([]string, n)
+	e := &EtcdMembers{URLs: make([]string, n)}
+	var initial []string
+	for i := range n {
+		e.URLs[i] = fmt.Sprintf("http://127.0.0.1:%d", FreePort(t))
+		peers[i] = fmt.Sprintf("http://127.0.0.1:%d", FreePort(t))
+		initial = append(initial, fmt.Sprintf("m%d=%s", i, peers[i]))
 	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	deadline := time.Now().Add(15 * time.Second)
+	token := fmt.Sprintf("depot-test-%d", time.Now().UnixNano())
+	for i := range n {
+		cmd := exec.Command("etcd", "--name", fmt.Sprintf("m%d", i), "--data-dir", t.TempDir(),
+			"--listen-client-urls", e.URLs[i], "--advertise-client-urls", e.URLs[i],
+			"--listen-peer-urls", peers[i], "--initial-advertise-peer-urls", peers[i],
+			"--initial-cluster", strings.Join(initial, ","), "--initial-cluster-state", "new",
+			"--initial-cluster-token", token, "--log-level", "error")
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		e.cmds = append(e.cmds, cmd)
+		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	}
+	for _, u := range e.URLs {
+		waitHTTP(t, u+"/health", "etcd", 20*time.Second)
+	}
+	return e
+}
+
+// goTool finds a tool on PATH or in $(go env GOPATH)/bin, where scripts/test.sh
+// installs the Go-built ones.
+func goTool(t testing.TB, name string) string {
+	t.Helper()
+	if bin, err := exec.LookPath(name); err == nil {
+		return bin
+	}
+	if gp, err := exec.Command("go", "env", "GOPATH").Output(); err == nil {
+		p := filepath.Join(strings.TrimSpace(string(gp)), "bin", name)
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
+	}
+	Need(t, name)
+	return ""
+}
+
+// waitHTTP polls url until it answers 200 or the deadline passes.
+func waitHTTP(t testing.TB, url, what string, wait time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(wait)
 	for time.Now().Before(deadline) {
-		if resp, err := http.Get(client + "/health"); err == nil {
+		if resp, err := http.Get(url); err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
-				return client
+				return
 			}
 		}
-		time.Sleep(100 * time.Millisecond)
+		time.Sleep(50 * time.Millisecond)
 	}
-	t.Fatal("etcd did not become healthy")
-	return ""
+	t.Fatalf("%s did not become healthy at %s within %s", what, url, wait)
 }
 
 // Registry runs the distribution registry (deletes enabled) and returns its
 // host:port.
 func Registry(t testing.TB) string {
 	t.Helper()
-	bin, err := exec.LookPath("registry")
-	if err != nil {
-		if gp, e := exec.Command("go", "env", "GOPATH").Output(); e == nil {
-			p := filepath.Join(strings.TrimSpace(string(gp)), "bin", "registry")
-			if _, serr := os.Stat(p); serr == nil {
-				bin, err = p, nil
-			}
-		}
-	}
-	if err != nil {
-		Need(t, "registry")
-	}
+	bin := goTool(t, "registry")
 	addr := fmt.Sprintf("127.0.0.1:%d", FreePort(t))
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "config.yml")
@@ -92,13 +136,35 @@ func Registry(t testing.TB) string {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	for range 100 {
-		if resp, err := http.Get("http://" + addr + "/v2/"); err == nil {
-			resp.Body.Close()
-			return addr
-		}
-		time.Sleep(50 * time.Millisecond)
+	waitHTTP(t, "http://"+addr+"/v2/", "registry", 5*time.Second)
+	return addr
+}
+
+// MinIOServer is a running single-node MinIO.
+type MinIOServer struct {
+	Endpoint             string // host:port, plain http
+	AccessKey, SecretKey string
+	Dir                  string // its data directory
+}
+
+// MinIO runs a MinIO server on a loopback port with fresh credentials and
+// an empty data directory, and stops it when the test ends.
+func MinIO(t testing.TB) MinIOServer {
+	t.Helper()
+	bin := goTool(t, "minio")
+	m := MinIOServer{
+		Endpoint:  fmt.Sprintf("127.0.0.1:%d", FreePort(t)),
+		AccessKey: "depot-test", SecretKey: "depot-test-secret",
+		Dir: t.TempDir(),
 	}
-	t.Fatal("registry did not start")
-	return ""
+	cmd := exec.Command(bin, "server", "--quiet", "--address", m.Endpoint,
+		"--console-address", fmt.Sprintf("127.0.0.1:%d", FreePort(t)), m.Dir)
+	cmd.Env = append(os.Environ(), "MINIO_ROOT_USER="+m.AccessKey, "MINIO_ROOT_PASSWORD="+m.SecretKey,
+		"MINIO_BROWSER=off", "MINIO_UPDATE=off", "HOME="+m.Dir)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	waitHTTP(t, "http://"+m.Endpoint+"/minio/health/ready", "minio", 30*time.Second)
+	return m
 }

@@ -49,6 +49,9 @@ func Open(root string) (*Store, error) {
 	return &Store{root: root}, nil
 }
 
+// String names the store for logs.
+func (s *Store) String() string { return s.root }
+
 // Root is the directory the store lives in.
 func (s *Store) Root() string { return s.root }
 

@@ -364,10 +364,9 @@ func TestTwoHeadsOnEtcd(t *testing.T) {
 	}
 }
 
-// TestR7KillOneHeadDuringPulls: three heads on one etcd and one blob
-// directory; 8 processes ensure a 128 MiB image (4 pinned, 4 by name with
-// policy Always) through DEPOT_SERVER=h1,h2,h3 while h1 is SIGKILLed. Zero
-// failed ensures, all verified.
+// TestR7KillOneHeadDuringPulls: three heads on one etcd and one shared blob
+// directory (the shared-filesystem deployment); see runR7. TestClusterR7
+// runs the same on three etcd members and MinIO.
 func TestR7KillOneHeadDuringPulls(t *testing.T) {
 	ep := testenv.Etcd(t)
 	shared := t.TempDir()
@@ -376,7 +375,15 @@ func TestR7KillOneHeadDuringPulls(t *testing.T) {
 	h1 := startServe(t, d1, "--catalog", cat, "--blobs", shared)
 	h2 := startServe(t, t.TempDir(), "--catalog", cat, "--blobs", shared)
 	h3 := startServe(t, t.TempDir(), "--catalog", cat, "--blobs", shared)
-	tok := adminToken(t, d1)
+	runR7(t, []*headProc{h1, h2, h3}, adminToken(t, d1))
+}
+
+// runR7: 8 processes ensure a 128 MiB image (4 pinned, 4 by name with
+// policy Always) through DEPOT_SERVER=h1,h2,h3 while h1 is SIGKILLed. Zero
+// failed ensures, all verified, and at least one transfer resumed on
+// another head (or the kill proved nothing).
+func runR7(t *testing.T, heads []*headProc, tok string) {
+	h1 := heads[0]
 	c, _ := client.New(h1.url, tok)
 	content := make([]byte, 128<<20)
 	rand.Read(content)
@@ -385,7 +392,11 @@ func TestR7KillOneHeadDuringPulls(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	servers := strings.Join([]string{h1.url, h2.url, h3.url}, ",")
+	var urls []string
+	for _, h := range heads {
+		urls = append(urls, h.url)
+	}
+	servers := strings.Join(urls, ",")
 	var wg sync.WaitGroup
 	errs := make(chan string, 8)
 	var resumed atomic.Int32

@@ -1,0 +1,515 @@
+// Package s3 is the blob store on S3-compatible object storage (AWS S3,
+// MinIO, Ceph RGW…), through minio-go. Several heads share one bucket.
+//
+// Layout under the configured prefix:
+//
+//	blobs/sha256/<hex>   committed blobs, never modified; user metadata
+//	                     Blake3 holds the BLAKE3-256 of the content
+//	ingest/<random>      private partial writes, invisible to readers
+//	ingest/<random>.upload  an empty marker while that write runs
+//
+// A write streams into ingest/ as a multipart upload, hashed as it goes.
+// Commit checks size and digest, then copies the object server-side to its
+// digest key (a single copy up to 5 GiB, a multipart copy above) and deletes
+// the temporary object. S3 makes an object visible only when its PUT or copy
+// completes, so a reader never sees part of a blob, and a crash leaves at
+// most an ingest/ object, a marker and an unfinished multipart upload, all
+// removed by SweepIngests.
+//
+// The store can also hand out presigned GET URLs (blob.Presigner), so that
+// a head redirects downloads to the object store instead of carrying the
+// bytes.
+package s3
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/minio/minio-go/v7"
+	"github.com/minio/minio-go/v7/pkg/credentials"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/depot-images/depot/blob"
+	"github.com/depot-images/depot/errdefs"
+)
+
+// Config locates a bucket and tunes uploads.
+type Config struct {
+	// Endpoint is host[:port] of the S3 API.
+	Endpoint string
+	// Secure selects https (the default in ParseURL).
+	Secure bool
+	// Bucket must exist unless CreateBucket is set.
+	Bucket string
+	// Prefix is prepended to every key ("" or ending in "/").
+	Prefix string
+	// Region is sent with every request; setting it avoids a bucket-location
+	// lookup. Default "us-east-1".
+	Region string
+	// Creds signs requests. Nil means DefaultCredentials("", "").
+	Creds *credentials.Credentials
+	// PartSize is the multipart upload part size. Default 16 MiB, which
+	// bounds a blob at 10,000 parts = 160 GiB; raise it for larger images.
+	PartSize uint64
+	// Threads is how many parts of one upload are in flight at once.
+	// Memory per upload is PartSize × Threads. Default 2.
+	Threads uint
+	// PublicEndpoint, when set, is the host[:port] (with an optional
+	// http:// or https:// scheme) that presigned URLs name: the address
+	// clients reach the object store at, if it differs from Endpoint.
+	PublicEndpoint string
+	// CreateBucket creates a missing bucket at Open.
+	CreateBucket bool
+}
+
+// Defaults used when the Config leaves a field zero.
+const (
+	DefaultPartSize = 16 << 20
+	DefaultThreads  = 2
+	DefaultRegion   = "us-east-1"
+	// maxSingleCopy is the largest object S3 copies in one CopyObject call.
+	maxSingleCopy = 5 << 30
+)
+
+// ParseURL reads s3://bucket[/prefix][?endpoint=…&region=…&part-size=…&
+// threads=…&public-endpoint=…&create-bucket=true]. endpoint may carry a
+// scheme: http:// turns TLS off; the default is https. Credentials are not
+// part of the URL; see DefaultCredentials.
+func ParseURL(raw string) (Config, error) {
+	bad := func(why string) (Config, error) {
+		return Config{}, fmt.Errorf("blob store %q: %s: %w", raw, why, errdefs.ErrInvalidArgument)
+	}
+	u, err := url.Parse(raw)
+	if err != nil || u.Scheme != "s3" || u.Host == "" {
+		return bad("want s3://bucket[/prefix]?endpoint=host:port")
+	}
+	if u.User != nil {
+		return bad("credentials do not belong in the URL; use --s3-access-key/--s3-secret-key-file or the environment")
+	}
+	cfg := Config{Bucket: u.Host, Secure: true, Region: DefaultRegion}
+	if p := strings.Trim(u.Path, "/"); p != "" {
+		for _, seg := range strings.Split(p, "/") {
+			if seg == "" || seg == "." || seg == ".." {
+				return bad("the prefix must not have empty, . or .. segments")
+			}
+		}
+		cfg.Prefix = p + "/"
+	}
+	q := u.Query()
+	for k := range q {
+		switch k {
+		case "endpoint", "region", "part-size", "threads", "public-endpoint", "create-bucket":
+		default:
+			return bad("unknown parameter " + strconv.Quote(k))
+		}
+	}
+	ep := q.Get("endpoint")
+	if ep == "" {
+		ep = "s3.amazonaws.com"
+	}
+	if rest, ok := strings.CutPrefix(ep, "http://"); ok {
+		cfg.Secure, ep = false, rest
+	} else {
+		ep = strings.TrimPrefix(ep, "https://")
+	}
+	if ep == "" || strings.ContainsAny(ep, "/?#") {
+		return bad("endpoint must be [http(s)://]host[:port]")
+	}
+	cfg.Endpoint = ep
+	if r := q.Get("region"); r != "" {
+		cfg.Region = r
+	}
+	if v := q.Get("part-size"); v != "" {
+		n, err := parseSize(v)
+		if err != nil || n < 5<<20 || n > 5<<30 {
+			return bad("part-size must be between 5MiB and 5GiB")
+		}
+		cfg.PartSize = uint64(n)
+	}
+	if v := q.Get("threads"); v != "" {
+		n, err := strconv.ParseUint(v, 10, 8)
+		if err != nil || n == 0 {
+			return bad("threads must be a small positive integer")
+		}
+		cfg.Threads = uint(n)
+	}
+	cfg.PublicEndpoint = q.Get("public-endpoint")
+	if v := q.Get("create-bucket"); v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return bad("create-bucket must be true or false")
+		}
+		cfg.CreateBucket = b
+	}
+	return cfg, nil
+}
+
+// parseSize reads "16777216", "16MiB" or "1GiB".
+func parseSize(v string) (int64, error) {
+	mult := int64(1)
+	for suffix, m := range map[string]int64{"KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30} {
+		if s, ok := strings.CutSuffix(v, suffix); ok {
+			v, mult = s, m
+			break
+		}
+	}
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || n <= 0 || n > (1<<62)/mult {
+		return 0, errors.New("bad size")
+	}
+	return n * mult, nil
+}
+
+// DefaultCredentials returns static credentials when accessKey is set, and
+// otherwise the first found of: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY,
+// MINIO_ROOT_USER/MINIO_ROOT_PASSWORD (or MINIO_ACCESS_KEY/MINIO_SECRET_KEY),
+// ~/.aws/credentials, and the instance's IAM role.
+func DefaultCredentials(accessKey, secretKey string) *credentials.Credentials {
+	if accessKey != "" {
+		return credentials.NewStaticV4(accessKey, secretKey, "")
+	}
+	return credentials.NewChainCredentials([]credentials.Provider{
+		&credentials.EnvAWS{},
+		&credentials.EnvMinio{},
+		&credentials.FileAWSCredentials{},
+		&credentials.IAM{},
+	})
+}
+
+// Store is a blob.Store in an S3 bucket.
+type Store struct {
+	cfg     Config
+	c       *minio.Client
+	presign *minio.Client // client for presigned URLs (PublicEndpoint)
+	// copyPartSize is the largest piece one server-side copy request moves;
+	// tests lower it to exercise the multipart copy path.
+	copyPartSize int64
+}
+
+var (
+	_ blob.Store         = (*Store)(nil)
+	_ blob.IngestSweeper = (*Store)(nil)
+	_ blob.Presigner     = (*Store)(nil)
+)
+
+// Open connects to the bucket and checks that it exists (or creates it when
+// cfg.CreateBucket is set).
+func Open(ctx context.Context, cfg Config) (*Store, error) {
+	if cfg.Region == "" {
+		cfg.Region = DefaultRegion
+	}
+	if cfg.Creds == nil {
+		cfg.Creds = DefaultCredentials("", "")
+	}
+	if cfg.PartSize == 0 {
+		cfg.PartSize = DefaultPartSize
+	}
+	if cfg.Threads == 0 {
+		cfg.Threads = DefaultThreads
+	}
+	if cfg.Prefix != "" && !strings.HasSuffix(cfg.Prefix, "/") {
+		cfg.Prefix += "/"
+	}
+	c, err := minio.New(cfg.Endpoint, &minio.Options{Creds: cfg.Creds, Secure: cfg.Secure, Region: cfg.Region})
+	if err != nil {
+		return nil, fmt.Errorf("blob store s3://%s: %w", cfg.Bucket, err)
+	}
+	s := &Store{cfg: cfg, c: c, presign: c, copyPartSize: maxSingleCopy}
+	if pe := cfg.PublicEndpoint; pe != "" {
+		secure := cfg.Secure
+		if rest, ok := strings.CutPrefix(pe, "http://"); ok {
+			secure, pe = false, rest
+		} else if rest, ok := strings.CutPrefix(pe, "https://"); ok {
+			secure, pe = true, rest
+		}
+		if s.presign, err = minio.New(pe, &minio.Options{Creds: cfg.Creds, Secure: secure, Region: cfg.Region}); err != nil {
+			return nil, fmt.Errorf("blob store s3://%s: public endpoint: %w", cfg.Bucket, err)
+		}
+	}
+	ok, err := c.BucketExists(ctx, cfg.Bucket)
+	if err != nil {
+		return nil, fmt.Errorf("blob store s3://%s at %s: %v: %w", cfg.Bucket, cfg.Endpoint, err, errdefs.ErrUnavailable)
+	}
+	if !ok {
+		if !cfg.CreateBucket {
+			return nil, fmt.Errorf("blob store s3://%s at %s: the bucket does not exist; create it, or add ?create-bucket=true: %w", cfg.Bucket, cfg.Endpoint, errdefs.ErrNotFound)
+		}
+		if err := c.MakeBucket(ctx, cfg.Bucket, minio.MakeBucketOptions{Region: cfg.Region}); err != nil {
+			return nil, fmt.Errorf("blob store s3://%s: create bucket: %w", cfg.Bucket, err)
+		}
+	}
+	return s, nil
+}
+
+// String names the store for logs (no credentials).
+func (s *Store) String() string {
+	return fmt.Sprintf("s3://%s/%s (endpoint %s)", s.cfg.Bucket, s.cfg.Prefix, s.cfg.Endpoint)
+}
+
+func (s *Store) blobKey(d digest.Digest) string { return s.cfg.Prefix + "blobs/sha256/" + d.Encoded() }
+func (s *Store) blobsPrefix() string            { return s.cfg.Prefix + "blobs/sha256/" }
+func (s *Store) ingestPrefix() string           { return s.cfg.Prefix + "ingest/" }
+
+// mapErr turns an S3 error about blob d into depot's vocabulary.
+func mapErr(op string, d digest.Digest, err error) error {
+	var resp minio.ErrorResponse
+	if errors.As(err, &resp) {
+		switch resp.Code {
+		case "NoSuchKey", "NotFound":
+			return fmt.Errorf("blob %s: %w", d, errdefs.ErrNotFound)
+		}
+	}
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("%s blob %s: %w", op, d, err)
+	}
+	return fmt.Errorf("%s blob %s: %v: %w", op, d, err, errdefs.ErrUnavailable)
+}
+
+func infoOf(d digest.Digest, o minio.ObjectInfo) blob.Info {
+	return blob.Info{Digest: d, Size: o.Size, Committed: o.LastModified, BLAKE3: o.UserMetadata["Blake3"]}
+}
+
+// Open implements blob.Provider. The Reader fetches ranges lazily.
+func (s *Store) Open(ctx context.Context, d digest.Digest) (blob.Reader, error) {
+	if err := blob.Validate(d); err != nil {
+		return nil, err
+	}
+	obj, err := s.c.GetObject(ctx, s.cfg.Bucket, s.blobKey(d), minio.GetObjectOptions{})
+	if err != nil {
+		return nil, mapErr("open", d, err)
+	}
+	if _, err := obj.Stat(); err != nil {
+		obj.Close()
+		return nil, mapErr("open", d, err)
+	}
+	return obj, nil
+}
+
+// Stat implements blob.Provider. It fills BLAKE3 from the object's metadata.
+func (s *Store) Stat(ctx context.Context, d digest.Digest) (blob.Info, error) {
+	if err := blob.Validate(d); err != nil {
+		return blob.Info{}, err
+	}
+	o, err := s.c.StatObject(ctx, s.cfg.Bucket, s.blobKey(d), minio.StatObjectOptions{})
+	if err != nil {
+		return blob.Info{}, mapErr("stat", d, err)
+	}
+	return infoOf(d, o), nil
+}
+
+// Delete implements blob.Manager.
+func (s *Store) Delete(ctx context.Context, d digest.Digest) error {
+	if _, err := s.Stat(ctx, d); err != nil {
+		return err
+	}
+	if err := s.c.RemoveObject(ctx, s.cfg.Bucket, s.blobKey(d), minio.RemoveObjectOptions{}); err != nil {
+		return mapErr("delete", d, err)
+	}
+	return nil
+}
+
+// Walk implements blob.Manager. Keys that are not sha256 hex are skipped.
+func (s *Store) Walk(ctx context.Context, fn func(blob.Info) error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel() // stops the listing goroutine when fn stops the walk
+	prefix := s.blobsPrefix()
+	for o := range s.c.ListObjects(ctx, s.cfg.Bucket, minio.ListObjectsOptions{Prefix: prefix, Recursive: true}) {
+		if o.Err != nil {
+			return fmt.Errorf("walk s3://%s/%s: %v: %w", s.cfg.Bucket, prefix, o.Err, errdefs.ErrUnavailable)
+		}
+		d := digest.NewDigestFromEncoded(digest.SHA256, strings.TrimPrefix(o.Key, prefix))
+		if d.Validate() != nil {
+			continue
+		}
+		if err := fn(infoOf(d, o)); err != nil {
+			return err
+		}
+	}
+	return ctx.Err()
+}
+
+// uploadMarker is the suffix of the empty object each write leaves beside
+// its temporary key while it runs. Some S3 servers (MinIO) list multipart
+// uploads only by exact key, so the marker is how a sweep finds an upload
+// that a killed head left unfinished.
+const uploadMarker = ".upload"
+
+// SweepIngests implements blob.IngestSweeper: it removes what writes older
+// than olderThan left under ingest/: temporary objects, and unfinished
+// multipart uploads found through their markers.
+func (s *Store) SweepIngests(ctx context.Context, olderThan time.Duration) (int, error) {
+	cutoff := time.Now().Add(-olderThan)
+	n := 0
+	for o := range s.c.ListObjects(ctx, s.cfg.Bucket, minio.ListObjectsOptions{Prefix: s.ingestPrefix(), Recursive: true}) {
+		if o.Err != nil {
+			return n, fmt.Errorf("sweep ingests: %v: %w", o.Err, errdefs.ErrUnavailable)
+		}
+		if !o.LastModified.Before(cutoff) {
+			continue
+		}
+		if key, ok := strings.CutSuffix(o.Key, uploadMarker); ok {
+			if err := s.c.RemoveIncompleteUpload(ctx, s.cfg.Bucket, key); err != nil {
+				return n, fmt.Errorf("sweep ingests: abort upload %s: %v: %w", key, err, errdefs.ErrUnavailable)
+			}
+		}
+		if s.c.RemoveObject(ctx, s.cfg.Bucket, o.Key, minio.RemoveObjectOptions{}) == nil {
+			n++
+		}
+	}
+	return n, nil
+}
+
+// PresignGet implements blob.Presigner: a URL that GETs blob d without
+// credentials until expiry. It checks that the blob exists first, so a
+// missing blob is a clear error rather than a redirect to a 404.
+func (s *Store) PresignGet(ctx context.Context, d digest.Digest, expiry time.Duration) (*url.URL, error) {
+	if _, err := s.Stat(ctx, d); err != nil {
+		return nil, err
+	}
+	params := url.Values{"response-content-type": {"application/octet-stream"}}
+	u, err := s.presign.PresignedGetObject(ctx, s.cfg.Bucket, s.blobKey(d), expiry, params)
+	if err != nil {
+		return nil, mapErr("presign", d, err)
+	}
+	return u, nil
+}
+
+// Writer implements blob.Ingester: an upload to a fresh ingest/ key starts
+// at once and receives the bytes as they are written.
+func (s *Store) Writer(ctx context.Context) (blob.Writer, error) {
+	var b [16]byte
+	rand.Read(b[:])
+	key := s.ingestPrefix() + hex.EncodeToString(b[:])
+	if _, err := s.c.PutObject(ctx, s.cfg.Bucket, key+uploadMarker, bytes.NewReader(nil), 0, minio.PutObjectOptions{}); err != nil {
+		return nil, fmt.Errorf("start ingest in s3://%s: %v: %w", s.cfg.Bucket, err, errdefs.ErrUnavailable)
+	}
+	pr, pw := io.Pipe()
+	uctx, cancel := context.WithCancel(ctx)
+	w := &writer{s: s, key: key, h: blob.NewDualHasher(), pw: pw, cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(w.done)
+		_, w.upErr = s.c.PutObject(uctx, s.cfg.Bucket, key, pr, -1, minio.PutObjectOptions{
+			ContentType:           "application/octet-stream",
+			PartSize:              s.cfg.PartSize,
+			NumThreads:            s.cfg.Threads,
+			ConcurrentStreamParts: s.cfg.Threads > 1,
+		})
+		// Unblock a Write waiting on the pipe if the upload stopped early.
+		if w.upErr != nil {
+			pr.CloseWithError(w.upErr)
+		} else {
+			pr.CloseWithError(errors.New("upload already finished"))
+		}
+	}()
+	return w, nil
+}
+
+type writer struct {
+	s      *Store
+	key    string
+	h      *blob.DualHasher
+	pw     *io.PipeWriter
+	cancel context.CancelFunc
+	done   chan struct{}
+	upErr  error // set by the upload goroutine before done closes
+	closed bool
+}
+
+func (w *writer) Write(p []byte) (int, error) {
+	if w.closed {
+		return 0, errors.New("write to closed blob writer")
+	}
+	n, err := w.pw.Write(p)
+	w.h.Write(p[:n])
+	if err != nil {
+		return n, fmt.Errorf("ingest upload to s3://%s/%s: %v: %w", w.s.cfg.Bucket, w.key, err, errdefs.ErrUnavailable)
+	}
+	return n, nil
+}
+
+func (w *writer) Digest() digest.Digest { return w.h.Digest() }
+func (w *writer) Size() int64           { return w.h.Size() }
+
+// Close abandons the write: the upload is cancelled (minio-go aborts the
+// multipart upload) and the temporary object and marker are removed.
+func (w *writer) Close() error {
+	if w.closed {
+		return nil
+	}
+	w.closed = true
+	w.cancel()
+	w.pw.CloseWithError(errors.New("ingest abandoned"))
+	<-w.done
+	w.h.Close()
+	// Best effort on a fresh context: the caller's may be what was cancelled.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	w.s.c.RemoveObject(ctx, w.s.cfg.Bucket, w.key, minio.RemoveObjectOptions{})
+	w.s.c.RemoveObject(ctx, w.s.cfg.Bucket, w.key+uploadMarker, minio.RemoveObjectOptions{})
+	return nil
+}
+
+func (w *writer) Commit(ctx context.Context, size int64, expected digest.Digest) (info blob.Info, err error) {
+	if w.closed {
+		return blob.Info{}, errors.New("commit of closed blob writer")
+	}
+	defer func() {
+		if err != nil {
+			w.Close()
+		}
+	}()
+	w.pw.Close() // EOF: the upload completes
+	<-w.done
+	if w.upErr != nil {
+		return blob.Info{}, fmt.Errorf("ingest upload to s3://%s/%s: %v: %w", w.s.cfg.Bucket, w.key, w.upErr, errdefs.ErrUnavailable)
+	}
+	got := w.h.Digest()
+	info = blob.Info{Digest: got, Size: w.h.Size(), BLAKE3: w.h.BLAKE3()}
+	if size >= 0 && size != info.Size {
+		return blob.Info{}, &errdefs.VerificationError{Want: expected, Got: got, WantSize: size, GotSize: info.Size}
+	}
+	if expected != "" && expected != got {
+		return blob.Info{}, &errdefs.VerificationError{Want: expected, Got: got}
+	}
+	if err := ctx.Err(); err != nil {
+		return blob.Info{}, err
+	}
+	s := w.s
+	if o, err := s.c.StatObject(ctx, s.cfg.Bucket, s.blobKey(got), minio.StatObjectOptions{}); err == nil && o.Size == info.Size {
+		// Already committed (content-addressed): keep the existing object.
+		w.Close()
+		info.Committed = o.LastModified
+		return info, nil
+	}
+	dst := minio.CopyDestOptions{
+		Bucket: s.cfg.Bucket, Object: s.blobKey(got),
+		UserMetadata: map[string]string{"Blake3": info.BLAKE3}, ReplaceMetadata: true,
+		ContentType: "application/octet-stream",
+	}
+	src := minio.CopySrcOptions{Bucket: s.cfg.Bucket, Object: w.key}
+	var up minio.UploadInfo
+	if info.Size <= s.copyPartSize {
+		up, err = s.c.CopyObject(ctx, dst, src)
+	} else {
+		dst.PartSize = uint64(s.copyPartSize)
+		up, err = s.c.ComposeObject(ctx, dst, src)
+	}
+	if err != nil {
+		return blob.Info{}, mapErr("commit", got, err)
+	}
+	w.Close() // removes the temporary object
+	info.Committed = up.LastModified
+	if info.Committed.IsZero() {
+		info.Committed = time.Now()
+	}
+	return info, nil
+}

@@ -1,0 +1,269 @@
+package s3
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/minio/minio-go/v7"
+	"github.com/minio/minio-go/v7/pkg/credentials"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/depot-images/depot/blob"
+	"github.com/depot-images/depot/blob/blobtest"
+	"github.com/depot-images/depot/errdefs"
+	"github.com/depot-images/depot/testenv"
+)
+
+var prefixSeq atomic.Int64
+
+// newStore opens a store on a fresh prefix of one bucket in m.
+func newStore(t *testing.T, m testenv.MinIOServer) *Store {
+	t.Helper()
+	s, err := Open(context.Background(), Config{
+		Endpoint: m.Endpoint, Bucket: "depot", CreateBucket: true,
+		Prefix: fmt.Sprintf("t%d/", prefixSeq.Add(1)),
+		Creds:  credentials.NewStaticV4(m.AccessKey, m.SecretKey, ""),
+		// Small parts so that a few MiB already make a multipart upload.
+		PartSize: 5 << 20,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func TestConformance(t *testing.T) {
+	m := testenv.MinIO(t)
+	blobtest.Run(t, func(t *testing.T) blob.Store { return newStore(t, m) })
+}
+
+func randBytes(t *testing.T, n int) []byte {
+	b := make([]byte, n)
+	rand.Read(b)
+	return b
+}
+
+func listKeys(t *testing.T, s *Store, prefix string) []string {
+	var keys []string
+	for o := range s.c.ListObjects(context.Background(), s.cfg.Bucket, minio.ListObjectsOptions{Prefix: prefix, Recursive: true}) {
+		if o.Err != nil {
+			t.Fatal(o.Err)
+		}
+		keys = append(keys, o.Key)
+	}
+	return keys
+}
+
+// TestMultipartCopyAndMetadata commits a blob through the multipart copy
+// path (the one blobs over 5 GiB take) and checks the bytes, the BLAKE3
+// metadata and that no temporary object is left behind.
+func TestMultipartCopyAndMetadata(t *testing.T) {
+	m := testenv.MinIO(t)
+	s := newStore(t, m)
+	s.copyPartSize = 8 << 20 // force ComposeObject (two 6 MiB ranges) for this blob
+	data := randBytes(t, 12<<20+3)
+	info, err := blob.Ingest(context.Background(), s, bytes.NewReader(data), int64(len(data)), digest.FromBytes(data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := s.Open(context.Background(), info.Digest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := io.ReadAll(r)
+	r.Close()
+	if !bytes.Equal(got, data) {
+		t.Fatal("content differs after multipart copy")
+	}
+	st, err := s.Stat(context.Background(), info.Digest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.BLAKE3 == "" || st.BLAKE3 != info.BLAKE3 {
+		t.Errorf("Stat BLAKE3 = %q, want %q (from object metadata)", st.BLAKE3, info.BLAKE3)
+	}
+	if keys := listKeys(t, s, s.ingestPrefix()); len(keys) != 0 {
+		t.Errorf("temporary objects left: %v", keys)
+	}
+}
+
+// TestWrongDigestLeavesNothing checks that a failed verification removes the
+// temporary object, not just hides it.
+func TestWrongDigestLeavesNothing(t *testing.T) {
+	m := testenv.MinIO(t)
+	s := newStore(t, m)
+	data := randBytes(t, 11<<20) // three parts
+	_, err := blob.Ingest(context.Background(), s, bytes.NewReader(data), -1, digest.FromString("other"))
+	if !errors.Is(err, errdefs.ErrVerification) {
+		t.Fatalf("err = %v, want ErrVerification", err)
+	}
+	if keys := listKeys(t, s, s.cfg.Prefix); len(keys) != 0 {
+		t.Errorf("objects left after a failed verification: %v", keys)
+	}
+}
+
+// TestAbandonedUploadSwept leaves a write unfinished the way a killed head
+// does (marker, uploaded parts, no completion) and checks SweepIngests
+// aborts the multipart upload and removes the marker. MinIO lists uploads
+// only by exact key, which is what the marker is for.
+func TestAbandonedUploadSwept(t *testing.T) {
+	m := testenv.MinIO(t)
+	s := newStore(t, m)
+	ctx := context.Background()
+	w, err := s.Writer(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := w.(*writer).key
+	if _, err := w.Write(randBytes(t, 11<<20)); err != nil { // two parts go out
+		t.Fatal(err)
+	}
+	// A new client, as after a restart; the old writer is never closed.
+	core := minio.Core{Client: newStore(t, m).c}
+	part := randBytes(t, 5<<20)
+	stale := key + "-2"
+	id, err := core.NewMultipartUpload(ctx, s.cfg.Bucket, stale, minio.PutObjectOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := core.PutObjectPart(ctx, s.cfg.Bucket, stale, id, 1, bytes.NewReader(part), int64(len(part)), minio.PutObjectPartOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.c.PutObject(ctx, s.cfg.Bucket, stale+uploadMarker, bytes.NewReader(nil), 0, minio.PutObjectOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	uploads := func(k string) int {
+		n := 0
+		for u := range s.c.ListIncompleteUploads(ctx, s.cfg.Bucket, k, true) {
+			if u.Err != nil {
+				t.Fatal(u.Err)
+			}
+			n++
+		}
+		return n
+	}
+	if uploads(stale) != 1 {
+		t.Fatal("setup: no unfinished upload to sweep")
+	}
+	if n, err := s.SweepIngests(ctx, time.Hour); err != nil || n != 0 {
+		t.Fatalf("sweep of fresh ingests = %d, %v; want 0 removed", n, err)
+	}
+	n, err := s.SweepIngests(ctx, -time.Second)
+	if err != nil || n != 2 {
+		t.Fatalf("sweep = %d, %v; want 2 markers removed", n, err)
+	}
+	if uploads(stale) != 0 || uploads(key) != 0 {
+		t.Error("an unfinished multipart upload survived the sweep")
+	}
+	if keys := listKeys(t, s, s.ingestPrefix()); len(keys) != 0 {
+		t.Errorf("ingest objects left: %v", keys)
+	}
+	w.Close()
+}
+
+// TestPresignGet fetches a blob through its presigned URL with a Range and
+// without any credentials.
+func TestPresignGet(t *testing.T) {
+	m := testenv.MinIO(t)
+	s := newStore(t, m)
+	data := randBytes(t, 100000)
+	info, err := blob.Ingest(context.Background(), s, bytes.NewReader(data), -1, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, err := s.PresignGet(context.Background(), info.Digest, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, _ := http.NewRequest(http.MethodGet, u.String(), nil)
+	req.Header.Set("Range", "bytes=1000-1999")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusPartialContent || !bytes.Equal(body, data[1000:2000]) {
+		t.Fatalf("presigned ranged GET: %s, %d bytes", resp.Status, len(body))
+	}
+	missing := digest.FromString("never stored")
+	if _, err := s.PresignGet(context.Background(), missing, time.Minute); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Errorf("presign of a missing blob = %v, want ErrNotFound", err)
+	}
+}
+
+func TestOpenMissingBucket(t *testing.T) {
+	m := testenv.MinIO(t)
+	_, err := Open(context.Background(), Config{Endpoint: m.Endpoint, Bucket: "nope",
+		Creds: credentials.NewStaticV4(m.AccessKey, m.SecretKey, "")})
+	if !errors.Is(err, errdefs.ErrNotFound) || !strings.Contains(err.Error(), "create-bucket") {
+		t.Errorf("err = %v, want ErrNotFound naming ?create-bucket", err)
+	}
+	_, err = Open(context.Background(), Config{Endpoint: m.Endpoint, Bucket: "depot", CreateBucket: true,
+		Creds: credentials.NewStaticV4(m.AccessKey, "wrong", "")})
+	if err == nil {
+		t.Error("Open with a wrong secret succeeded")
+	}
+}
+
+func TestParseURL(t *testing.T) {
+	cfg, err := ParseURL("s3://images/depot/prod?endpoint=http://10.0.0.5:9000&region=eu-1&part-size=64MiB&threads=4&public-endpoint=https://s3.example.org&create-bucket=true")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Config{Endpoint: "10.0.0.5:9000", Secure: false, Bucket: "images", Prefix: "depot/prod/", Region: "eu-1",
+		PartSize: 64 << 20, Threads: 4, PublicEndpoint: "https://s3.example.org", CreateBucket: true}
+	if fmt.Sprint(cfg) != fmt.Sprint(want) {
+		t.Errorf("ParseURL = %+v\nwant        %+v", cfg, want)
+	}
+	if cfg, err := ParseURL("s3://b?endpoint=minio.example.org"); err != nil || !cfg.Secure || cfg.Prefix != "" || cfg.Region != DefaultRegion {
+		t.Errorf("defaults: %+v, %v", cfg, err)
+	}
+	for _, bad := range []string{
+		"s3://", "http://b", "s3://key:secret@b?endpoint=x", "s3://b?endpont=x", "s3://b?endpoint=http://x/y",
+		"s3://b?part-size=1MiB", "s3://b/../x", "s3://b/a//c", "s3://b?part-size=6GiB", "s3://b?threads=0", "s3://b?create-bucket=maybe",
+	} {
+		if _, err := ParseURL(bad); !errors.Is(err, errdefs.ErrInvalidArgument) {
+			t.Errorf("ParseURL(%q) = %v, want ErrInvalidArgument", bad, err)
+		}
+	}
+}
+
+// FuzzParseURL: ParseURL never panics, and what it accepts is usable: a
+// bucket, an endpoint that is a bare host[:port], a prefix that is empty or
+// ends in one slash, and bounded tuning values.
+func FuzzParseURL(f *testing.F) {
+	for _, s := range []string{
+		"s3://images/depot?endpoint=http://127.0.0.1:9000", "s3://b/p/q?endpoint=h&part-size=64MiB&threads=4",
+		"s3://b?public-endpoint=https://x&create-bucket=1", "s3://b/%2e%2e/?endpoint=x", "s3://@b", "s3:b",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, raw string) {
+		cfg, err := ParseURL(raw)
+		if err != nil {
+			if !errors.Is(err, errdefs.ErrInvalidArgument) {
+				t.Fatalf("ParseURL(%q) error %v is not ErrInvalidArgument", raw, err)
+			}
+			return
+		}
+		if cfg.Bucket == "" || cfg.Endpoint == "" || strings.ContainsAny(cfg.Endpoint, "/?#") {
+			t.Fatalf("ParseURL(%q) accepted %+v", raw, cfg)
+		}
+		if cfg.Prefix != "" && (!strings.HasSuffix(cfg.Prefix, "/") || strings.HasPrefix(cfg.Prefix, "/") || strings.HasSuffix(cfg.Prefix, "//")) {
+			t.Fatalf("ParseURL(%q) prefix %q", raw, cfg.Prefix)
+		}
+		if cfg.PartSize != 0 && (cfg.PartSize < 5<<20 || cfg.PartSize > 5<<30) {
+			t.Fatalf("ParseURL(%q) part size %d", raw, cfg.PartSize)
+		}
+	})
+}
