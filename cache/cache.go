@@ -598,26 +598,67 @@ func (c *Cache) transfer(ctx context.Context, r ref.Ref, src source.Source, d di
 }
 
 // sequential streams body to the end of the part file, hashing in order.
+// Three stages overlap: a goroutine reads the next chunks from the network
+// while this one hashes the current chunk and a helper writes it to the
+// file. Memory is bounded by seqBuffers chunks of len(buf).
 func (c *Cache) sequential(p *partial, src source.Source, body source.Body, buf []byte, o EnsureOptions) error {
-	for {
-		n, rerr := io.ReadFull(body, buf)
-		if n > 0 {
-			if _, err := p.f.Write(buf[:n]); err != nil {
+	type chunk struct {
+		b   []byte
+		err error
+	}
+	free := make(chan []byte, seqBuffers)
+	free <- buf
+	for range seqBuffers - 1 {
+		free <- make([]byte, len(buf))
+	}
+	full := make(chan chunk, seqBuffers)
+	stop := make(chan struct{})
+	defer close(stop) // the reader exits; a Read it is blocked in ends when body closes
+	go func() {
+		for {
+			var b []byte
+			select {
+			case b = <-free:
+			case <-stop:
+				return
+			}
+			n, err := io.ReadFull(body, b)
+			select {
+			case full <- chunk{b[:n], err}:
+			case <-stop:
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	werr := make(chan error, 1)
+	for ch := range full {
+		if len(ch.b) > 0 {
+			go func() { _, err := p.f.Write(ch.b); werr <- err }()
+			p.hash(ch.b)
+			if err := <-werr; err != nil {
 				return c.diskErr(err)
 			}
-			p.hash(buf[:n])
 			if o.Progress != nil {
 				o.Progress(p.done, body.Size)
 			}
 		}
-		if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
+		free <- ch.b[:cap(ch.b)]
+		if ch.err == io.EOF || ch.err == io.ErrUnexpectedEOF {
 			return nil
 		}
-		if rerr != nil {
-			return fmt.Errorf("download of %s from %s interrupted after %d bytes (it resumes next time): %v: %w", p.d, src, p.done, rerr, errdefs.ErrUnavailable)
+		if ch.err != nil {
+			return fmt.Errorf("download of %s from %s interrupted after %d bytes (it resumes next time): %v: %w", p.d, src, p.done, ch.err, errdefs.ErrUnavailable)
 		}
 	}
+	return nil
 }
+
+// seqBuffers is how many chunks a sequential download has in flight: one
+// being read, one being written and hashed, and one spare.
+const seqBuffers = 3
 
 // parallel fetches [p.done, size) as segments over conns connections. Each
 // worker writes its segment in place; this goroutine hashes segments in
