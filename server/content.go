@@ -1,10 +1,12 @@
 package server
 
 import (
+	"bufio"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -45,6 +47,12 @@ func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request, d digest.Dige
 	if fmtName != "" {
 		h.Set(api.HeaderFormat, fmtName)
 	}
+	// A store other than files (S3) answers each Read with a round trip
+	// through its client; read it in large pieces.
+	var rs io.ReadSeeker = f
+	if _, isFile := f.(*os.File); !isFile {
+		rs = newBigReader(f)
+	}
 	// Handlers get the *respWriter from handle, which already counts bytes
 	// (and forwards ReadFrom, so this is still sendfile).
 	rw, _ := w.(*respWriter)
@@ -52,10 +60,32 @@ func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request, d digest.Dige
 	if rw != nil {
 		before = rw.bytes
 	}
-	http.ServeContent(w, r, "", mtime, f)
+	http.ServeContent(w, r, "", mtime, rs)
 	if rw != nil {
 		s.metrics.bytesSent.Add(float64(rw.bytes - before))
 	}
+}
+
+// bigReader buffers an io.ReadSeeker with 1 MiB reads and drops the buffer
+// on Seek.
+type bigReader struct {
+	rs io.ReadSeeker
+	br *bufio.Reader
+}
+
+func newBigReader(rs io.ReadSeeker) *bigReader {
+	return &bigReader{rs: rs, br: bufio.NewReaderSize(rs, 1<<20)}
+}
+
+func (b *bigReader) Read(p []byte) (int, error) { return b.br.Read(p) }
+
+func (b *bigReader) Seek(off int64, whence int) (int64, error) {
+	if whence == io.SeekCurrent {
+		off -= int64(b.br.Buffered())
+	}
+	n, err := b.rs.Seek(off, whence)
+	b.br.Reset(b.rs)
+	return n, err
 }
 
 // redirectBlob answers a GET with a 307 to a presigned object-store URL.
