@@ -207,6 +207,7 @@ var table = []struct {
 	{errdefs.ErrForbidden, "forbidden", http.StatusForbidden},
 	{errdefs.ErrTooLarge, "too_large", http.StatusRequestEntityTooLarge},
 	{errdefs.ErrUnavailable, "unavailable", http.StatusServiceUnavailable},
+	{errdefs.ErrNoSpace, "no_space", http.StatusInsufficientStorage},
 	{errdefs.ErrCorrupt, "corrupt", http.StatusInternalServerError},
 }
 
@@ -245,7 +246,7 @@ func ErrorFromEnvelope(status int, env Envelope, what string) error {
 			break
 		}
 	}
-	if class == nil {
+	if class == nil && status != http.StatusInternalServerError { // a bare 500 is no class
 		for _, row := range table {
 			if row.status == status {
 				class = row.err

@@ -796,7 +796,7 @@ func (c *Cache) commit(p *partial, src source.Source) (Image, error) {
 
 func (c *Cache) diskErr(err error) error {
 	if errors.Is(err, syscall.ENOSPC) {
-		return fmt.Errorf("cache %s: no space left on the device; free space or prune the cache, then retry: %w", c.dir, err)
+		return fmt.Errorf("cache %s: free space or prune the cache, then retry: %w: %w", c.dir, err, errdefs.ErrNoSpace)
 	}
 	return fmt.Errorf("cache %s: %w", c.dir, err)
 }

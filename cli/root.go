@@ -32,6 +32,7 @@ const (
 	ExitUnavailable  = 8  // server or source unreachable
 	ExitCorrupt      = 9  // a stored entry failed an integrity check
 	ExitTooLarge     = 10 // an input over its bound
+	ExitNoSpace      = 11 // a disk (the server's or the cache's) is full
 )
 
 var exitTable = []struct {
@@ -50,6 +51,7 @@ var exitTable = []struct {
 	{errdefs.ErrUnavailable, ExitUnavailable},
 	{errdefs.ErrCorrupt, ExitCorrupt},
 	{errdefs.ErrTooLarge, ExitTooLarge},
+	{errdefs.ErrNoSpace, ExitNoSpace},
 }
 
 // ExitCode maps an error to the process exit code.
@@ -74,7 +76,7 @@ const exitHelp = `Exit codes:
   1 other error        6 verification failed (wrong digest)
   2 usage / bad input  7 digest unavailable at the source
   3 not found          8 server or source unreachable
-  4 conflict           9 corrupt entry   10 too large`
+  4 conflict           9 corrupt entry   10 too large   11 disk full`
 
 type usageError struct{ error }
 

@@ -44,6 +44,9 @@ var (
 	ErrDigestUnavailable = errors.New("digest unavailable")
 	// ErrCorrupt: a stored entry failed an integrity check.
 	ErrCorrupt = errors.New("corrupt")
+	// ErrNoSpace: the disk or quota that was to hold the content is full.
+	// Nothing partial was kept; free space and retry.
+	ErrNoSpace = errors.New("no space left")
 )
 
 // VerificationError says content hashed to Got where Want was expected.

@@ -20,6 +20,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -227,7 +228,7 @@ func (w *writer) Write(p []byte) (int, error) {
 		select {
 		case w.queue <- b:
 		case <-w.done: // the file goroutine stopped on an error
-			return off, fmt.Errorf("ingest write: %w", w.ioErr)
+			return off, fmt.Errorf("ingest write: %w", classify(w.ioErr))
 		}
 		w.h.Write(chunk)
 	}
@@ -258,7 +259,7 @@ func (w *writer) Commit(ctx context.Context, size int64, expected digest.Digest)
 		}
 	}()
 	if err := w.finish(); err != nil {
-		return blob.Info{}, fmt.Errorf("ingest write: %w", err)
+		return blob.Info{}, fmt.Errorf("ingest write: %w", classify(err))
 	}
 	got := w.h.Digest()
 	info = blob.Info{Digest: got, Size: w.h.Size(), BLAKE3: w.h.BLAKE3()}
@@ -272,7 +273,7 @@ func (w *writer) Commit(ctx context.Context, size int64, expected digest.Digest)
 		return blob.Info{}, err
 	}
 	if err := w.f.Sync(); err != nil {
-		return blob.Info{}, fmt.Errorf("commit %s: fsync: %w", got, err)
+		return blob.Info{}, fmt.Errorf("commit %s: fsync: %w", got, classify(err))
 	}
 	if err := w.f.Chmod(0o444); err != nil {
 		return blob.Info{}, fmt.Errorf("commit %s: %w", got, err)
@@ -299,6 +300,14 @@ func (w *writer) Commit(ctx context.Context, size int64, expected digest.Digest)
 	}
 	info.Committed = time.Now()
 	return info, nil
+}
+
+// classify marks a full disk or quota as errdefs.ErrNoSpace, keeping err.
+func classify(err error) error {
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+		return fmt.Errorf("%w: %w", err, errdefs.ErrNoSpace)
+	}
+	return err
 }
 
 func notFound(dgst digest.Digest, err error) error {

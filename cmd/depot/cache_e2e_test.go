@@ -165,6 +165,46 @@ func TestConcurrentProcessesOneTransfer(t *testing.T) {
 	checkCacheInvariants(t, cacheDir)
 }
 
+// TestFullServerDiskDuringPush: the server's data directory is a real
+// 16 MiB tmpfs. A 24 MiB push fails with HTTP 507 / exit 11, leaves no blob,
+// no partial and no revision, and the space is given back: a small push
+// then works.
+func TestFullServerDiskDuringPush(t *testing.T) {
+	data := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", data).CombinedOutput(); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("cannot mount a tmpfs in CI: %v %s", err, out)
+		}
+		t.Skipf("cannot mount a tmpfs (needs root): %v %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", data).Run() })
+	h := startServe(t, data)
+	tok := adminToken(t, data)
+	c, _ := client.New(h.url, tok)
+	first, firstD := pushRandom(t, c, "img", 1<<20)
+	src := filepath.Join(t.TempDir(), "big")
+	os.WriteFile(src, randomBytes(24<<20), 0o644)
+	env := []string{"DEPOT_SERVER=" + h.url, "DEPOT_TOKEN=" + tok, "DEPOT_TOKEN_FILE="}
+	_, errs, code := run(t, env, "image", "push", "img", src)
+	if code != cli.ExitNoSpace || !strings.Contains(errs, "no space left") {
+		t.Fatalf("push to a full server disk: exit %d, %q; want exit %d", code, errs, cli.ExitNoSpace)
+	}
+	if ents, _ := os.ReadDir(filepath.Join(data, "ingest")); len(ents) != 0 {
+		t.Errorf("partial uploads left after ENOSPC: %d", len(ents))
+	}
+	if ents, _ := os.ReadDir(filepath.Join(data, "blobs", "sha256")); len(ents) != 1 {
+		t.Errorf("%d blobs after a failed push, want 1", len(ents))
+	}
+	img, err := c.GetImage(context.Background(), "img")
+	if err != nil || img.Content.Chksum != firstD.String() || len(img.History) != 1 {
+		t.Fatalf("image after a failed push: %+v, %v", img, err)
+	}
+	if got := readContent(t, c, "img"); !bytes.Equal(got, first) {
+		t.Fatal("content changed by a failed push")
+	}
+	pushRandom(t, c, "img", 2<<20) // the space was given back
+}
+
 // TestFullDiskDuringPull is R8, on a real 16 MiB tmpfs.
 func TestFullDiskDuringPull(t *testing.T) {
 	mnt := t.TempDir()
@@ -182,8 +222,8 @@ func TestFullDiskDuringPull(t *testing.T) {
 	small, sd := pushRandom(t, c, "small", 1<<20)
 	env := []string{"DEPOT_SERVER=" + h.url, "DEPOT_TOKEN=" + adminToken(t, data), "DEPOT_CACHE=" + mnt}
 	_, errs, code := run(t, env, "pull", "toobig@"+big.String())
-	if code == 0 || !strings.Contains(errs, "no space left") {
-		t.Fatalf("full disk: exit %d, %q; want a clear no-space error", code, errs)
+	if code != cli.ExitNoSpace || !strings.Contains(errs, "no space left") {
+		t.Fatalf("full disk: exit %d, %q; want exit %d and a clear no-space error", code, errs, cli.ExitNoSpace)
 	}
 	checkCacheInvariants(t, mnt)
 	if ents, _ := os.ReadDir(filepath.Join(mnt, "blobs", "sha256")); len(ents) != 0 {
