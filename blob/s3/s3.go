@@ -395,6 +395,7 @@ func (s *Store) Writer(ctx context.Context) (blob.Writer, error) {
 	pr, pw := io.Pipe()
 	uctx, cancel := context.WithCancel(ctx)
 	w := &writer{s: s, key: key, h: blob.NewDualHasher(), pw: pw, cancel: cancel, done: make(chan struct{})}
+	go w.keepMarker(uctx)
 	go func() {
 		defer close(w.done)
 		_, w.upErr = s.c.PutObject(uctx, s.cfg.Bucket, key, pr, -1, minio.PutObjectOptions{
@@ -411,6 +412,26 @@ func (s *Store) Writer(ctx context.Context) (blob.Writer, error) {
 		}
 	}()
 	return w, nil
+}
+
+// markerRefresh is how often a running write rewrites its marker, so that a
+// sweep (which removes markers older than an hour) never takes a live
+// upload for an abandoned one, however long the upload runs.
+var markerRefresh = 10 * time.Minute
+
+// keepMarker rewrites the marker every markerRefresh until ctx ends (the
+// write commits or is abandoned).
+func (w *writer) keepMarker(ctx context.Context) {
+	t := time.NewTicker(markerRefresh)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			w.s.c.PutObject(ctx, w.s.cfg.Bucket, w.key+uploadMarker, bytes.NewReader(nil), 0, minio.PutObjectOptions{})
+		}
+	}
 }
 
 type writer struct {

@@ -170,6 +170,42 @@ func TestAbandonedUploadSwept(t *testing.T) {
 	w.Close()
 }
 
+// TestSweepSparesLongUpload: a write that runs longer than the sweep's age
+// keeps its marker fresh, so the sweep leaves it alone and it commits.
+func TestSweepSparesLongUpload(t *testing.T) {
+	old := markerRefresh
+	markerRefresh = 200 * time.Millisecond
+	t.Cleanup(func() { markerRefresh = old })
+	m := testenv.MinIO(t)
+	s := newStore(t, m)
+	ctx := context.Background()
+	data := randBytes(t, 12<<20)
+	w, err := s.Writer(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 12 {
+		w.Write(data[i<<20 : (i+1)<<20])
+		time.Sleep(100 * time.Millisecond)
+		if i%3 == 2 {
+			// Anything older than 1.5 refresh periods counts as abandoned.
+			if _, err := s.SweepIngests(ctx, 300*time.Millisecond); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	info, err := w.Commit(ctx, int64(len(data)), digest.FromBytes(data))
+	if err != nil {
+		t.Fatalf("a live upload did not survive the sweeps: %v", err)
+	}
+	r, _ := s.Open(ctx, info.Digest)
+	got, _ := io.ReadAll(r)
+	r.Close()
+	if !bytes.Equal(got, data) {
+		t.Fatal("content differs")
+	}
+}
+
 // TestPresignGet fetches a blob through its presigned URL with a Range and
 // without any credentials.
 func TestPresignGet(t *testing.T) {
