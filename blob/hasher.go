@@ -8,6 +8,8 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	"github.com/zeebo/blake3"
+
+	"github.com/depot-images/depot/errdefs"
 )
 
 // DualHasher computes sha256 and BLAKE3 over the same stream in one pass,
@@ -65,6 +67,21 @@ func (h *DualHasher) Digest() digest.Digest {
 
 // BLAKE3 is the hex BLAKE3-256 of what was written.
 func (h *DualHasher) BLAKE3() string { return hex.EncodeToString(h.b3.Sum(nil)) }
+
+// Check is the one verification rule of every backend's Commit: it returns
+// the Info of what was hashed, or an *errdefs.VerificationError when size
+// (if >= 0) or expected (if non-empty) does not match it.
+func (h *DualHasher) Check(size int64, expected digest.Digest) (Info, error) {
+	got := h.Digest()
+	info := Info{Digest: got, Size: h.n, BLAKE3: h.BLAKE3()}
+	if size >= 0 && size != info.Size {
+		return Info{}, &errdefs.VerificationError{Want: expected, Got: got, WantSize: size, GotSize: info.Size}
+	}
+	if expected != "" && expected != got {
+		return Info{}, &errdefs.VerificationError{Want: expected, Got: got}
+	}
+	return info, nil
+}
 
 // Close stops the helper goroutine. It is safe to call more than once.
 func (h *DualHasher) Close() { h.once.Do(func() { close(h.work) }) }

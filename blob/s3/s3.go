@@ -493,14 +493,11 @@ func (w *writer) Commit(ctx context.Context, size int64, expected digest.Digest)
 	if w.upErr != nil {
 		return blob.Info{}, fmt.Errorf("ingest upload to s3://%s/%s: %v: %w", w.s.cfg.Bucket, w.key, w.upErr, errdefs.ErrUnavailable)
 	}
-	got := w.h.Digest()
-	info = blob.Info{Digest: got, Size: w.h.Size(), BLAKE3: w.h.BLAKE3()}
-	if size >= 0 && size != info.Size {
-		return blob.Info{}, &errdefs.VerificationError{Want: expected, Got: got, WantSize: size, GotSize: info.Size}
+	info, err = w.h.Check(size, expected)
+	if err != nil {
+		return blob.Info{}, err
 	}
-	if expected != "" && expected != got {
-		return blob.Info{}, &errdefs.VerificationError{Want: expected, Got: got}
-	}
+	got := info.Digest
 	if err := ctx.Err(); err != nil {
 		return blob.Info{}, err
 	}
