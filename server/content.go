@@ -26,17 +26,18 @@ func noContent(img catalog.Image) error {
 
 // serveBlob streams a committed blob with Range, If-None-Match and HEAD
 // support (http.ServeContent), preserving sendfile for local stores.
+// Callers reach it for blobs the catalog references, so a blob the store
+// lacks is corruption, not a 404.
 func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request, d digest.Digest, mtime time.Time, fmtName string) {
-	if p, ok := s.cfg.Blobs.(blob.Presigner); ok && s.cfg.RedirectContent > 0 && r.Method == http.MethodGet {
-		s.redirectBlob(w, r, p, d, fmtName)
+	if p, ok := s.presigner(r); ok {
+		if err := s.redirectBlob(w, r, p, d, fmtName); err != nil {
+			s.fail(w, r, referencedMissing(d, err))
+		}
 		return
 	}
 	f, err := s.cfg.Blobs.Open(r.Context(), d)
 	if err != nil {
-		if errors.Is(err, errdefs.ErrNotFound) {
-			err = fmt.Errorf("blob %s is referenced but missing from the blob store: %w", d, errdefs.ErrCorrupt)
-		}
-		s.fail(w, r, err)
+		s.fail(w, r, referencedMissing(d, err))
 		return
 	}
 	defer f.Close()
@@ -92,7 +93,9 @@ func (b *bigReader) Seek(off int64, whence int) (int64, error) {
 // The redirect carries the digest, ETag and format headers, so a client
 // knows what the object store's answer must hash to; If-None-Match is
 // answered here without a round trip to the store.
-func (s *Server) redirectBlob(w http.ResponseWriter, r *http.Request, p blob.Presigner, d digest.Digest, fmtName string) {
+// It returns the store's error, having written nothing, when it cannot
+// presign.
+func (s *Server) redirectBlob(w http.ResponseWriter, r *http.Request, p blob.Presigner, d digest.Digest, fmtName string) error {
 	h := w.Header()
 	h.Set("ETag", api.ETag(d))
 	h.Set(api.HeaderDigest, d.String())
@@ -101,20 +104,33 @@ func (s *Server) redirectBlob(w http.ResponseWriter, r *http.Request, p blob.Pre
 	}
 	if etagListMatches(r.Header.Get("If-None-Match"), api.ETag(d)) {
 		w.WriteHeader(http.StatusNotModified)
-		return
+		return nil
 	}
 	u, err := p.PresignGet(r.Context(), d, s.cfg.RedirectContent)
 	if err != nil {
-		if errors.Is(err, errdefs.ErrNotFound) {
-			err = fmt.Errorf("blob %s is referenced but missing from the blob store: %w", d, errdefs.ErrCorrupt)
-		}
-		s.fail(w, r, err)
-		return
+		return err
 	}
 	// The URL expires: no cache may keep the redirect.
 	h.Set("Cache-Control", "no-store")
 	http.Redirect(w, r, u.String(), http.StatusTemporaryRedirect)
 	s.metrics.redirects.Inc()
+	return nil
+}
+
+// presigner returns the store's Presigner when this request is to be
+// redirected: a GET, on a head started with RedirectContent.
+func (s *Server) presigner(r *http.Request) (blob.Presigner, bool) {
+	p, ok := s.cfg.Blobs.(blob.Presigner)
+	return p, ok && s.cfg.RedirectContent > 0 && r.Method == http.MethodGet
+}
+
+// referencedMissing turns "not found" for a blob the catalog references
+// into the corruption it is.
+func referencedMissing(d digest.Digest, err error) error {
+	if errors.Is(err, errdefs.ErrNotFound) {
+		return fmt.Errorf("blob %s is referenced but missing from the blob store: %w", d, errdefs.ErrCorrupt)
+	}
+	return err
 }
 
 // etagListMatches reports whether an If-None-Match value names etag (weak
@@ -152,6 +168,13 @@ func (s *Server) getBlob(w http.ResponseWriter, r *http.Request) {
 	d := digest.Digest(r.PathValue("digest"))
 	if err := blob.Validate(d); err != nil {
 		s.fail(w, r, err)
+		return
+	}
+	if p, ok := s.presigner(r); ok {
+		// PresignGet checks the blob exists: no Stat of our own first.
+		if err := s.redirectBlob(w, r, p, d, ""); err != nil {
+			s.fail(w, r, err)
+		}
 		return
 	}
 	info, err := s.cfg.Blobs.Stat(r.Context(), d)
