@@ -193,6 +193,9 @@ type Store struct {
 	// copyPartSize is the largest piece one server-side copy request moves;
 	// tests lower it to exercise the multipart copy path.
 	copyPartSize int64
+	// markerEvery is how often a running write rewrites its marker; tests
+	// shorten it to watch a long upload outlive a sweep.
+	markerEvery time.Duration
 }
 
 var (
@@ -223,7 +226,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("blob store s3://%s: %w", cfg.Bucket, err)
 	}
-	s := &Store{cfg: cfg, c: c, presign: c, copyPartSize: maxSingleCopy}
+	s := &Store{cfg: cfg, c: c, presign: c, copyPartSize: maxSingleCopy, markerEvery: markerRefresh}
 	if pe := cfg.PublicEndpoint; pe != "" {
 		secure := cfg.Secure
 		if rest, ok := strings.CutPrefix(pe, "http://"); ok {
@@ -395,7 +398,7 @@ func (s *Store) Writer(ctx context.Context) (blob.Writer, error) {
 	pr, pw := io.Pipe()
 	uctx, cancel := context.WithCancel(ctx)
 	w := &writer{s: s, key: key, h: blob.NewDualHasher(), pw: pw, cancel: cancel, done: make(chan struct{})}
-	go w.keepMarker(uctx)
+	go w.keepMarker(uctx, s.markerEvery)
 	go func() {
 		defer close(w.done)
 		_, w.upErr = s.c.PutObject(uctx, s.cfg.Bucket, key, pr, -1, minio.PutObjectOptions{
@@ -417,12 +420,12 @@ func (s *Store) Writer(ctx context.Context) (blob.Writer, error) {
 // markerRefresh is how often a running write rewrites its marker, so that a
 // sweep (which removes markers older than an hour) never takes a live
 // upload for an abandoned one, however long the upload runs.
-var markerRefresh = 10 * time.Minute
+const markerRefresh = 10 * time.Minute
 
-// keepMarker rewrites the marker every markerRefresh until ctx ends (the
-// write commits or is abandoned).
-func (w *writer) keepMarker(ctx context.Context) {
-	t := time.NewTicker(markerRefresh)
+// keepMarker rewrites the marker every period until ctx ends (the write
+// commits or is abandoned).
+func (w *writer) keepMarker(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
 		select {

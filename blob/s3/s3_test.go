@@ -173,11 +173,9 @@ func TestAbandonedUploadSwept(t *testing.T) {
 // TestSweepSparesLongUpload: a write that runs longer than the sweep's age
 // keeps its marker fresh, so the sweep leaves it alone and it commits.
 func TestSweepSparesLongUpload(t *testing.T) {
-	old := markerRefresh
-	markerRefresh = 200 * time.Millisecond
-	t.Cleanup(func() { markerRefresh = old })
 	m := testenv.MinIO(t)
 	s := newStore(t, m)
+	s.markerEvery = 200 * time.Millisecond
 	ctx := context.Background()
 	data := randBytes(t, 12<<20)
 	w, err := s.Writer(ctx)
