@@ -299,6 +299,7 @@ func newImageHistoryCmd(g *globals) *cobra.Command {
 type pushOptions struct {
 	message string
 	ifMatch string
+	digest  string
 	create  bool
 }
 
@@ -309,7 +310,12 @@ func newImagePushCmd(g *globals) *cobra.Command {
 		Short: "Upload FILE as the image's new content (created if absent)",
 		Long: `Upload FILE as the image's new content. The file is hashed while it streams and
 the digest is declared to the server, which stores nothing unless the bytes
-match. The image is created first when it does not exist (see --create).`,
+match. The image is created first when it does not exist (see --create).
+
+With --digest the digest is declared up front (from a checksum file, a build
+system, or an earlier push) and the client does not hash the file at all; the
+server still hashes every byte and refuses the push, storing nothing, if the
+file does not match.`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := g.client()
@@ -321,6 +327,7 @@ match. The image is created first when it does not exist (see --create).`,
 	}
 	cmd.Flags().StringVarP(&o.message, "message", "m", "", "revision message")
 	cmd.Flags().StringVar(&o.ifMatch, "if-match", "", "only upload if the current content is this digest")
+	cmd.Flags().StringVar(&o.digest, "digest", "", "the file's known sha256 (sha256:<hex> or <hex>); skips hashing on the client")
 	cmd.Flags().BoolVar(&o.create, "create", true, "create the image when it does not exist")
 	return cmd
 }
@@ -346,6 +353,16 @@ func runPush(cmd *cobra.Command, g *globals, c *client.Client, o *pushOptions, r
 			return usageError{fmt.Errorf("--if-match: %v", err)}
 		}
 	}
+	var declared digest.Digest
+	if o.digest != "" {
+		declared = digest.Digest(o.digest)
+		if !strings.Contains(o.digest, ":") {
+			declared = digest.NewDigestFromEncoded(digest.SHA256, o.digest)
+		}
+		if err := declared.Validate(); err != nil || declared.Algorithm() != digest.SHA256 {
+			return usageError{fmt.Errorf("--digest %q: want sha256:<64 hex>", o.digest)}
+		}
+	}
 	if _, err := c.GetImage(ctx, ref); errors.Is(err, errdefs.ErrNotFound) && o.create {
 		if _, err := c.CreateImage(ctx, api.CreateImageRequest{Name: ref}); err != nil {
 			return err
@@ -360,7 +377,7 @@ func runPush(cmd *cobra.Command, g *globals, c *client.Client, o *pushOptions, r
 		defer bar.Finish()
 	}
 	start := time.Now()
-	info, err := c.PushContent(ctx, ref, body, fi.Size(), client.PushOptions{IfMatch: base, Message: o.message})
+	info, err := c.PushContent(ctx, ref, body, fi.Size(), client.PushOptions{IfMatch: base, Message: o.message, Digest: declared})
 	if err != nil {
 		return err
 	}

@@ -173,6 +173,22 @@ func TestCLIFlowAndExitCodes(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &info); err != nil || info.Chksum != digest.FromBytes(content).String() || info.Fmt != "qcow2" || info.Refcnt != 1 {
 		t.Fatalf("push --json: %q %v", out, err)
 	}
+	// --digest: the client declares a known digest and does not hash. A
+	// wrong one stores nothing; a right one (bare hex) lands as usual.
+	wrong := digest.FromString("not the disk").Encoded()
+	if _, errs, code := run(t, wenv, "image", "push", "disk2", img, "--digest", wrong); code != cli.ExitVerification || !strings.Contains(errs, "sha256:"+wrong) {
+		t.Fatalf("push --digest <wrong>: exit %d %q", code, errs)
+	}
+	if out, _, _ := run(t, wenv, "image", "history", "disk2", "--json"); strings.Contains(out, "sha256:") {
+		t.Fatalf("a push with a wrong --digest left a revision: %s", out)
+	}
+	if _, errs, code := run(t, wenv, "image", "push", "disk2", img, "--digest", "md5:abc"); code != cli.ExitUsage || !strings.Contains(errs, "--digest") {
+		t.Fatalf("push --digest md5: exit %d %q", code, errs)
+	}
+	out, errs, code = run(t, wenv, "image", "push", "disk2", img, "--json", "--digest", digest.FromBytes(content).Encoded())
+	if err := json.Unmarshal([]byte(out), &info); code != 0 || err != nil || info.Chksum != digest.FromBytes(content).String() || info.Fmt != "qcow2" {
+		t.Fatalf("push --digest: %d %q %q", code, out, errs)
+	}
 	out, _, code = run(t, wenv, "image", "ls", "--show-uids")
 	if code != 0 || !strings.Contains(out, "disk") || !strings.Contains(out, "qcow2") {
 		t.Fatalf("ls: %d %s", code, out)
