@@ -2,7 +2,9 @@
 # bench/serve.sh: depot serve against nginx on the same files, in one run.
 #
 #  1. `depot image push` of a 1 GiB file against `sha256sum` of that file,
-#     alternating, on a settled page cache (before the download phase).
+#     alternating, on a settled page cache (before the download phase);
+#     also `depot image push --digest` (the client declares the digest and
+#     does not hash; the server still verifies).
 #  2. 16 concurrent downloads of 256 MiB images (4 images x 4 clients each)
 #     from `depot serve` and from nginx serving depot's own blob directory;
 #     aggregate throughput ratio, and depot's peak RSS (VmHWM).
@@ -29,10 +31,12 @@ TOKEN=$(cat "$WORK/data/admin.token")
 echo "== push 1 GiB vs sha256sum ($ROUNDS rounds)"
 head -c $((1<<30)) /dev/urandom > "$WORK/big"
 sync   # no writeback of the test data left to compete with the pushes' fsync
-PT=() ST=()
+PT=() ST=() GT=()
+SUM=$(sha256sum "$WORK/big" | cut -d' ' -f1)
 for r in $(seq "$ROUNDS"); do
   s=$(date +%s.%N); "$D" image push "big$r" "$WORK/big" >/dev/null; e=$(date +%s.%N); PT+=("$(python3 -c "print($e-$s)")")
   s=$(date +%s.%N); sha256sum "$WORK/big" >/dev/null; e=$(date +%s.%N); ST+=("$(python3 -c "print($e-$s)")")
+  s=$(date +%s.%N); "$D" image push "dig$r" "$WORK/big" --digest "$SUM" >/dev/null; e=$(date +%s.%N); GT+=("$(python3 -c "print($e-$s)")")
 done
 PUSH_RSS_KB=$(awk '/VmHWM/ {print $2}' /proc/$DEPOT_PID/status)
 
@@ -88,10 +92,10 @@ done
 RSS_KB=$(awk '/VmHWM/ {print $2}' /proc/$DEPOT_PID/status)
 
 
-python3 - "$RSS_KB" "$PUSH_RSS_KB" "${DT[*]}" "${NT[*]}" "${PT[*]}" "${ST[*]}" <<'PY'
+python3 - "$RSS_KB" "$PUSH_RSS_KB" "${DT[*]}" "${NT[*]}" "${PT[*]}" "${ST[*]}" "${GT[*]}" <<'PY'
 import statistics, sys
 rss, prss = int(sys.argv[1]), int(sys.argv[2])
-dt, nt, pt, st = ([float(x) for x in a.split()] for a in sys.argv[3:7])
+dt, nt, pt, st, gt = ([float(x) for x in a.split()] for a in sys.argv[3:8])
 total = 16 * 256 / 1024  # GiB per round
 md, mn, mp, ms = (statistics.median(x) for x in (dt, nt, pt, st))
 print(f"download  depot  median {md:.2f}s  {total*1024/md:7.0f} MiB/s   runs {' '.join(f'{x:.2f}' for x in dt)}")
@@ -101,4 +105,7 @@ print(f"depot serve peak RSS after pushes: {prss/1024:.1f} MiB, after downloads 
 print(f"push 1GiB depot  median {mp:.2f}s   runs {' '.join(f'{x:.2f}' for x in pt)}")
 print(f"sha256sum 1GiB   median {ms:.2f}s   runs {' '.join(f'{x:.2f}' for x in st)}")
 print(f"push ratio depot push / sha256sum = {mp/ms:.2f}  (goal <= 1.20)")
+mg = statistics.median(gt)
+print(f"push --digest    median {mg:.2f}s   runs {' '.join(f'{x:.2f}' for x in gt)}")
+print(f"push ratio depot push --digest / sha256sum = {mg/ms:.2f}")
 PY
