@@ -71,10 +71,24 @@ type Writer interface {
 	Close() error
 }
 
+// WriteOptions is what a caller knows about a blob before its first byte.
+type WriteOptions struct {
+	// Expected, when set, is the declared sha256 of the content. The write
+	// then commits only content with this digest, whatever Commit is given,
+	// and a backend may use it to write straight to the final location
+	// (the S3 store uploads to the digest's key and completes the upload
+	// only after verification).
+	Expected digest.Digest
+	// SizeHint, when > 0, is the declared length; a backend may use it to
+	// size its writes (S3 part size). Commit still checks the real size.
+	SizeHint int64
+}
+
 // Ingester starts new writes.
 type Ingester interface {
-	// Writer starts a private, invisible write.
-	Writer(ctx context.Context) (Writer, error)
+	// Writer starts a private, invisible write. An opts.Expected that is
+	// not a well-formed sha256 digest is an errdefs.ErrInvalidArgument.
+	Writer(ctx context.Context, opts WriteOptions) (Writer, error)
 }
 
 // Manager deletes and enumerates committed blobs.
@@ -122,7 +136,7 @@ func Validate(d digest.Digest) error {
 // Ingest streams r into s and commits it, checking size (when >= 0) and
 // expected (when non-empty). It is the one-call form of Writer/Commit.
 func Ingest(ctx context.Context, s Ingester, r io.Reader, size int64, expected digest.Digest) (Info, error) {
-	w, err := s.Writer(ctx)
+	w, err := s.Writer(ctx, WriteOptions{Expected: expected, SizeHint: size})
 	if err != nil {
 		return Info{}, err
 	}

@@ -70,15 +70,25 @@ func (h *DualHasher) BLAKE3() string { return hex.EncodeToString(h.b3.Sum(nil)) 
 
 // Check is the one verification rule of every backend's Commit: it returns
 // the Info of what was hashed, or an *errdefs.VerificationError when size
-// (if >= 0) or expected (if non-empty) does not match it.
-func (h *DualHasher) Check(size int64, expected digest.Digest) (Info, error) {
+// (if >= 0) or any non-empty expected digest does not match it. A writer
+// passes both the digest declared when it started (WriteOptions.Expected)
+// and the one given to Commit.
+func (h *DualHasher) Check(size int64, expected ...digest.Digest) (Info, error) {
 	got := h.Digest()
 	info := Info{Digest: got, Size: h.n, BLAKE3: h.BLAKE3()}
-	if size >= 0 && size != info.Size {
-		return Info{}, &errdefs.VerificationError{Want: expected, Got: got, WantSize: size, GotSize: info.Size}
+	var want digest.Digest
+	for _, e := range expected {
+		if e != "" && want == "" {
+			want = e
+		}
 	}
-	if expected != "" && expected != got {
-		return Info{}, &errdefs.VerificationError{Want: expected, Got: got}
+	if size >= 0 && size != info.Size {
+		return Info{}, &errdefs.VerificationError{Want: want, Got: got, WantSize: size, GotSize: info.Size}
+	}
+	for _, e := range expected {
+		if e != "" && e != got {
+			return Info{}, &errdefs.VerificationError{Want: e, Got: got}
+		}
 	}
 	return info, nil
 }

@@ -304,7 +304,7 @@ func (s *Server) putContent(w http.ResponseWriter, r *http.Request) {
 
 	// Stream: body → (sniffer, hashers, temp file). Nothing is visible
 	// until Commit checks size and digest.
-	bw, err := s.cfg.Blobs.Writer(ctx)
+	bw, err := s.cfg.Blobs.Writer(ctx, blob.WriteOptions{Expected: want, SizeHint: size})
 	if err != nil {
 		s.fail(w, r, err)
 		return

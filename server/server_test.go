@@ -20,6 +20,7 @@ import (
 
 	"github.com/depot-images/depot/api"
 	"github.com/depot-images/depot/auth"
+	"github.com/depot-images/depot/blob"
 	"github.com/depot-images/depot/blob/local"
 	"github.com/depot-images/depot/catalog/bolt"
 	"github.com/depot-images/depot/client"
@@ -358,7 +359,7 @@ func TestGCAdoptsUnknownBlobs(t *testing.T) {
 	e := newEnv(t, func(c *Config) { c.GCGrace = time.Hour })
 	// A blob committed with no catalog record (a crash between commit and
 	// the catalog update) is adopted first, not deleted at once.
-	w, _ := e.blobs.Writer(ctx)
+	w, _ := e.blobs.Writer(ctx, blob.WriteOptions{})
 	w.Write([]byte("orphan"))
 	w.Commit(ctx, -1, "")
 	res, _ := e.srv.CollectGarbage(ctx)

@@ -151,11 +151,17 @@ type MinIOServer struct {
 // an empty data directory, and stops it when the test ends.
 func MinIO(t testing.TB) MinIOServer {
 	t.Helper()
+	return MinIOIn(t, t.TempDir())
+}
+
+// MinIOIn is MinIO keeping its data in dir (a small tmpfs, say, to fill).
+func MinIOIn(t testing.TB, dir string) MinIOServer {
+	t.Helper()
 	bin := goTool(t, "minio")
 	m := MinIOServer{
 		Endpoint:  fmt.Sprintf("127.0.0.1:%d", FreePort(t)),
 		AccessKey: "depot-test", SecretKey: "depot-test-secret",
-		Dir: t.TempDir(),
+		Dir: dir,
 	}
 	cmd := exec.Command(bin, "server", "--quiet", "--address", m.Endpoint,
 		"--console-address", fmt.Sprintf("127.0.0.1:%d", FreePort(t)), m.Dir)
@@ -167,4 +173,18 @@ func MinIO(t testing.TB) MinIOServer {
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
 	waitHTTP(t, "http://"+m.Endpoint+"/minio/health/ready", "minio", 30*time.Second)
 	return m
+}
+
+// Tmpfs mounts a tmpfs of sizeMiB on dir until the test ends: a real disk
+// that fills up. It needs root: without it the test skips, except under CI.
+func Tmpfs(t testing.TB, dir string, sizeMiB int) {
+	t.Helper()
+	opt := fmt.Sprintf("size=%dm", sizeMiB)
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", opt, "tmpfs", dir).CombinedOutput(); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("cannot mount a tmpfs in CI: %v %s", err, out)
+		}
+		t.Skipf("cannot mount a tmpfs (needs root): %v %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", dir).Run() })
 }

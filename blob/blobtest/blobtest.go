@@ -1,7 +1,10 @@
 // Package blobtest is the conformance suite every blob.Store backend runs.
 //
 // It is a plain list of named subtests; a backend's test calls Run with a
-// constructor that returns a fresh, empty store.
+// constructor that returns a fresh, empty store. The tests of writing run
+// twice: "Streamed" (the digest is only given to Commit) and "Declared"
+// (the digest is given to Writer up front, which lets a backend write
+// straight to the final location), since a backend may take two paths.
 package blobtest
 
 import (
@@ -27,22 +30,79 @@ func Run(t *testing.T, newStore func(t *testing.T) blob.Store) {
 		name string
 		fn   func(*testing.T, blob.Store)
 	}{
-		{"IngestOpenRoundTrip", testRoundTrip},
 		{"RangedReads", testRangedReads},
-		{"WrongDigestCommitsNothing", testWrongDigest},
 		{"WrongSizeCommitsNothing", testWrongSize},
-		{"CloseDiscards", testCloseDiscards},
-		{"CommitExistingIsIdempotent", testIdempotent},
-		{"EmptyBlob", testEmpty},
+		{"DeclaredDigestBindsCommit", testDeclaredBinds},
 		{"DeleteAndNotFound", testDelete},
 		{"Walk", testWalk},
 		{"InvalidDigest", testInvalidDigest},
-		{"ConcurrentSameContent", testConcurrent},
 		{"BLAKE3", testBLAKE3},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, newStore(t)) })
 	}
+	writes := []struct {
+		name string
+		fn   func(*testing.T, blob.Store, mode)
+	}{
+		{"IngestOpenRoundTrip", testRoundTrip},
+		{"WrongDigestCommitsNothing", testWrongDigest},
+		{"CloseDiscards", testCloseDiscards},
+		{"CommitExistingIsIdempotent", testIdempotent},
+		{"EmptyBlob", testEmpty},
+		{"ConcurrentSameContent", testConcurrent},
+	}
+	for _, m := range []mode{streamed, declared} {
+		for _, tc := range writes {
+			t.Run(tc.name+"/"+m.String(), func(t *testing.T) { tc.fn(t, newStore(t), m) })
+		}
+	}
+}
+
+// mode is how a write learns its digest.
+type mode bool
+
+const (
+	streamed mode = false // only Commit is given the digest
+	declared mode = true  // Writer is given it up front
+)
+
+func (m mode) String() string {
+	if m == declared {
+		return "Declared"
+	}
+	return "Streamed"
+}
+
+// writer starts a write of content with digest d in mode m.
+func writer(t *testing.T, s blob.Store, m mode, d digest.Digest, size int64) blob.Writer {
+	t.Helper()
+	opts := blob.WriteOptions{}
+	if m == declared {
+		opts = blob.WriteOptions{Expected: d, SizeHint: size}
+	}
+	w, err := s.Writer(context.Background(), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return w
+}
+
+// ingest writes data in mode m and commits it with its digest.
+func ingest(s blob.Store, m mode, data []byte, want digest.Digest) (blob.Info, error) {
+	opts := blob.WriteOptions{}
+	if m == declared {
+		opts.Expected = want
+	}
+	w, err := s.Writer(context.Background(), opts)
+	if err != nil {
+		return blob.Info{}, err
+	}
+	if _, err := w.Write(data); err != nil {
+		w.Close()
+		return blob.Info{}, err
+	}
+	return w.Commit(context.Background(), int64(len(data)), want)
 }
 
 func randBytes(t *testing.T, n int) []byte {
@@ -93,13 +153,10 @@ func assertAbsent(t *testing.T, s blob.Store, d digest.Digest) {
 	})
 }
 
-func testRoundTrip(t *testing.T, s blob.Store) {
+func testRoundTrip(t *testing.T, s blob.Store, m mode) {
 	data := randBytes(t, 3<<20+17)
 	ctx := context.Background()
-	w, err := s.Writer(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	w := writer(t, s, m, digest.FromBytes(data), int64(len(data)))
 	// Odd chunk sizes exercise both hashing paths.
 	for off := 0; off < len(data); {
 		n := min(len(data)-off, 1+off%200000)
@@ -158,10 +215,10 @@ func testRangedReads(t *testing.T, s blob.Store) {
 	}
 }
 
-func testWrongDigest(t *testing.T, s blob.Store) {
+func testWrongDigest(t *testing.T, s blob.Store, m mode) {
 	data := randBytes(t, 100000)
 	wrong := digest.FromBytes([]byte("something else"))
-	_, err := blob.Ingest(context.Background(), s, bytes.NewReader(data), -1, wrong)
+	_, err := ingest(s, m, data, wrong)
 	var ve *errdefs.VerificationError
 	if !errors.As(err, &ve) || !errors.Is(err, errdefs.ErrVerification) {
 		t.Fatalf("err = %v, want VerificationError", err)
@@ -173,6 +230,44 @@ func testWrongDigest(t *testing.T, s blob.Store) {
 	assertAbsent(t, s, wrong)
 }
 
+// testDeclaredBinds: a digest given to Writer binds the write. Commit with
+// no digest, or with another one, still refuses content that does not match
+// it, and commits nothing; a malformed declared digest is refused at once.
+func testDeclaredBinds(t *testing.T, s blob.Store) {
+	ctx := context.Background()
+	data := randBytes(t, 70000)
+	other := digest.FromBytes([]byte("other"))
+	for _, commitWith := range []digest.Digest{"", digest.FromBytes(data)} {
+		w, err := s.Writer(ctx, blob.WriteOptions{Expected: other})
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.Write(data)
+		if _, err := w.Commit(ctx, -1, commitWith); !errors.Is(err, errdefs.ErrVerification) {
+			t.Errorf("declared %s, wrote other bytes, Commit(%q) = %v; want ErrVerification", other, commitWith, err)
+		}
+		assertAbsent(t, s, digest.FromBytes(data))
+		assertAbsent(t, s, other)
+	}
+	w, err := s.Writer(ctx, blob.WriteOptions{Expected: digest.FromBytes(data)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Write(data)
+	if _, err := w.Commit(ctx, -1, other); !errors.Is(err, errdefs.ErrVerification) {
+		t.Errorf("Commit with a digest other than the declared one = %v; want ErrVerification", err)
+	}
+	assertAbsent(t, s, digest.FromBytes(data))
+	for _, d := range []digest.Digest{"md5:d41d8cd98f00b204e9800998ecf8427e", "sha256:../../x", "sha256:ABC"} {
+		if w, err := s.Writer(ctx, blob.WriteOptions{Expected: d}); !errors.Is(err, errdefs.ErrInvalidArgument) {
+			t.Errorf("Writer(Expected: %q) = %v, want ErrInvalidArgument", d, err)
+			if w != nil {
+				w.Close()
+			}
+		}
+	}
+}
+
 func testWrongSize(t *testing.T, s blob.Store) {
 	data := randBytes(t, 1000)
 	_, err := blob.Ingest(context.Background(), s, bytes.NewReader(data), 1001, "")
@@ -182,12 +277,9 @@ func testWrongSize(t *testing.T, s blob.Store) {
 	assertAbsent(t, s, digest.FromBytes(data))
 }
 
-func testCloseDiscards(t *testing.T, s blob.Store) {
+func testCloseDiscards(t *testing.T, s blob.Store, m mode) {
 	data := randBytes(t, 5000)
-	w, err := s.Writer(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
+	w := writer(t, s, m, digest.FromBytes(data), int64(len(data)))
 	w.Write(data)
 	if err := w.Close(); err != nil {
 		t.Fatal(err)
@@ -199,10 +291,13 @@ func testCloseDiscards(t *testing.T, s blob.Store) {
 	assertAbsent(t, s, digest.FromBytes(data))
 }
 
-func testIdempotent(t *testing.T, s blob.Store) {
+func testIdempotent(t *testing.T, s blob.Store, m mode) {
 	data := randBytes(t, 4096)
 	a := put(t, s, data)
-	b := put(t, s, data)
+	b, err := ingest(s, m, data, digest.FromBytes(data))
+	if err != nil {
+		t.Fatal(err)
+	}
 	if a.Digest != b.Digest || a.Size != b.Size {
 		t.Fatalf("second commit %+v differs from first %+v", b, a)
 	}
@@ -211,8 +306,11 @@ func testIdempotent(t *testing.T, s blob.Store) {
 	}
 }
 
-func testEmpty(t *testing.T, s blob.Store) {
-	info := put(t, s, nil)
+func testEmpty(t *testing.T, s blob.Store, m mode) {
+	info, err := ingest(s, m, nil, digest.FromBytes(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
 	if info.Size != 0 || info.Digest != digest.FromBytes(nil) {
 		t.Fatalf("empty blob info %+v", info)
 	}
@@ -274,7 +372,7 @@ func testInvalidDigest(t *testing.T, s blob.Store) {
 	}
 }
 
-func testConcurrent(t *testing.T, s blob.Store) {
+func testConcurrent(t *testing.T, s blob.Store, m mode) {
 	data := randBytes(t, 1<<20)
 	var wg sync.WaitGroup
 	errs := make(chan error, 8)
@@ -282,7 +380,7 @@ func testConcurrent(t *testing.T, s blob.Store) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, err := blob.Ingest(context.Background(), s, bytes.NewReader(data), int64(len(data)), digest.FromBytes(data))
+			_, err := ingest(s, m, data, digest.FromBytes(data))
 			errs <- err
 		}()
 	}

@@ -165,8 +165,14 @@ func (s *Store) SweepIngests(ctx context.Context, olderThan time.Duration) (int,
 	return n, nil
 }
 
-// Writer implements blob.Ingester.
-func (s *Store) Writer(ctx context.Context) (blob.Writer, error) {
+// Writer implements blob.Ingester. The local store writes every blob the
+// same way; a declared digest only adds a check at Commit.
+func (s *Store) Writer(ctx context.Context, opts blob.WriteOptions) (blob.Writer, error) {
+	if opts.Expected != "" {
+		if err := blob.Validate(opts.Expected); err != nil {
+			return nil, err
+		}
+	}
 	var rnd [12]byte
 	rand.Read(rnd[:])
 	name := filepath.Join(s.root, "ingest", hex.EncodeToString(rnd[:])+".part")
@@ -174,7 +180,7 @@ func (s *Store) Writer(ctx context.Context) (blob.Writer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("start ingest: %w", classify(err))
 	}
-	w := &writer{s: s, f: f, direct: direct, h: blob.NewDualHasher(), queue: make(chan []byte, 2), free: make(chan []byte, 3), done: make(chan struct{})}
+	w := &writer{s: s, f: f, direct: direct, declared: opts.Expected, h: blob.NewDualHasher(), queue: make(chan []byte, 2), free: make(chan []byte, 3), done: make(chan struct{})}
 	go w.fileLoop()
 	return w, nil
 }
@@ -193,9 +199,11 @@ type writer struct {
 	s      *Store
 	f      *os.File
 	direct bool
-	h      *blob.DualHasher
-	cur    []byte // the chunk being filled
-	closed bool
+	// declared is WriteOptions.Expected: Commit checks it too.
+	declared digest.Digest
+	h        *blob.DualHasher
+	cur      []byte // the chunk being filled
+	closed   bool
 
 	queue chan []byte // full chunks for fileLoop, closed by finish
 	free  chan []byte // recycled chunks
@@ -327,7 +335,7 @@ func (w *writer) Commit(ctx context.Context, size int64, expected digest.Digest)
 	if err := w.finish(); err != nil {
 		return blob.Info{}, fmt.Errorf("ingest write: %w", classify(err))
 	}
-	info, err = w.h.Check(size, expected)
+	info, err = w.h.Check(size, w.declared, expected)
 	if err != nil {
 		return blob.Info{}, err
 	}

@@ -40,7 +40,7 @@ func TestDirectIngest(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w, err := s.Writer(context.Background())
+	w, err := s.Writer(context.Background(), blob.WriteOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -56,7 +56,7 @@ func TestDirectIngest(t *testing.T) {
 		data := make([]byte, n)
 		rand.Read(data)
 		// Odd write sizes, so chunk boundaries fall mid-Write.
-		w, _ := s.Writer(context.Background())
+		w, _ := s.Writer(context.Background(), blob.WriteOptions{})
 		for off := 0; off < n; {
 			k := min(n-off, 7919+off%300000)
 			w.Write(data[off : off+k])
@@ -104,7 +104,7 @@ func TestSweepIngests(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A live upload: its part file is fresh and must survive.
-	w, err := s.Writer(context.Background())
+	w, err := s.Writer(context.Background(), blob.WriteOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,17 +4,32 @@
 // Layout under the configured prefix:
 //
 //	blobs/sha256/<hex>   committed blobs, never modified; user metadata
-//	                     Blake3 holds the BLAKE3-256 of the content
+//	                     Blake3 holds the BLAKE3-256 of blobs that came
+//	                     through ingest/ (see below)
 //	ingest/<random>      private partial writes, invisible to readers
-//	ingest/<random>.upload  an empty marker while that write runs
+//	ingest/<random>.upload  a marker while a write runs: empty for a write
+//	                     to ingest/<random>, "<key>\n<upload id>" for a
+//	                     direct write to a blob key
 //
-// A write streams into ingest/ as a multipart upload, hashed as it goes.
-// Commit checks size and digest, then copies the object server-side to its
-// digest key (a single copy up to 5 GiB, a multipart copy above) and deletes
-// the temporary object. S3 makes an object visible only when its PUT or copy
-// completes, so a reader never sees part of a blob, and a crash leaves at
-// most an ingest/ object, a marker and an unfinished multipart upload, all
-// removed by SweepIngests.
+// A write whose digest is declared up front (a push that sends it in a
+// header) is a multipart upload straight to blobs/sha256/<hex>, hashed as it
+// goes; Commit completes it only after size and digest check out, and
+// aborts it otherwise. No copy: committing 50 GiB costs one request. S3
+// metadata is fixed when an upload starts, before the BLAKE3 is known, so
+// these objects carry no Blake3 metadata (the catalog records it).
+//
+// A write without a declared digest streams into ingest/ as a multipart
+// upload. Commit checks size and digest, then copies the object server-side
+// to its digest key (a single copy up to 5 GiB, a multipart copy above) and
+// deletes the temporary object.
+//
+// S3 makes an object visible only when its PUT, copy or multipart upload
+// completes, so a reader never sees part of a blob. A crash leaves at most a
+// marker, an ingest/ object and an unfinished multipart upload; SweepIngests
+// finds the upload through the marker (MinIO lists uploads only by exact
+// key) and removes all three. An S3 "storage full" answer (MinIO's
+// XMinioStorageFull, HTTP 507) is errdefs.ErrNoSpace; other store failures
+// are errdefs.ErrUnavailable.
 //
 // The store can also hand out presigned GET URLs (blob.Presigner), so that
 // a head redirects downloads to the object store instead of carrying the
@@ -29,6 +44,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
@@ -271,10 +287,21 @@ func mapErr(op string, d digest.Digest, err error) error {
 			return fmt.Errorf("blob %s: %w", d, errdefs.ErrNotFound)
 		}
 	}
+	return fmt.Errorf("%s blob %s: %w", op, d, classify(err))
+}
+
+// classify maps an error from the object store to the vocabulary: a full
+// store is errdefs.ErrNoSpace, a cancelled context stays itself, anything
+// else is errdefs.ErrUnavailable. The store's own message is kept.
+func classify(err error) error {
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-		return fmt.Errorf("%s blob %s: %w", op, d, err)
+		return err
 	}
-	return fmt.Errorf("%s blob %s: %v: %w", op, d, err, errdefs.ErrUnavailable)
+	var resp minio.ErrorResponse
+	if errors.As(err, &resp) && (resp.Code == "XMinioStorageFull" || resp.StatusCode == http.StatusInsufficientStorage) {
+		return fmt.Errorf("%v: %w", err, errdefs.ErrNoSpace)
+	}
+	return fmt.Errorf("%v: %w", err, errdefs.ErrUnavailable)
 }
 
 func infoOf(d digest.Digest, o minio.ObjectInfo) blob.Info {
@@ -360,8 +387,8 @@ func (s *Store) SweepIngests(ctx context.Context, olderThan time.Duration) (int,
 			continue
 		}
 		if key, ok := strings.CutSuffix(o.Key, uploadMarker); ok {
-			if err := s.c.RemoveIncompleteUpload(ctx, s.cfg.Bucket, key); err != nil {
-				return n, fmt.Errorf("sweep ingests: abort upload %s: %v: %w", key, err, errdefs.ErrUnavailable)
+			if err := s.abortMarked(ctx, o, key); err != nil {
+				return n, fmt.Errorf("sweep ingests: %w", err)
 			}
 		}
 		if s.c.RemoveObject(ctx, s.cfg.Bucket, o.Key, minio.RemoveObjectOptions{}) == nil {
@@ -369,6 +396,31 @@ func (s *Store) SweepIngests(ctx context.Context, olderThan time.Duration) (int,
 		}
 	}
 	return n, nil
+}
+
+// abortMarked aborts the unfinished upload a stale marker stands for: the
+// one its body names (a direct write to a blob key), or else every upload
+// to the ingest/ key beside it.
+func (s *Store) abortMarked(ctx context.Context, marker minio.ObjectInfo, ingestKey string) error {
+	if marker.Size == 0 {
+		if err := s.c.RemoveIncompleteUpload(ctx, s.cfg.Bucket, ingestKey); err != nil {
+			return fmt.Errorf("abort upload %s: %w", ingestKey, classify(err))
+		}
+		return nil
+	}
+	key, id, ok, err := s.markerTarget(ctx, marker.Key)
+	if err != nil {
+		return fmt.Errorf("read marker %s: %w", marker.Key, classify(err))
+	}
+	if !ok {
+		return nil // not a marker this code wrote: only the marker goes
+	}
+	err = minio.Core{Client: s.c}.AbortMultipartUpload(ctx, s.cfg.Bucket, key, id)
+	var resp minio.ErrorResponse
+	if err != nil && !(errors.As(err, &resp) && resp.Code == "NoSuchUpload") {
+		return fmt.Errorf("abort upload %s of %s: %w", id, key, classify(err))
+	}
+	return nil
 }
 
 // PresignGet implements blob.Presigner: a URL that GETs blob d without
@@ -386,19 +438,24 @@ func (s *Store) PresignGet(ctx context.Context, d digest.Digest, expiry time.Dur
 	return u, nil
 }
 
-// Writer implements blob.Ingester: an upload to a fresh ingest/ key starts
-// at once and receives the bytes as they are written.
-func (s *Store) Writer(ctx context.Context) (blob.Writer, error) {
-	var b [16]byte
-	rand.Read(b[:])
-	key := s.ingestPrefix() + hex.EncodeToString(b[:])
-	if _, err := s.c.PutObject(ctx, s.cfg.Bucket, key+uploadMarker, bytes.NewReader(nil), 0, minio.PutObjectOptions{}); err != nil {
-		return nil, fmt.Errorf("start ingest in s3://%s: %v: %w", s.cfg.Bucket, err, errdefs.ErrUnavailable)
+// Writer implements blob.Ingester. With a declared digest the upload goes
+// straight to the digest's key (see directWriter); otherwise it streams to a
+// fresh ingest/ key and Commit copies it into place once it is verified.
+func (s *Store) Writer(ctx context.Context, opts blob.WriteOptions) (blob.Writer, error) {
+	if opts.Expected != "" {
+		if err := blob.Validate(opts.Expected); err != nil {
+			return nil, err
+		}
+		return s.directWriter(ctx, opts)
+	}
+	key := s.ingestPrefix() + randomID()
+	if err := s.putMarker(ctx, key+uploadMarker, nil); err != nil {
+		return nil, fmt.Errorf("start ingest in s3://%s: %w", s.cfg.Bucket, classify(err))
 	}
 	pr, pw := io.Pipe()
 	uctx, cancel := context.WithCancel(ctx)
 	w := &writer{s: s, key: key, h: blob.NewDualHasher(), pw: pw, cancel: cancel, done: make(chan struct{})}
-	go w.keepMarker(uctx, s.markerEvery)
+	go keepMarker(uctx, s, key+uploadMarker, nil, s.markerEvery)
 	go func() {
 		defer close(w.done)
 		_, w.upErr = s.c.PutObject(uctx, s.cfg.Bucket, key, pr, -1, minio.PutObjectOptions{
@@ -417,14 +474,25 @@ func (s *Store) Writer(ctx context.Context) (blob.Writer, error) {
 	return w, nil
 }
 
+func randomID() string {
+	var b [16]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+func (s *Store) putMarker(ctx context.Context, key string, body []byte) error {
+	_, err := s.c.PutObject(ctx, s.cfg.Bucket, key, bytes.NewReader(body), int64(len(body)), minio.PutObjectOptions{})
+	return err
+}
+
 // markerRefresh is how often a running write rewrites its marker, so that a
 // sweep (which removes markers older than an hour) never takes a live
 // upload for an abandoned one, however long the upload runs.
 const markerRefresh = 10 * time.Minute
 
-// keepMarker rewrites the marker every period until ctx ends (the write
+// keepMarker rewrites a marker every period until ctx ends (the write
 // commits or is abandoned).
-func (w *writer) keepMarker(ctx context.Context, every time.Duration) {
+func keepMarker(ctx context.Context, s *Store, marker string, body []byte, every time.Duration) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
@@ -432,7 +500,7 @@ func (w *writer) keepMarker(ctx context.Context, every time.Duration) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			w.s.c.PutObject(ctx, w.s.cfg.Bucket, w.key+uploadMarker, bytes.NewReader(nil), 0, minio.PutObjectOptions{})
+			s.putMarker(ctx, marker, body)
 		}
 	}
 }
@@ -455,7 +523,7 @@ func (w *writer) Write(p []byte) (int, error) {
 	n, err := w.pw.Write(p)
 	w.h.Write(p[:n])
 	if err != nil {
-		return n, fmt.Errorf("ingest upload to s3://%s/%s: %v: %w", w.s.cfg.Bucket, w.key, err, errdefs.ErrUnavailable)
+		return n, fmt.Errorf("ingest upload to s3://%s/%s: %w", w.s.cfg.Bucket, w.key, classify(err))
 	}
 	return n, nil
 }
@@ -494,7 +562,7 @@ func (w *writer) Commit(ctx context.Context, size int64, expected digest.Digest)
 	w.pw.Close() // EOF: the upload completes
 	<-w.done
 	if w.upErr != nil {
-		return blob.Info{}, fmt.Errorf("ingest upload to s3://%s/%s: %v: %w", w.s.cfg.Bucket, w.key, w.upErr, errdefs.ErrUnavailable)
+		return blob.Info{}, fmt.Errorf("ingest upload to s3://%s/%s: %w", w.s.cfg.Bucket, w.key, classify(w.upErr))
 	}
 	info, err = w.h.Check(size, expected)
 	if err != nil {

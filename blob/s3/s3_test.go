@@ -71,9 +71,13 @@ func TestMultipartCopyAndMetadata(t *testing.T) {
 	s := newStore(t, m)
 	s.copyPartSize = 8 << 20 // force ComposeObject (two 6 MiB ranges) for this blob
 	data := randBytes(t, 12<<20+3)
-	info, err := blob.Ingest(context.Background(), s, bytes.NewReader(data), int64(len(data)), digest.FromBytes(data))
+	// No declared digest: the streamed path, which copies into place.
+	info, err := blob.Ingest(context.Background(), s, bytes.NewReader(data), int64(len(data)), "")
 	if err != nil {
 		t.Fatal(err)
+	}
+	if info.Digest != digest.FromBytes(data) {
+		t.Fatalf("digest = %s, want %s", info.Digest, digest.FromBytes(data))
 	}
 	r, err := s.Open(context.Background(), info.Digest)
 	if err != nil {
@@ -119,7 +123,7 @@ func TestAbandonedUploadSwept(t *testing.T) {
 	m := testenv.MinIO(t)
 	s := newStore(t, m)
 	ctx := context.Background()
-	w, err := s.Writer(ctx)
+	w, err := s.Writer(ctx, blob.WriteOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -141,16 +145,7 @@ func TestAbandonedUploadSwept(t *testing.T) {
 	if _, err := s.c.PutObject(ctx, s.cfg.Bucket, stale+uploadMarker, bytes.NewReader(nil), 0, minio.PutObjectOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	uploads := func(k string) int {
-		n := 0
-		for u := range s.c.ListIncompleteUploads(ctx, s.cfg.Bucket, k, true) {
-			if u.Err != nil {
-				t.Fatal(u.Err)
-			}
-			n++
-		}
-		return n
-	}
+	uploads := func(k string) int { return uploads(t, s, k) }
 	if uploads(stale) != 1 {
 		t.Fatal("setup: no unfinished upload to sweep")
 	}
@@ -170,6 +165,147 @@ func TestAbandonedUploadSwept(t *testing.T) {
 	w.Close()
 }
 
+// uploads counts the unfinished multipart uploads to key.
+func uploads(t *testing.T, s *Store, key string) int {
+	t.Helper()
+	n := 0
+	for u := range s.c.ListIncompleteUploads(context.Background(), s.cfg.Bucket, key, true) {
+		if u.Err != nil {
+			t.Fatal(u.Err)
+		}
+		n++
+	}
+	return n
+}
+
+// TestDirectUpload: a write with a declared digest goes to its final key as
+// its own multipart upload. It leaves no ingest/ object and no unfinished
+// upload behind, whether it commits or fails verification.
+func TestDirectUpload(t *testing.T) {
+	m := testenv.MinIO(t)
+	s := newStore(t, m)
+	ctx := context.Background()
+	data := randBytes(t, 11<<20+7) // three parts
+	want := digest.FromBytes(data)
+	w, err := s.Writer(ctx, blob.WriteOptions{Expected: want, SizeHint: int64(len(data))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := w.(*directWriter); !ok {
+		t.Fatalf("writer with a declared digest is %T, want *directWriter", w)
+	}
+	if _, err := w.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Stat(ctx, want); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("blob visible before Commit: Stat = %v", err)
+	}
+	info, err := w.Commit(ctx, int64(len(data)), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Digest != want || info.Size != int64(len(data)) {
+		t.Fatalf("Commit = %+v", info)
+	}
+	r, err := s.Open(ctx, want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := io.ReadAll(r)
+	r.Close()
+	if !bytes.Equal(got, data) {
+		t.Fatal("content differs after a direct upload")
+	}
+	if keys := listKeys(t, s, s.ingestPrefix()); len(keys) != 0 {
+		t.Errorf("ingest objects left after commit: %v", keys)
+	}
+	if n := uploads(t, s, s.blobKey(want)); n != 0 {
+		t.Errorf("%d unfinished uploads left after commit", n)
+	}
+
+	// A wrong declaration: nothing under the declared key, nothing left over.
+	other := digest.FromString("other")
+	_, err = blob.Ingest(ctx, s, bytes.NewReader(data), int64(len(data)), other)
+	if !errors.Is(err, errdefs.ErrVerification) {
+		t.Fatalf("err = %v, want ErrVerification", err)
+	}
+	if _, err := s.Stat(ctx, other); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Errorf("a blob was stored under the wrong declared digest: Stat = %v", err)
+	}
+	if n := uploads(t, s, s.blobKey(other)); n != 0 {
+		t.Errorf("%d unfinished uploads left after a failed verification", n)
+	}
+	if keys := listKeys(t, s, s.ingestPrefix()); len(keys) != 0 {
+		t.Errorf("ingest objects left after a failed verification: %v", keys)
+	}
+}
+
+// TestAbandonedDirectUploadSwept: a head killed during a direct upload
+// leaves a multipart upload on the blob's own key; the marker names it, and
+// a sweep aborts it. A marker with a body this code did not write is only
+// removed.
+func TestAbandonedDirectUploadSwept(t *testing.T) {
+	m := testenv.MinIO(t)
+	s := newStore(t, m)
+	ctx := context.Background()
+	data := randBytes(t, 11<<20)
+	want := digest.FromBytes(data)
+	w, err := s.Writer(ctx, blob.WriteOptions{Expected: want})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Write(data); err != nil { // two parts go out, the rest waits
+		t.Fatal(err)
+	}
+	foreign := s.ingestPrefix() + "foreign" + uploadMarker
+	if err := s.putMarker(ctx, foreign, []byte("not a marker body")); err != nil {
+		t.Fatal(err)
+	}
+	if uploads(t, s, s.blobKey(want)) != 1 {
+		t.Fatal("setup: no unfinished upload on the blob key")
+	}
+	// A new client, as after a restart; the old writer is never committed.
+	s2 := newStore(t, m)
+	s2.cfg.Prefix = s.cfg.Prefix
+	n, err := s2.SweepIngests(ctx, -time.Second)
+	if err != nil || n != 2 {
+		t.Fatalf("sweep = %d, %v; want 2 markers removed", n, err)
+	}
+	if uploads(t, s, s.blobKey(want)) != 0 {
+		t.Error("the abandoned direct upload survived the sweep")
+	}
+	if keys := listKeys(t, s, s.cfg.Prefix); len(keys) != 0 {
+		t.Errorf("objects left: %v", keys)
+	}
+	if _, err := w.Commit(ctx, int64(len(data)), ""); err == nil {
+		t.Error("Commit of a swept upload succeeded")
+	}
+	if _, err := s.Stat(ctx, want); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Errorf("Stat after a swept upload = %v, want ErrNotFound", err)
+	}
+}
+
+func TestClassify(t *testing.T) {
+	full := minio.ErrorResponse{Code: "XMinioStorageFull", Message: "Storage backend has reached its minimum free drive threshold.", StatusCode: http.StatusInsufficientStorage}
+	for _, tc := range []struct {
+		err  error
+		want error
+	}{
+		{full, errdefs.ErrNoSpace},
+		{fmt.Errorf("put part: %w", full), errdefs.ErrNoSpace},
+		{minio.ErrorResponse{Code: "InternalError", StatusCode: 500}, errdefs.ErrUnavailable},
+		{context.Canceled, context.Canceled},
+	} {
+		got := classify(tc.err)
+		if !errors.Is(got, tc.want) {
+			t.Errorf("classify(%v) = %v, want %v", tc.err, got, tc.want)
+		}
+		if !strings.Contains(got.Error(), tc.err.Error()) {
+			t.Errorf("classify(%v) lost the store's message: %v", tc.err, got)
+		}
+	}
+}
+
 // TestSweepSparesLongUpload: a write that runs longer than the sweep's age
 // keeps its marker fresh, so the sweep leaves it alone and it commits.
 func TestSweepSparesLongUpload(t *testing.T) {
@@ -178,7 +314,7 @@ func TestSweepSparesLongUpload(t *testing.T) {
 	s.markerEvery = 200 * time.Millisecond
 	ctx := context.Background()
 	data := randBytes(t, 12<<20)
-	w, err := s.Writer(ctx)
+	w, err := s.Writer(ctx, blob.WriteOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -300,4 +436,37 @@ func FuzzParseURL(f *testing.F) {
 			t.Fatalf("ParseURL(%q) part size %d", raw, cfg.PartSize)
 		}
 	})
+}
+
+// TestStoreFull fills a real MinIO whose drive is a 64 MiB tmpfs. Both
+// write paths fail with errdefs.ErrNoSpace, leave nothing visible and
+// nothing unfinished behind, and give the space back: a small write then
+// commits.
+func TestStoreFull(t *testing.T) {
+	dir := t.TempDir()
+	testenv.Tmpfs(t, dir, 64)
+	m := testenv.MinIOIn(t, dir)
+	s := newStore(t, m)
+	ctx := context.Background()
+	data := randBytes(t, 96<<20)
+	want := digest.FromBytes(data)
+	for _, expected := range []digest.Digest{want, ""} {
+		_, err := blob.Ingest(ctx, s, bytes.NewReader(data), int64(len(data)), expected)
+		if !errors.Is(err, errdefs.ErrNoSpace) {
+			t.Fatalf("ingest of 96 MiB into 64 MiB (declared %q) = %v, want ErrNoSpace", expected, err)
+		}
+		if _, err := s.Stat(ctx, want); !errors.Is(err, errdefs.ErrNotFound) {
+			t.Errorf("Stat after a failed ingest = %v, want ErrNotFound", err)
+		}
+		if n := uploads(t, s, s.blobKey(want)); n != 0 {
+			t.Errorf("%d unfinished uploads left on the blob key", n)
+		}
+		if keys := listKeys(t, s, s.cfg.Prefix); len(keys) != 0 {
+			t.Errorf("objects left after a failed ingest: %v", keys)
+		}
+	}
+	small := randBytes(t, 1<<20)
+	if _, err := blob.Ingest(ctx, s, bytes.NewReader(small), int64(len(small)), digest.FromBytes(small)); err != nil {
+		t.Fatalf("a small ingest after the failures: %v (space not given back)", err)
+	}
 }

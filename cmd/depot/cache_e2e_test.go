@@ -165,26 +165,13 @@ func TestConcurrentProcessesOneTransfer(t *testing.T) {
 	checkCacheInvariants(t, cacheDir)
 }
 
-// mountTmpfs16M mounts a 16 MiB tmpfs on dir for the test (R8's full disk).
-// Without root it skips, except under CI.
-func mountTmpfs16M(t *testing.T, dir string) {
-	t.Helper()
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", dir).CombinedOutput(); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("cannot mount a tmpfs in CI: %v %s", err, out)
-		}
-		t.Skipf("cannot mount a tmpfs (needs root): %v %s", err, out)
-	}
-	t.Cleanup(func() { exec.Command("umount", dir).Run() })
-}
-
 // TestFullServerDiskDuringPush: the server's data directory is a real
 // 16 MiB tmpfs. A 24 MiB push fails with HTTP 507 / exit 11, leaves no blob,
 // no partial and no revision, and the space is given back: a small push
 // then works.
 func TestFullServerDiskDuringPush(t *testing.T) {
 	data := t.TempDir()
-	mountTmpfs16M(t, data)
+	testenv.Tmpfs(t, data, 16)
 	h := startServe(t, data)
 	tok := adminToken(t, data)
 	c, _ := client.New(h.url, tok)
@@ -215,7 +202,7 @@ func TestFullServerDiskDuringPush(t *testing.T) {
 // TestFullDiskDuringPull is R8, on a real 16 MiB tmpfs.
 func TestFullDiskDuringPull(t *testing.T) {
 	mnt := t.TempDir()
-	mountTmpfs16M(t, mnt)
+	testenv.Tmpfs(t, mnt, 16)
 	data := t.TempDir()
 	h := startServe(t, data)
 	c, _ := client.New(h.url, adminToken(t, data))

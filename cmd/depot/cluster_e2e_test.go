@@ -289,11 +289,21 @@ func TestClusterGCKeepsReferencedRevision(t *testing.T) {
 	}
 }
 
-// TestClusterKillDuringPut kills a head mid-upload into MinIO. The previous
-// content stays intact on every head, nothing partial is visible, and the
-// unfinished multipart upload the kill left is found and aborted by the
-// ingest sweep.
+// TestClusterKillDuringPut kills a head mid-upload into MinIO, once for a
+// push that declares its digest up front (a direct multipart upload to the
+// blob's key) and once for one that sends it in a trailer (an upload to an
+// ingest/ key). The previous content stays intact on every head, nothing
+// partial is visible, and the unfinished multipart upload the kill left is
+// found through its marker and aborted by the ingest sweep.
 func TestClusterKillDuringPut(t *testing.T) {
+	for _, declared := range []bool{false, true} {
+		t.Run(map[bool]string{false: "trailer", true: "declared"}[declared], func(t *testing.T) {
+			killDuringPut(t, declared)
+		})
+	}
+}
+
+func killDuringPut(t *testing.T, declared bool) {
 	cl := startCluster(t)
 	ctx := context.Background()
 	c := cl.client(t, 0)
@@ -302,14 +312,18 @@ func TestClusterKillDuringPut(t *testing.T) {
 	if _, err := c.PushContent(ctx, "victim", bytes.NewReader(old), int64(len(old)), client.PushOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	const size = 64 << 20
+	data := randomBytes(64 << 20)
+	var opts client.PushOptions
+	if declared {
+		opts.Digest = digest.FromBytes(data)
+	}
 	pr, pw := io.Pipe()
 	done := make(chan error, 1)
 	go func() {
-		_, err := c.PushContent(ctx, "victim", pr, size, client.PushOptions{})
+		_, err := c.PushContent(ctx, "victim", pr, int64(len(data)), opts)
 		done <- err
 	}()
-	pw.Write(randomBytes(24 << 20)) // several 5 MiB parts reach MinIO
+	pw.Write(data[:24<<20]) // several 5 MiB parts reach MinIO
 	time.Sleep(300 * time.Millisecond)
 	cl.heads[0].kill9()
 	pw.CloseWithError(io.ErrUnexpectedEOF)
@@ -328,23 +342,39 @@ func TestClusterKillDuringPut(t *testing.T) {
 		t.Fatalf("%d blobs visible, want 1 (nothing partial)", blobs)
 	}
 	mc, _ := minio.New(cl.minio.Endpoint, &minio.Options{Creds: credentials.NewStaticV4(cl.minio.AccessKey, cl.minio.SecretKey, "")})
-	var markers []string
+	// The key each marker stands for: the one its body names (a direct
+	// upload), else the ingest key beside it.
+	var targets []string
 	for o := range mc.ListObjects(ctx, "depot", minio.ListObjectsOptions{Prefix: cl.prefix + "/ingest/", Recursive: true}) {
-		if k, ok := strings.CutSuffix(o.Key, ".upload"); ok {
-			markers = append(markers, k)
+		k, ok := strings.CutSuffix(o.Key, ".upload")
+		if !ok {
+			continue
 		}
+		if o.Size > 0 {
+			obj, err := mc.GetObject(ctx, "depot", o.Key, minio.GetObjectOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(obj)
+			obj.Close()
+			k, _, _ = strings.Cut(string(body), "\n")
+		}
+		targets = append(targets, k)
 	}
 	uploads := func() int {
 		n := 0
-		for _, k := range markers {
+		for _, k := range targets {
 			for range mc.ListIncompleteUploads(ctx, "depot", k, true) {
 				n++
 			}
 		}
 		return n
 	}
-	if len(markers) != 1 || uploads() != 1 {
-		t.Fatalf("after the kill: %d markers, %d unfinished uploads; want 1 and 1", len(markers), uploads())
+	if len(targets) != 1 || uploads() != 1 {
+		t.Fatalf("after the kill: %d markers, %d unfinished uploads; want 1 and 1", len(targets), uploads())
+	}
+	if wantKey := strings.HasPrefix(targets[0], cl.prefix+"/blobs/sha256/"); wantKey != declared {
+		t.Errorf("the upload went to %s; declared digest: %v", targets[0], declared)
 	}
 	if n, err := st.SweepIngests(ctx, -time.Second); err != nil || n != 1 {
 		t.Fatalf("sweep = %d, %v", n, err)

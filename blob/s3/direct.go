@@ -1,0 +1,238 @@
+package s3
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/minio/minio-go/v7"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/depot-images/depot/blob"
+	"github.com/depot-images/depot/errdefs"
+)
+
+// maxParts is the most parts one S3 multipart upload may have.
+const maxParts = 10000
+
+// directWriter uploads a blob whose digest was declared up front straight
+// to its final key, blobs/sha256/<hex>, as a multipart upload of its own.
+// Parts go out as they fill (Threads at a time); Commit completes the upload
+// only once the bytes hashed to the declared digest, and aborts it
+// otherwise. S3 shows nothing of an unfinished multipart upload, so readers
+// never see part of a blob, and there is no server-side copy: a commit costs
+// one request whatever the size.
+//
+// The marker ingest/<random>.upload holds "<key>\n<upload id>" while the
+// write runs (refreshed like the other writer's), so a sweep can abort the
+// upload a killed head left behind.
+type directWriter struct {
+	s        *Store
+	key      string // the final key
+	id       string // the multipart upload ID
+	marker   string
+	declared digest.Digest
+	partSize int
+	h        *blob.DualHasher
+	cur      []byte
+	closed   bool
+
+	cancel context.CancelFunc // stops the marker refresh and part uploads
+	ctx    context.Context
+	free   chan []byte // buffers not in flight; its capacity bounds memory
+	wg     sync.WaitGroup
+	mu     sync.Mutex
+	parts  []minio.CompletePart
+	upErr  error // first part upload error
+	next   int   // next part number
+}
+
+func (s *Store) directWriter(ctx context.Context, opts blob.WriteOptions) (blob.Writer, error) {
+	core := minio.Core{Client: s.c}
+	key := s.blobKey(opts.Expected)
+	id, err := core.NewMultipartUpload(ctx, s.cfg.Bucket, key, minio.PutObjectOptions{ContentType: "application/octet-stream"})
+	if err != nil {
+		return nil, fmt.Errorf("start upload of %s: %w", opts.Expected, classify(err))
+	}
+	marker := s.ingestPrefix() + randomID() + uploadMarker
+	body := []byte(key + "\n" + id)
+	if err := s.putMarker(ctx, marker, body); err != nil {
+		core.AbortMultipartUpload(context.WithoutCancel(ctx), s.cfg.Bucket, key, id)
+		return nil, fmt.Errorf("start upload of %s: %w", opts.Expected, classify(err))
+	}
+	partSize := int(s.cfg.PartSize)
+	if opts.SizeHint > 0 {
+		// Enough room for the declared size in maxParts parts, in whole MiB.
+		if need := (opts.SizeHint + maxParts - 1) / maxParts; need > int64(partSize) {
+			partSize = int((need + 1<<20 - 1) &^ (1<<20 - 1))
+		}
+	}
+	uctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	w := &directWriter{
+		s: s, key: key, id: id, marker: marker, declared: opts.Expected,
+		partSize: partSize, h: blob.NewDualHasher(), cancel: cancel, ctx: uctx,
+		free: make(chan []byte, s.cfg.Threads+1), next: 1,
+	}
+	for range s.cfg.Threads + 1 {
+		w.free <- nil // allocated on first use
+	}
+	go keepMarker(uctx, s, marker, body, s.markerEvery)
+	return w, nil
+}
+
+func (w *directWriter) Write(p []byte) (int, error) {
+	if w.closed {
+		return 0, errors.New("write to closed blob writer")
+	}
+	n := 0
+	for len(p) > 0 {
+		if err := w.err(); err != nil {
+			return n, err
+		}
+		if w.cur == nil {
+			b := <-w.free
+			if b == nil {
+				b = make([]byte, 0, w.partSize)
+			}
+			w.cur = b[:0]
+		}
+		k := copy(w.cur[len(w.cur):cap(w.cur)], p)
+		w.cur = w.cur[:len(w.cur)+k]
+		w.h.Write(p[:k])
+		p, n = p[k:], n+k
+		if len(w.cur) == cap(w.cur) {
+			if err := w.ship(); err != nil {
+				return n, err
+			}
+		}
+	}
+	return n, nil
+}
+
+// ship uploads the current buffer as the next part, in the background.
+func (w *directWriter) ship() error {
+	if w.next > maxParts {
+		return fmt.Errorf("blob %s is over %d parts of %d bytes; raise part-size: %w", w.declared, maxParts, w.partSize, errdefs.ErrTooLarge)
+	}
+	b, num := w.cur, w.next
+	w.cur, w.next = nil, w.next+1
+	w.wg.Add(1)
+	go func() {
+		defer w.wg.Done()
+		core := minio.Core{Client: w.s.c}
+		part, err := core.PutObjectPart(w.ctx, w.s.cfg.Bucket, w.key, w.id, num, bytes.NewReader(b), int64(len(b)), minio.PutObjectPartOptions{})
+		w.mu.Lock()
+		if err != nil && w.upErr == nil {
+			w.upErr = fmt.Errorf("upload part %d of %s: %w", num, w.declared, classify(err))
+		} else if err == nil {
+			w.parts = append(w.parts, minio.CompletePart{PartNumber: num, ETag: part.ETag})
+		}
+		w.mu.Unlock()
+		w.free <- b
+	}()
+	return nil
+}
+
+func (w *directWriter) err() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.upErr
+}
+
+func (w *directWriter) Digest() digest.Digest { return w.h.Digest() }
+func (w *directWriter) Size() int64           { return w.h.Size() }
+
+// Close abandons the write: the multipart upload is aborted and the marker
+// removed.
+func (w *directWriter) Close() error {
+	if w.closed {
+		return nil
+	}
+	w.closed = true
+	w.cancel()
+	w.wg.Wait()
+	w.h.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	core := minio.Core{Client: w.s.c}
+	core.AbortMultipartUpload(ctx, w.s.cfg.Bucket, w.key, w.id)
+	w.s.c.RemoveObject(ctx, w.s.cfg.Bucket, w.marker, minio.RemoveObjectOptions{})
+	return nil
+}
+
+func (w *directWriter) Commit(ctx context.Context, size int64, expected digest.Digest) (info blob.Info, err error) {
+	if w.closed {
+		return blob.Info{}, errors.New("commit of closed blob writer")
+	}
+	defer func() {
+		if err != nil {
+			w.Close()
+		}
+	}()
+	// The last part; an empty blob is one empty part.
+	if len(w.cur) > 0 || w.next == 1 {
+		if w.cur == nil {
+			w.cur = (<-w.free)[:0] // the pool's token goes back with the part
+		}
+		if err := w.ship(); err != nil {
+			return blob.Info{}, err
+		}
+	}
+	w.wg.Wait()
+	if err := w.err(); err != nil {
+		return blob.Info{}, err
+	}
+	info, err = w.h.Check(size, w.declared, expected)
+	if err != nil {
+		return blob.Info{}, err
+	}
+	if err := ctx.Err(); err != nil {
+		return blob.Info{}, err
+	}
+	s := w.s
+	if o, err := s.c.StatObject(ctx, s.cfg.Bucket, w.key, minio.StatObjectOptions{}); err == nil && o.Size == info.Size {
+		// Another write committed the same content meanwhile: keep it.
+		w.Close()
+		info.Committed = o.LastModified
+		return info, nil
+	}
+	slices.SortFunc(w.parts, func(a, b minio.CompletePart) int { return a.PartNumber - b.PartNumber })
+	core := minio.Core{Client: s.c}
+	up, err := core.CompleteMultipartUpload(ctx, s.cfg.Bucket, w.key, w.id, w.parts, minio.PutObjectOptions{})
+	if err != nil {
+		return blob.Info{}, fmt.Errorf("commit %s: %w", info.Digest, classify(err))
+	}
+	w.closed = true
+	w.cancel()
+	w.h.Close()
+	s.c.RemoveObject(context.WithoutCancel(ctx), s.cfg.Bucket, w.marker, minio.RemoveObjectOptions{})
+	info.Committed = up.LastModified
+	if info.Committed.IsZero() {
+		info.Committed = time.Now()
+	}
+	return info, nil
+}
+
+// markerTarget reads a marker's body: the key and upload ID of a direct
+// write. ok is false, with a nil error, for a body this code did not write
+// (or one naming a key outside the blob prefix); err is an I/O error.
+func (s *Store) markerTarget(ctx context.Context, marker string) (key, id string, ok bool, err error) {
+	obj, err := s.c.GetObject(ctx, s.cfg.Bucket, marker, minio.GetObjectOptions{})
+	if err != nil {
+		return "", "", false, err
+	}
+	defer obj.Close()
+	b, err := io.ReadAll(io.LimitReader(obj, 4096))
+	if err != nil {
+		return "", "", false, err
+	}
+	key, id, ok = strings.Cut(string(b), "\n")
+	ok = ok && id != "" && strings.HasPrefix(key, s.blobsPrefix())
+	return key, id, ok, nil
+}
