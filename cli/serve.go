@@ -2,6 +2,8 @@ package cli
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -44,12 +46,18 @@ type serveOptions struct {
 	gcGrace        time.Duration
 	maxContentSize int64
 	logFormat      string
+	etcdCA         string
+	etcdCert       string
+	etcdKey        string
 }
 
 func (o *serveOptions) AddFlags(f *pflag.FlagSet) {
 	f.StringVar(&o.addr, "addr", envOr("DEPOT_ADDR", "127.0.0.1:8484"), "listen address (env DEPOT_ADDR)")
 	f.StringVar(&o.data, "data", envOr("DEPOT_DATA", defaultDataDir()), "data directory: catalog.db, blobs/, ingest/ (env DEPOT_DATA)")
-	f.StringVar(&o.catalogURL, "catalog", envOr("DEPOT_CATALOG", ""), "catalog: empty for bbolt in --data, or etcd://host1:2379,host2:2379/prefix for several heads (env DEPOT_CATALOG)")
+	f.StringVar(&o.catalogURL, "catalog", envOr("DEPOT_CATALOG", ""), "catalog: empty for bbolt in --data, or etcd://host1:2379,host2:2379/prefix for several heads (etcds://… over TLS; env DEPOT_CATALOG)")
+	f.StringVar(&o.etcdCA, "etcd-ca", envOr("DEPOT_ETCD_CA", ""), "PEM file of the CA that signed the etcd members' certificates, for an etcds:// catalog (default: the system's roots; env DEPOT_ETCD_CA)")
+	f.StringVar(&o.etcdCert, "etcd-cert", envOr("DEPOT_ETCD_CERT", ""), "client certificate (PEM) for an etcds:// catalog whose members require one (env DEPOT_ETCD_CERT)")
+	f.StringVar(&o.etcdKey, "etcd-key", envOr("DEPOT_ETCD_KEY", ""), "private key (PEM) of --etcd-cert (env DEPOT_ETCD_KEY)")
 	f.StringVar(&o.blobsDir, "blobs", envOr("DEPOT_BLOBS", ""), "blob store: a directory (default --data; several heads may share one on a filesystem with atomic rename), or s3://bucket[/prefix]?endpoint=[http://]host:port (env DEPOT_BLOBS)")
 	f.StringVar(&o.s3AccessKey, "s3-access-key", envOr("DEPOT_S3_ACCESS_KEY", ""), "S3 access key; empty uses AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, MINIO_ROOT_USER/MINIO_ROOT_PASSWORD, ~/.aws/credentials or the IAM role (env DEPOT_S3_ACCESS_KEY)")
 	f.StringVar(&o.s3SecretFile, "s3-secret-key-file", envOr("DEPOT_S3_SECRET_KEY_FILE", ""), "file holding the S3 secret key for --s3-access-key (env DEPOT_S3_SECRET_KEY_FILE)")
@@ -195,21 +203,60 @@ func openCatalog(ctx context.Context, o *serveOptions) (catalog.Catalog, error) 
 	if o.catalogURL == "" {
 		return bolt.Open(filepath.Join(o.data, "catalog.db"), 2*time.Second)
 	}
-	rest, ok := strings.CutPrefix(o.catalogURL, "etcd://")
-	if !ok {
-		return nil, usageError{fmt.Errorf("--catalog %q: want etcd://host:port[,host:port…][/prefix]", o.catalogURL)}
+	scheme, rest, _ := strings.Cut(o.catalogURL, "://")
+	if scheme != "etcd" && scheme != "etcds" {
+		return nil, usageError{fmt.Errorf("--catalog %q: want etcd://host:port[,host:port…][/prefix], or etcds://… for TLS", o.catalogURL)}
+	}
+	secure := scheme == "etcds"
+	if !secure && (o.etcdCA != "" || o.etcdCert != "" || o.etcdKey != "") {
+		return nil, usageError{fmt.Errorf("--etcd-ca, --etcd-cert and --etcd-key need a TLS catalog URL (etcds://…), not %q", o.catalogURL)}
 	}
 	hosts, prefix, _ := strings.Cut(rest, "/")
 	var eps []string
 	for _, h := range strings.Split(hosts, ",") {
 		if h != "" {
-			eps = append(eps, "http://"+h)
+			eps = append(eps, map[bool]string{false: "http://", true: "https://"}[secure]+h)
 		}
 	}
 	if len(eps) == 0 {
 		return nil, usageError{fmt.Errorf("--catalog %q names no etcd endpoint", o.catalogURL)}
 	}
-	return etcdcat.Open(ctx, eps, "/"+strings.Trim(prefix, "/")+"/")
+	var tlsCfg *tls.Config
+	if secure {
+		var err error
+		if tlsCfg, err = etcdTLS(o.etcdCA, o.etcdCert, o.etcdKey); err != nil {
+			return nil, err
+		}
+	}
+	return etcdcat.Open(ctx, eps, "/"+strings.Trim(prefix, "/")+"/", tlsCfg)
+}
+
+// etcdTLS is the client TLS configuration for an etcds:// catalog: the CA
+// that signed the etcd members' certificates (default: the system's roots)
+// and, for etcd's --client-cert-auth, a client certificate and key.
+func etcdTLS(caFile, certFile, keyFile string) (*tls.Config, error) {
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if caFile != "" {
+		pemBytes, err := os.ReadFile(caFile)
+		if err != nil {
+			return nil, usageError{fmt.Errorf("--etcd-ca: %w", err)}
+		}
+		cfg.RootCAs = x509.NewCertPool()
+		if !cfg.RootCAs.AppendCertsFromPEM(pemBytes) {
+			return nil, usageError{fmt.Errorf("--etcd-ca %s: no PEM certificate in it", caFile)}
+		}
+	}
+	if (certFile == "") != (keyFile == "") {
+		return nil, usageError{errors.New("--etcd-cert and --etcd-key go together")}
+	}
+	if certFile != "" {
+		pair, err := tls.LoadX509KeyPair(certFile, keyFile)
+		if err != nil {
+			return nil, usageError{fmt.Errorf("--etcd-cert/--etcd-key: %w", err)}
+		}
+		cfg.Certificates = []tls.Certificate{pair}
+	}
+	return cfg, nil
 }
 
 func bootstrapAdmin(ctx context.Context, g *globals, cat catalog.Catalog, a *auth.Authority, data string) error {

@@ -72,21 +72,29 @@ func EtcdCluster(t testing.TB, n int) *EtcdMembers {
 	}
 	token := fmt.Sprintf("depot-test-%d", time.Now().UnixNano())
 	for i := range n {
-		cmd := exec.Command("etcd", "--name", fmt.Sprintf("m%d", i), "--data-dir", t.TempDir(),
-			"--listen-client-urls", e.URLs[i], "--advertise-client-urls", e.URLs[i],
-			"--listen-peer-urls", peers[i], "--initial-advertise-peer-urls", peers[i],
-			"--initial-cluster", strings.Join(initial, ","), "--initial-cluster-state", "new",
-			"--initial-cluster-token", token, "--log-level", "error")
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		e.cmds = append(e.cmds, cmd)
-		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+		e.cmds = append(e.cmds, startEtcd(t, fmt.Sprintf("m%d", i), e.URLs[i], peers[i], strings.Join(initial, ","), token))
 	}
 	for _, u := range e.URLs {
-		waitHTTP(t, u+"/health", "etcd", 20*time.Second)
+		waitHTTP(t, nil, u+"/health", "etcd", 20*time.Second)
 	}
 	return e
+}
+
+// startEtcd starts one etcd member, with extra flags (TLS, say), and kills it
+// when the test ends.
+func startEtcd(t testing.TB, name, clientURL, peerURL, initial, token string, extra ...string) *exec.Cmd {
+	t.Helper()
+	args := append([]string{"--name", name, "--data-dir", t.TempDir(),
+		"--listen-client-urls", clientURL, "--advertise-client-urls", clientURL,
+		"--listen-peer-urls", peerURL, "--initial-advertise-peer-urls", peerURL,
+		"--initial-cluster", initial, "--initial-cluster-state", "new",
+		"--initial-cluster-token", token, "--log-level", "error"}, extra...)
+	cmd := exec.Command("etcd", args...)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	return cmd
 }
 
 // goTool finds a tool on PATH or in $(go env GOPATH)/bin, where scripts/test.sh
@@ -107,11 +115,15 @@ func goTool(t testing.TB, name string) string {
 }
 
 // waitHTTP polls url until it answers 200 or the deadline passes.
-func waitHTTP(t testing.TB, url, what string, wait time.Duration) {
+// c nil is http.DefaultClient.
+func waitHTTP(t testing.TB, c *http.Client, url, what string, wait time.Duration) {
 	t.Helper()
+	if c == nil {
+		c = http.DefaultClient
+	}
 	deadline := time.Now().Add(wait)
 	for time.Now().Before(deadline) {
-		if resp, err := http.Get(url); err == nil {
+		if resp, err := c.Get(url); err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
 				return
@@ -136,7 +148,7 @@ func Registry(t testing.TB) string {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	waitHTTP(t, "http://"+addr+"/v2/", "registry", 5*time.Second)
+	waitHTTP(t, nil, "http://"+addr+"/v2/", "registry", 5*time.Second)
 	return addr
 }
 
@@ -171,7 +183,7 @@ func MinIOIn(t testing.TB, dir string) MinIOServer {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	waitHTTP(t, "http://"+m.Endpoint+"/minio/health/ready", "minio", 30*time.Second)
+	waitHTTP(t, nil, "http://"+m.Endpoint+"/minio/health/ready", "minio", 30*time.Second)
 	return m
 }
 

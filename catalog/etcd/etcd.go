@@ -13,6 +13,7 @@ package etcd
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -37,9 +38,11 @@ type Catalog struct {
 var _ catalog.Catalog = (*Catalog)(nil)
 
 // Open connects to the etcd endpoints and keeps every key under prefix
-// (e.g. "/depot/").
-func Open(ctx context.Context, endpoints []string, prefix string) (*Catalog, error) {
-	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second, Context: ctx})
+// (e.g. "/depot/"). tlsCfg, when not nil, secures the connection (server
+// verification and, with a client certificate, client authentication); the
+// endpoints are then https:// URLs.
+func Open(ctx context.Context, endpoints []string, prefix string, tlsCfg *tls.Config) (*Catalog, error) {
+	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second, Context: ctx, TLS: tlsCfg})
 	if err != nil {
 		return nil, fmt.Errorf("etcd %v: %v: %w", endpoints, err, errdefs.ErrUnavailable)
 	}

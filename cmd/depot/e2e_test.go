@@ -544,3 +544,49 @@ func gauge(url, name string) float64 {
 	}
 	return -1
 }
+
+// TestServeOnEtcdTLS: two heads on an etcd that requires TLS and client
+// certificates (etcds://, --etcd-ca/--etcd-cert/--etcd-key) share images and
+// tokens. Flags that cannot work are usage errors (exit 2), and a head
+// without a client certificate does not start.
+func TestServeOnEtcdTLS(t *testing.T) {
+	p := testenv.NewPKI(t)
+	ep := testenv.EtcdTLS(t, p)
+	cat := "etcds://" + strings.TrimPrefix(ep, "https://") + "/depot-tls"
+	shared := t.TempDir()
+	tlsFlags := []string{"--catalog", cat, "--blobs", shared, "--etcd-ca", p.CA, "--etcd-cert", p.ClientCert, "--etcd-key", p.ClientKey}
+	d1, d2 := t.TempDir(), t.TempDir()
+	h1 := startServe(t, d1, tlsFlags...)
+	h2 := startServe(t, d2, tlsFlags...)
+	tok := adminToken(t, d1)
+	ctx := context.Background()
+	c1, _ := client.New(h1.url, tok)
+	c2, _ := client.New(h2.url, tok)
+	if _, err := c1.CreateImage(ctx, api.CreateImageRequest{Name: "over-tls"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c2.GetImage(ctx, "over-tls"); err != nil {
+		t.Fatalf("head 2 does not see head 1's image: %v", err)
+	}
+
+	for _, tc := range []struct {
+		name string
+		args []string
+		code int
+	}{
+		{"TLS flags on a plain etcd:// URL", []string{"--catalog", "etcd://127.0.0.1:1/x", "--etcd-ca", p.CA}, 2},
+		{"a certificate without its key", []string{"--catalog", cat, "--etcd-ca", p.CA, "--etcd-cert", p.ClientCert}, 2},
+		{"a CA file that holds no certificate", []string{"--catalog", cat, "--etcd-ca", p.ClientKey}, 2},
+	} {
+		_, errs, code := run(t, nil, append([]string{"serve", "--data", t.TempDir(), "--addr", "127.0.0.1:0"}, tc.args...)...)
+		if code != tc.code {
+			t.Errorf("%s: exit %d, want %d: %s", tc.name, code, tc.code, errs)
+		}
+	}
+	// The CA is right but etcd wants a client certificate: the head must
+	// not start (and say why) rather than serve without a catalog.
+	_, errs, code := run(t, nil, "serve", "--data", t.TempDir(), "--addr", "127.0.0.1:0", "--catalog", cat, "--etcd-ca", p.CA)
+	if code == 0 || !strings.Contains(errs, "etcd") {
+		t.Errorf("serve without a client certificate: exit %d: %s", code, errs)
+	}
+}
