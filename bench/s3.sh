@@ -8,7 +8,10 @@
 #      object from MinIO itself);
 #  peers: curl of a presigned URL straight from MinIO (alone, and + sha256sum),
 #      and aria2c -x4 of it + sha256sum.
-#  Also: the 1 GiB push through the head into MinIO, and the heads' peak RSS.
+#  P   a 1 GiB push through a head into MinIO, plain (digest in a trailer:
+#      ingest/ then a server-side copy) and with --digest (a multipart
+#      upload straight to the blob key), beside sha256sum of the file;
+#  also the heads' peak RSS.
 #
 # Needs: go, curl, aria2c, etcd, minio (scripts/test.sh installs etcd and
 # minio), python3. Loopback only.
@@ -52,10 +55,22 @@ export DEPOT_TOKEN_FILE=$WORK/r/admin.token
 TOKEN=$(cat "$WORK/r/admin.token")
 RS=http://127.0.0.1:$R_PORT SS=http://127.0.0.1:$S_PORT
 
+echo "== P: 1 GiB push through a head into MinIO ($ROUNDS rounds, fresh content each push)"
 head -c $((1<<30)) /dev/urandom > "$WORK/src"
 sync
-s=$(now); DEPOT_SERVER=$SS "$D" image push big "$WORK/src" >/dev/null; e=$(now); PUSH=$(el "$s" "$e")
-s=$(now); sha256sum "$WORK/src" >/dev/null; e=$(now); PUSH_SHA=$(el "$s" "$e")
+PT=() PD=() PS=()
+stamp() { printf '%s-%08d' "$1" "$2" | dd of="$WORK/src" bs=1 conv=notrunc status=none; }
+for r in $(seq "$ROUNDS"); do
+  # A plain push: the digest follows in a trailer, so the head uploads to
+  # ingest/ and copies into place once it is verified.
+  stamp t "$r"
+  s=$(now); DEPOT_SERVER=$SS "$D" image push big "$WORK/src" >/dev/null; e=$(now); PT+=("$(el "$s" "$e")")
+  # push --digest: declared up front, so the head uploads straight to the
+  # blob key and completes the upload once verified (no copy).
+  stamp d "$r"
+  s=$(now); HEXP=$(sha256sum "$WORK/src" | cut -d' ' -f1); e=$(now); PS+=("$(el "$s" "$e")")
+  s=$(now); DEPOT_SERVER=$SS "$D" image push big "$WORK/src" --digest "sha256:$HEXP" >/dev/null; e=$(now); PD+=("$(el "$s" "$e")")
+done
 rm "$WORK/src"
 HEX=$(curl -s -H "Authorization: Bearer $TOKEN" "$RS/api/v1/image/big/content/info" | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"]["chksum"].split(":")[1])')
 presigned() { curl -s -o /dev/null -w '%{redirect_url}' -H "Authorization: Bearer $TOKEN" "$RS/api/v1/blob/sha256:$HEX"; }
@@ -79,10 +94,10 @@ RSS_S=$(awk '/VmHWM/ {print $2}' /proc/$S_PID/status)
 SENT_R=$(curl -s "$RS/metrics" | awk '/^depot_content_sent_bytes_total/ {print $2}')
 REDIR_R=$(curl -s "$RS/metrics" | awk '/^depot_content_redirects_total/ {print $2}')
 
-python3 - "${R1[*]}" "${R4[*]}" "${S4[*]}" "${CS[*]}" "${CA[*]}" "${AS[*]}" "$PUSH" "$PUSH_SHA" "$RSS_R" "$RSS_S" "$SENT_R" "$REDIR_R" <<'PY'
+python3 - "${R1[*]}" "${R4[*]}" "${S4[*]}" "${CS[*]}" "${CA[*]}" "${AS[*]}" "${PT[*]}" "${PD[*]}" "${PS[*]}" "$RSS_R" "$RSS_S" "$SENT_R" "$REDIR_R" <<'PY'
 import statistics as st, sys
-r1, r4, s4, cs, ca, as_ = ([float(x) for x in a.split()] for a in sys.argv[1:7])
-push, push_sha, rss_r, rss_s, sent_r, redir_r = (float(x) for x in sys.argv[7:13])
+r1, r4, s4, cs, ca, as_, pt, pd, ps = ([float(x) for x in a.split()] for a in sys.argv[1:10])
+rss_r, rss_s, sent_r, redir_r = (float(x) for x in sys.argv[10:14])
 m = st.median
 runs = lambda x: " ".join(f"{v:.2f}" for v in x)
 mbs = lambda t: (1 << 30) / t / 1e6
@@ -94,7 +109,10 @@ best = min(m(r1), m(r4))
 print(f"ratio depot pull (redirect, best) / curl+sha256sum from MinIO = {best/m(cs):.2f}")
 print(f"ratio depot pull (redirect, best) / curl alone from MinIO     = {best/m(ca):.2f}")
 print(f"ratio depot pull (redirect, 4) / (head streams, 4)          = {m(r4)/m(s4):.2f}")
-print(f"1 GiB push through a head into MinIO: {push:.2f}s ({mbs(push):.0f} MB/s); sha256sum of the file {push_sha:.2f}s")
+for name, x in [("push (trailer: ingest/ + copy)", pt), ("push --digest (straight to blob key)", pd),
+                ("sha256sum of the same file", ps)]:
+    print(f"{name:36s} median {m(x):.2f}s ({mbs(m(x)):.0f} MB/s)  runs {runs(x)}")
+print(f"ratio push --digest / push = {m(pd)/m(pt):.2f}; push --digest / sha256sum = {m(pd)/m(ps):.2f}")
 print(f"redirecting head: {redir_r:.0f} redirects, {sent_r:.0f} content bytes sent, peak RSS {rss_r/1024:.1f} MiB")
 print(f"streaming head (also took the push): peak RSS {rss_s/1024:.1f} MiB")
 PY

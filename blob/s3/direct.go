@@ -98,7 +98,7 @@ func (w *directWriter) Write(p []byte) (int, error) {
 		if w.cur == nil {
 			b := <-w.free
 			if b == nil {
-				b = make([]byte, 0, w.partSize)
+				b = w.s.partBuf(w.partSize)
 			}
 			w.cur = b[:0]
 		}
@@ -158,6 +158,7 @@ func (w *directWriter) Close() error {
 	w.cancel()
 	w.wg.Wait()
 	w.h.Close()
+	w.release()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	core := minio.Core{Client: w.s.c}
@@ -211,12 +212,45 @@ func (w *directWriter) Commit(ctx context.Context, size int64, expected digest.D
 	w.closed = true
 	w.cancel()
 	w.h.Close()
+	w.release()
 	s.c.RemoveObject(context.WithoutCancel(ctx), s.cfg.Bucket, w.marker, minio.RemoveObjectOptions{})
 	info.Committed = up.LastModified
 	if info.Committed.IsZero() {
 		info.Committed = time.Now()
 	}
 	return info, nil
+}
+
+// release hands the part buffers back to the store once no part upload
+// runs.
+func (w *directWriter) release() {
+	w.s.putPartBuf(w.cur)
+	w.cur = nil
+	for {
+		select {
+		case b := <-w.free:
+			w.s.putPartBuf(b)
+		default:
+			return
+		}
+	}
+}
+
+// partBuf is an empty buffer of capacity size, recycled when size is the
+// configured part size.
+func (s *Store) partBuf(size int) []byte {
+	if size == int(s.cfg.PartSize) {
+		if b, ok := s.parts.Get().(*[]byte); ok {
+			return (*b)[:0]
+		}
+	}
+	return make([]byte, 0, size)
+}
+
+func (s *Store) putPartBuf(b []byte) {
+	if cap(b) == int(s.cfg.PartSize) {
+		s.parts.Put(&b)
+	}
 }
 
 // markerTarget reads a marker's body: the key and upload ID of a direct

@@ -48,6 +48,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/minio/minio-go/v7"
@@ -77,7 +78,8 @@ type Config struct {
 	// bounds a blob at 10,000 parts = 160 GiB; raise it for larger images.
 	PartSize uint64
 	// Threads is how many parts of one upload are in flight at once.
-	// Memory per upload is PartSize × Threads. Default 2.
+	// Memory per upload is about PartSize × (Threads+1): the part being
+	// filled and Threads in flight. Default 2.
 	Threads uint
 	// PublicEndpoint, when set, is the host[:port] (with an optional
 	// http:// or https:// scheme) that presigned URLs name: the address
@@ -212,6 +214,10 @@ type Store struct {
 	// markerEvery is how often a running write rewrites its marker; tests
 	// shorten it to watch a long upload outlive a sweep.
 	markerEvery time.Duration
+	// parts recycles the part buffers of direct writes (*[]byte of
+	// PartSize capacity), so that successive uploads reuse memory rather
+	// than leave it to the garbage collector.
+	parts sync.Pool
 }
 
 var (
