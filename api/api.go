@@ -124,6 +124,17 @@ type CloneRequest struct {
 	Description *string `json:"description,omitempty"`
 }
 
+// ServerInfo is the answer of GET /server: what a client may want to know
+// about the server before it uploads.
+type ServerInfo struct {
+	// PreferDeclaredDigest is true when an upload whose digest is declared
+	// up front (the header or the query, not a trailer) is committed more
+	// cheaply: with S3 blobs it goes straight to its final key, with no
+	// server-side copy. A client that can hash the content before sending
+	// it should then do so. Every byte is verified either way.
+	PreferDeclaredDigest bool `json:"prefer_declared_digest"`
+}
+
 // TokenRequest is the body of POST /tokens.
 type TokenRequest struct {
 	Subject string `json:"subject"`

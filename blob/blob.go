@@ -121,6 +121,14 @@ type Presigner interface {
 	PresignGet(ctx context.Context, d digest.Digest, expiry time.Duration) (*url.URL, error)
 }
 
+// DeclaredDigestPreferrer is an optional capability of stores for which a
+// write whose digest is declared up front (WriteOptions.Expected) commits
+// more cheaply than one whose digest is known only at the end: the S3 store
+// uploads it straight to its final key, with no copy.
+type DeclaredDigestPreferrer interface {
+	PrefersDeclaredDigest() bool
+}
+
 // Validate checks that d is a well-formed sha256 digest, the only algorithm
 // depot stores. Errors match errdefs.ErrInvalidArgument.
 func Validate(d digest.Digest) error {

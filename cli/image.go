@@ -315,7 +315,12 @@ match. The image is created first when it does not exist (see --create).
 With --digest the digest is declared up front (from a checksum file, a build
 system, or an earlier push) and the client does not hash the file at all; the
 server still hashes every byte and refuses the push, storing nothing, if the
-file does not match.`,
+file does not match.
+
+When the server says a digest declared up front saves it work (GET
+/api/v1/server: prefer_declared_digest, true with S3 blobs, where it avoids
+a server-side copy of the whole blob), push hashes the file first and then
+declares it.`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := g.client()
@@ -370,13 +375,24 @@ func runPush(cmd *cobra.Command, g *globals, c *client.Client, o *pushOptions, r
 	} else if err != nil {
 		return err
 	}
+	start := time.Now()
+	tty := !g.json && isTerminal(g.stderr)
+	if declared == "" {
+		// With S3 blobs a digest declared up front saves the server a copy
+		// of the whole blob, which costs more than hashing the file here
+		// first. A server without GET /server simply gets a trailer.
+		if si, err := c.ServerInfo(ctx); err == nil && si.PreferDeclaredDigest {
+			if declared, err = hashFile(f, fi.Size(), tty, g.stderr); err != nil {
+				return fmt.Errorf("hash %s: %w", file, err)
+			}
+		}
+	}
 	var body io.Reader = f
-	if !g.json && isTerminal(g.stderr) {
+	if tty {
 		bar := progressbar.DefaultBytes(fi.Size(), "push "+ref)
 		body = io.TeeReader(f, bar)
 		defer bar.Finish()
 	}
-	start := time.Now()
 	info, err := c.PushContent(ctx, ref, body, fi.Size(), client.PushOptions{IfMatch: base, Message: o.message, Digest: declared})
 	if err != nil {
 		return err
@@ -385,6 +401,27 @@ func runPush(cmd *cobra.Command, g *globals, c *client.Client, o *pushOptions, r
 	return g.emit(info, func(w io.Writer) {
 		fmt.Fprintf(w, "pushed %s: %s (%s, %s) in %.1fs, %.0f MB/s\n", ref, info.Chksum, info.Fmt, humanBytes(info.Size), secs, float64(info.Size)/secs/1e6)
 	})
+}
+
+// hashFile is the sha256 of f, read from the start; f is left at the start
+// again. If the file changes before it is sent, the server sees bytes that
+// do not match and stores nothing.
+func hashFile(f *os.File, size int64, tty bool, stderr io.Writer) (digest.Digest, error) {
+	var r io.Reader = f
+	if tty {
+		bar := progressbar.NewOptions64(size, progressbar.OptionSetDescription("hash"), progressbar.OptionSetWriter(stderr),
+			progressbar.OptionShowBytes(true), progressbar.OptionClearOnFinish())
+		r = io.TeeReader(f, bar)
+		defer bar.Finish()
+	}
+	dg := digest.SHA256.Digester()
+	if _, err := io.CopyBuffer(dg.Hash(), r, make([]byte, 1<<20)); err != nil {
+		return "", err
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return "", err
+	}
+	return dg.Digest(), nil
 }
 
 func isTerminal(w io.Writer) bool {

@@ -512,6 +512,14 @@ func (c *Client) CreateToken(ctx context.Context, req api.TokenRequest) (api.Tok
 	return t, err
 }
 
+// ServerInfo fetches what the server tells clients before they upload. A
+// server older than GET /server answers ErrNotFound.
+func (c *Client) ServerInfo(ctx context.Context) (api.ServerInfo, error) {
+	var si api.ServerInfo
+	_, err := c.call(ctx, http.MethodGet, "/server", nil, nil, &si, "server info")
+	return si, err
+}
+
 // ListTokens lists token records (never secrets).
 func (c *Client) ListTokens(ctx context.Context) ([]api.Token, error) {
 	var ts []api.Token

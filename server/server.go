@@ -139,6 +139,7 @@ func (s *Server) routes() {
 	s.handle("POST "+p+"/tokens", auth.RoleAdmin, s.createToken)
 	s.handle("GET "+p+"/tokens", auth.RoleAdmin, s.listTokens)
 	s.handle("DELETE "+p+"/tokens/{id}", auth.RoleAdmin, s.deleteToken)
+	s.handle("GET "+p+"/server", auth.RoleReader, s.serverInfo)
 	s.handle("GET /healthz", auth.RoleNone, s.healthz)
 	s.mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))
 	s.handle("/", auth.RoleNone, func(w http.ResponseWriter, r *http.Request) {
@@ -241,6 +242,11 @@ func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.ok(w, http.StatusOK, "ok")
+}
+
+func (s *Server) serverInfo(w http.ResponseWriter, r *http.Request) {
+	p, ok := s.cfg.Blobs.(blob.DeclaredDigestPreferrer)
+	s.ok(w, http.StatusOK, api.ServerInfo{PreferDeclaredDigest: ok && p.PrefersDeclaredDigest()})
 }
 
 func (s *Server) isGCLeader() bool { return s.cfg.GCLeader == nil || s.cfg.GCLeader.IsLeader() }

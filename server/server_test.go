@@ -547,6 +547,7 @@ func TestAuthMatrix(t *testing.T) {
 		func() ep { return ep{"POST", "/api/v1/tokens", `{"subject":"s","role":"reader"}`, auth.RoleAdmin} },
 		func() ep { return ep{"GET", "/api/v1/tokens", ``, auth.RoleAdmin} },
 		func() ep { return ep{"DELETE", "/api/v1/tokens/nonexistent", ``, auth.RoleAdmin} },
+		func() ep { return ep{"GET", "/api/v1/server", ``, auth.RoleReader} },
 		func() ep { return ep{"GET", "/healthz", ``, auth.RoleNone} },
 		func() ep { return ep{"GET", "/metrics", ``, auth.RoleNone} },
 	}
@@ -643,6 +644,21 @@ func TestMetricsAndHealth(t *testing.T) {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("metrics lack %q", want)
 		}
+	}
+}
+
+// TestServerInfo: a local blob store gains nothing from a declared digest
+// (it ingests the same either way), so clients are not asked to hash first.
+// The S3 side is in cmd/depot's cluster test.
+func TestServerInfo(t *testing.T) {
+	e := newEnv(t, nil)
+	si, err := e.reader.ServerInfo(ctx)
+	if err != nil || si.PreferDeclaredDigest {
+		t.Fatalf("server info = %+v, %v; want prefer_declared_digest false", si, err)
+	}
+	_, env, _ := e.raw("GET", "/api/v1/server", "reader", nil, nil)
+	if string(env.Data) != `{"prefer_declared_digest":false}` {
+		t.Errorf("GET /api/v1/server data = %s", env.Data)
 	}
 }
 

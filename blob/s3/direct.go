@@ -53,6 +53,10 @@ type directWriter struct {
 	next   int   // next part number
 }
 
+// PrefersDeclaredDigest implements blob.DeclaredDigestPreferrer: a declared
+// digest saves the server-side copy.
+func (s *Store) PrefersDeclaredDigest() bool { return true }
+
 func (s *Store) directWriter(ctx context.Context, opts blob.WriteOptions) (blob.Writer, error) {
 	core := minio.Core{Client: s.c}
 	key := s.blobKey(opts.Expected)

@@ -224,6 +224,8 @@ var (
 	_ blob.Store         = (*Store)(nil)
 	_ blob.IngestSweeper = (*Store)(nil)
 	_ blob.Presigner     = (*Store)(nil)
+
+	_ blob.DeclaredDigestPreferrer = (*Store)(nil)
 )
 
 // Open connects to the bucket and checks that it exists (or creates it when

@@ -168,6 +168,36 @@ func TestClusterS3(t *testing.T) {
 		t.Errorf("head 2 redirected %v requests; a 72 MiB parallel ensure should need at least 5", r)
 	}
 
+	// An S3 head prefers a declared digest, so `depot image push` hashes the
+	// file first and the upload goes straight to the blob key: an object
+	// without the Blake3 metadata that the ingest/ copy path (the trailer
+	// push of "big" above) writes.
+	if si, err := cl.client(t, 2).ServerInfo(ctx); err != nil || !si.PreferDeclaredDigest {
+		t.Fatalf("server info of an S3 head = %+v, %v; want prefer_declared_digest", si, err)
+	}
+	file := randomBytes(12 << 20)
+	src := filepath.Join(t.TempDir(), "disk.raw")
+	os.WriteFile(src, file, 0o644)
+	env3 := []string{"DEPOT_SERVER=" + cl.heads[2].url, "DEPOT_TOKEN=" + cl.tok, "DEPOT_TOKEN_FILE="}
+	if _, stderr, code := run(t, env3, "image", "push", "cli-pushed", src); code != 0 {
+		t.Fatalf("depot image push through an S3 head: exit %d: %s", code, stderr)
+	}
+	st := cl.store(t)
+	direct, err := st.Stat(ctx, digest.FromBytes(file))
+	if err != nil {
+		t.Fatal(err)
+	}
+	copied, err := st.Stat(ctx, digest.Digest(bigInfo.Chksum))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if direct.BLAKE3 != "" || copied.BLAKE3 == "" {
+		t.Errorf("Blake3 metadata: CLI push %q (want none: a direct upload), trailer push %q (want some: the copy path)", direct.BLAKE3, copied.BLAKE3)
+	}
+	if got := readContent(t, cl.client(t, 0), "cli-pushed"); !bytes.Equal(got, file) {
+		t.Fatal("head 1 serves different bytes for the CLI push")
+	}
+
 	// A delete through head 2 is gone on heads 1 and 3.
 	if err := cl.client(t, 1).DeleteImage(ctx, "img"); err != nil {
 		t.Fatal(err)
