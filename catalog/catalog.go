@@ -89,6 +89,51 @@ type BlobRef struct {
 	// ZeroSince is when Refs last became zero (or the blob was touched
 	// without references). Zero time when Refs > 0.
 	ZeroSince time.Time `json:"zero_since,omitzero"`
+	// Claimed is when a garbage collector claimed the blob for deletion
+	// (Refs.Claim); zero otherwise. The bytes may already be gone.
+	Claimed time.Time `json:"claimed,omitzero"`
+}
+
+// Collectable reports whether r has had no references since before cutoff.
+func (r BlobRef) Collectable(cutoff time.Time) bool {
+	return r.Refs == 0 && r.ZeroSince.Before(cutoff)
+}
+
+// errClaimed is what touching or referencing a claimed blob returns.
+func errClaimed(d digest.Digest) error {
+	return fmt.Errorf("blob %s is being garbage-collected: %w", d, errdefs.ErrConflict)
+}
+
+// Touch applies Refs.Touch to the record r of a blob that is in the store
+// (or about to be committed to it): its grace period restarts at now. A
+// claimed blob is ErrConflict.
+func (r *BlobRef) Touch(now time.Time) error {
+	if !r.Claimed.IsZero() {
+		return errClaimed(r.Digest)
+	}
+	if r.Refs == 0 {
+		r.ZeroSince = now
+	}
+	return nil
+}
+
+// Claim applies Refs.Claim to r.
+func (r *BlobRef) Claim(cutoff, now time.Time) error {
+	if !r.Collectable(cutoff) {
+		return fmt.Errorf("blob %s is referenced or in its grace period: %w", r.Digest, errdefs.ErrConflict)
+	}
+	if r.Claimed.IsZero() {
+		r.Claimed = now
+	}
+	return nil
+}
+
+// CheckForget is the rule of Refs.Forget: only a claimed record goes.
+func (r BlobRef) CheckForget() error {
+	if r.Claimed.IsZero() {
+		return fmt.Errorf("blob %s was not claimed for collection: %w", r.Digest, errdefs.ErrConflict)
+	}
+	return nil
 }
 
 // Token is the record of an issued API token. The secret never is stored:
@@ -128,14 +173,23 @@ type Refs interface {
 	// Ref returns the record of dgst, or ErrNotFound when the catalog has
 	// never heard of it (a blob left by a crash between commit and Touch).
 	Ref(ctx context.Context, dgst digest.Digest) (BlobRef, error)
-	// Touch records that dgst exists in the blob store. An unreferenced
-	// blob's grace period restarts at now.
+	// Touch records that dgst exists in the blob store, or is about to: an
+	// upload touches the digest before it commits the bytes. An unreferenced
+	// blob's grace period restarts at now. A claimed blob is ErrConflict:
+	// the caller waits for the collector to Forget it, then touches again.
 	Touch(ctx context.Context, dgst digest.Digest, now time.Time) error
-	// Collectable lists blobs with zero references since before cutoff.
+	// Collectable lists blobs with zero references since before cutoff,
+	// claimed ones included (a collector may have died before Forget).
 	Collectable(ctx context.Context, cutoff time.Time) ([]BlobRef, error)
-	// Forget drops the record of dgst if it still has zero references since
-	// before cutoff; otherwise it returns ErrConflict and the blob must be kept.
-	Forget(ctx context.Context, dgst digest.Digest, cutoff time.Time) error
+	// Claim marks dgst as being collected if it still has zero references
+	// since before cutoff; otherwise it returns ErrConflict and the blob
+	// must be kept. While claimed, Touch and new references fail with
+	// ErrConflict, so no upload can count on bytes the collector is about
+	// to delete. Claiming a claimed blob keeps the first claim's time.
+	Claim(ctx context.Context, dgst digest.Digest, cutoff, now time.Time) error
+	// Forget drops the record of a claimed blob once its bytes are deleted
+	// (ErrConflict if it is not claimed).
+	Forget(ctx context.Context, dgst digest.Digest) error
 }
 
 // Tokens stores token records.
@@ -241,6 +295,9 @@ func ApplyRefDiff(before, after *Image, now time.Time, get func(digest.Digest) B
 	inc, dec := RefDiff(before, after)
 	for _, d := range inc {
 		r := get(d)
+		if !r.Claimed.IsZero() {
+			return errClaimed(d)
+		}
 		r.Refs++
 		r.ZeroSince = time.Time{}
 		if err := put(r); err != nil {

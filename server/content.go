@@ -2,6 +2,7 @@ package server
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -337,12 +338,17 @@ func (s *Server) putContent(w http.ResponseWriter, r *http.Request) {
 	}
 	s.commitMu.RLock()
 	defer s.commitMu.RUnlock()
-	info, err := bw.Commit(ctx, size, want)
-	if err != nil {
+	// Touch the digest before the bytes become visible: a garbage collector
+	// on any head can then no longer claim them, and if one has claimed
+	// them already, this waits until it has deleted them, so the commit
+	// below writes them afresh instead of keeping bytes about to go.
+	if err := s.touchForCommit(ctx, bw.Digest()); err != nil {
+		bw.Close()
 		s.fail(w, r, err)
 		return
 	}
-	if err := s.cfg.Catalog.Touch(ctx, info.Digest, time.Now().UTC()); err != nil {
+	info, err := bw.Commit(ctx, size, want)
+	if err != nil {
 		s.fail(w, r, err)
 		return
 	}
@@ -411,6 +417,25 @@ func (s *Server) deleteContent(w http.ResponseWriter, r *http.Request) {
 	}
 	s.log.Info("content deleted", "uid", img.UID, "name", img.Name, "by", by)
 	s.ok(w, http.StatusOK, img.UID)
+}
+
+// touchForCommit touches d, waiting while a collector holds a claim on it.
+func (s *Server) touchForCommit(ctx context.Context, d digest.Digest) error {
+	deadline := time.Now().Add(s.claimWait)
+	for {
+		err := s.cfg.Catalog.Touch(ctx, d, time.Now().UTC())
+		if !errors.Is(err, errdefs.ErrConflict) {
+			return err
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%v; retry the upload: %w", err, errdefs.ErrUnavailable)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }
 
 func (s *Server) contentStat(w http.ResponseWriter, r *http.Request) {

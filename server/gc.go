@@ -18,9 +18,12 @@ type GCResult struct {
 }
 
 // CollectGarbage deletes blobs that no image has referenced for longer than
-// the grace period. The catalog record is dropped first (atomically checking
-// the blob is still unreferenced), then the bytes; a crash in between leaves
-// an unknown blob, which the next pass adopts and collects after its grace.
+// the grace period. Each one is claimed in the catalog first (atomically
+// checking it is still unreferenced; from then on no upload can touch or
+// reference it), then its bytes are deleted, then its record is forgotten.
+// An upload of the same bytes on any head waits for the record to go and
+// then commits them afresh. A collector that dies after claiming leaves a
+// claim, which a pass finishes once it is older than the grace period.
 func (s *Server) CollectGarbage(ctx context.Context) (GCResult, error) {
 	var res GCResult
 	now := time.Now().UTC()
@@ -45,13 +48,19 @@ func (s *Server) CollectGarbage(ctx context.Context) (GCResult, error) {
 		return res, err
 	}
 	for _, c := range cands {
-		if err := s.cfg.Catalog.Forget(ctx, c.Digest, cutoff); errors.Is(err, errdefs.ErrConflict) {
-			continue // referenced again meanwhile
+		if !c.Claimed.IsZero() && !c.Claimed.Before(cutoff) {
+			continue // claimed just now by another pass, which finishes it
+		}
+		if err := s.cfg.Catalog.Claim(ctx, c.Digest, cutoff, now); errors.Is(err, errdefs.ErrConflict) {
+			continue // referenced or touched again meanwhile
 		} else if err != nil {
 			return res, err
 		}
 		info, _ := s.cfg.Blobs.Stat(ctx, c.Digest)
 		if err := s.cfg.Blobs.Delete(ctx, c.Digest); err != nil && !errors.Is(err, errdefs.ErrNotFound) {
+			return res, err
+		}
+		if err := s.cfg.Catalog.Forget(ctx, c.Digest); err != nil {
 			return res, err
 		}
 		res.Deleted++

@@ -93,6 +93,9 @@ type Server struct {
 	// holds it shared from the blob commit until the catalog references the
 	// blob; GC holds it exclusively while it deletes.
 	commitMu sync.RWMutex
+	// claimWait is how long an upload waits for a garbage collector to
+	// finish with the blob it is about to commit (tests shorten it).
+	claimWait time.Duration
 }
 
 // maxJSONBody bounds every JSON request body.
@@ -107,7 +110,7 @@ func New(cfg Config) (*Server, error) {
 	if _, ok := cfg.Blobs.(blob.Presigner); cfg.RedirectContent > 0 && !ok {
 		return nil, fmt.Errorf("server: redirecting downloads needs a blob store that clients can read directly (s3://…): %w", errdefs.ErrInvalidArgument)
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, mux: http.NewServeMux(), reg: prometheus.NewRegistry()}
+	s := &Server{cfg: cfg, log: cfg.Logger, mux: http.NewServeMux(), reg: prometheus.NewRegistry(), claimWait: 30 * time.Second}
 	s.metrics = newMetrics(s.reg)
 	s.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "depot_gc_leader", Help: "1 when this head runs garbage collection (always 1 with a single head).",

@@ -355,6 +355,108 @@ func TestRetentionAndGC(t *testing.T) {
 	}
 }
 
+// TestUploadWaitsForAClaimedBlob is the race between a collector on another
+// head and an upload of the very bytes it is collecting. The collector has
+// claimed the blob (the record says so; the bytes are still there). An
+// upload of the same bytes must not keep those bytes and reference them: it
+// waits until the collector has deleted them and forgotten the record, then
+// commits them afresh. Without a collector to finish, it gives up with 503.
+func TestUploadWaitsForAClaimedBlob(t *testing.T) {
+	e := newEnv(t, func(c *Config) { c.GCGrace = time.Hour })
+	cat := e.srv.cfg.Catalog
+	data := []byte("the same bytes twice")
+	d := digest.FromBytes(data)
+	e.writer.CreateImage(ctx, api.CreateImageRequest{Name: "old"})
+	if _, err := e.writer.PushContent(ctx, "old", bytes.NewReader(data), -1, client.PushOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	e.admin.DeleteImage(ctx, "old")
+	// Another head's collector, past the grace period, claims the blob.
+	later := time.Now().Add(2 * time.Hour)
+	if err := cat.Claim(ctx, d, later, later); err != nil {
+		t.Fatal(err)
+	}
+	e.writer.CreateImage(ctx, api.CreateImageRequest{Name: "new"})
+	done := make(chan error, 1)
+	go func() {
+		_, err := e.writer.PushContent(ctx, "new", bytes.NewReader(data), -1, client.PushOptions{})
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		t.Fatalf("the upload finished while the blob was claimed: %v", err)
+	case <-time.After(500 * time.Millisecond):
+	}
+	// The collector deletes the bytes and forgets the record.
+	if err := e.blobs.Delete(ctx, d); err != nil {
+		t.Fatal(err)
+	}
+	if err := cat.Forget(ctx, d); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("upload after the collection: %v", err)
+	}
+	if got := readAll(t, e.reader, "new"); !bytes.Equal(got, data) {
+		t.Fatalf("content of new = %q: the upload kept bytes the collector deleted", got)
+	}
+	if info, _ := e.reader.ContentInfo(ctx, "new"); info.Refcnt != 1 {
+		t.Errorf("refcnt = %d, want 1", info.Refcnt)
+	}
+
+	// A claim nobody finishes: the upload gives up, stores nothing new.
+	e.srv.claimWait = 200 * time.Millisecond
+	other := []byte("claimed forever")
+	od := digest.FromBytes(other)
+	if err := cat.Touch(ctx, od, time.Now().Add(-3*time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if err := cat.Claim(ctx, od, time.Now(), time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	_, err := e.writer.PushContent(ctx, "new", bytes.NewReader(other), -1, client.PushOptions{})
+	if !errors.Is(err, errdefs.ErrUnavailable) || !strings.Contains(err.Error(), "garbage-collected") {
+		t.Fatalf("upload of a blob claimed forever = %v, want 503 naming the collection", err)
+	}
+	if _, err := e.blobs.Stat(ctx, od); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Errorf("the refused upload left a blob: %v", err)
+	}
+	if got := readAll(t, e.reader, "new"); !bytes.Equal(got, data) {
+		t.Error("the refused upload changed the content")
+	}
+}
+
+// TestGCFinishesAbandonedClaims: a collector that died between its claim
+// and Forget leaves a claim. A fresh claim is left to its owner; one older
+// than the grace period is finished: bytes deleted, record forgotten.
+func TestGCFinishesAbandonedClaims(t *testing.T) {
+	e := newEnv(t, func(c *Config) { c.GCGrace = time.Hour })
+	cat := e.srv.cfg.Catalog
+	e.writer.CreateImage(ctx, api.CreateImageRequest{Name: "x"})
+	info, err := e.writer.PushContent(ctx, "x", strings.NewReader("abandoned"), -1, client.PushOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := digest.Digest(info.Chksum)
+	e.admin.DeleteImage(ctx, "x")
+	now := time.Now()
+	// Unreferenced for 3 h (past the 1 h grace), and claimed just now.
+	cat.Touch(ctx, d, now.Add(-3*time.Hour))
+	if err := cat.Claim(ctx, d, now.Add(-time.Hour), now); err != nil {
+		t.Fatal(err)
+	}
+	if res, err := e.srv.CollectGarbage(ctx); err != nil || res.Deleted != 0 || e.blobCount() != 1 {
+		t.Fatalf("pass with a fresh claim: %+v, %v, %d blobs", res, err, e.blobCount())
+	}
+	e.srv.cfg.GCGrace = 0 // now the claim is older than the grace period
+	if res, err := e.srv.CollectGarbage(ctx); err != nil || res.Deleted != 1 || e.blobCount() != 0 {
+		t.Fatalf("pass with an abandoned claim: %+v, %v, %d blobs", res, err, e.blobCount())
+	}
+	if _, err := cat.Ref(ctx, d); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Errorf("record after the finished collection: %v", err)
+	}
+}
+
 func TestGCAdoptsUnknownBlobs(t *testing.T) {
 	e := newEnv(t, func(c *Config) { c.GCGrace = time.Hour })
 	// A blob committed with no catalog record (a crash between commit and
@@ -684,4 +786,19 @@ func TestSquashfsReportsFormat(t *testing.T) {
 	if resp.Header.Get(api.HeaderFormat) != "squashfs" {
 		t.Errorf("X-Depot-Format = %q", resp.Header.Get(api.HeaderFormat))
 	}
+}
+
+// readAll is the current content of ref, through the API.
+func readAll(t *testing.T, c *client.Client, ref string) []byte {
+	t.Helper()
+	rc, err := c.OpenContent(ctx, ref)
+	if err != nil {
+		t.Fatalf("open %s: %v", ref, err)
+	}
+	defer rc.Close()
+	b, err := io.ReadAll(rc)
+	if err != nil {
+		t.Fatalf("read %s: %v", ref, err)
+	}
+	return b
 }

@@ -129,18 +129,51 @@ func (w *directWriter) ship() error {
 	w.wg.Add(1)
 	go func() {
 		defer w.wg.Done()
-		core := minio.Core{Client: w.s.c}
-		part, err := core.PutObjectPart(w.ctx, w.s.cfg.Bucket, w.key, w.id, num, bytes.NewReader(b), int64(len(b)), minio.PutObjectPartOptions{})
+		part, retried, err := w.uploadPart(num, b)
 		w.mu.Lock()
 		if err != nil && w.upErr == nil {
-			w.upErr = fmt.Errorf("upload part %d of %s: %w", num, w.declared, classify(err))
+			w.upErr = fmt.Errorf("upload part %d of %s: %w", num, w.declared, err)
 		} else if err == nil {
 			w.parts = append(w.parts, minio.CompletePart{PartNumber: num, ETag: part.ETag})
 		}
 		w.mu.Unlock()
+		if err != nil || retried {
+			// A request the store answered early may still be reading b
+			// (net/http closes a body in its own time), so b is left to the
+			// garbage collector rather than refilled.
+			b = nil
+		}
 		w.free <- b
 	}()
 	return nil
+}
+
+// partAttempts is how many times a part is sent before the write fails.
+const partAttempts = 4
+
+// uploadPart sends part num, retrying an unavailable store with backoff;
+// retried reports whether any attempt failed. Each attempt reads b through
+// a reader of its own: an attempt answered early may still be reading when
+// the next one starts, and the two must not share a reader's position.
+func (w *directWriter) uploadPart(num int, b []byte) (part minio.ObjectPart, retried bool, err error) {
+	core := minio.Core{Client: w.s.partc}
+	backoff := 200 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		part, err = core.PutObjectPart(w.ctx, w.s.cfg.Bucket, w.key, w.id, num, bytes.NewReader(b), int64(len(b)), minio.PutObjectPartOptions{})
+		if err == nil {
+			return part, attempt > 1, nil
+		}
+		err = classify(err)
+		if attempt == partAttempts || !errors.Is(err, errdefs.ErrUnavailable) {
+			return part, true, err
+		}
+		select {
+		case <-w.ctx.Done():
+			return part, true, err
+		case <-time.After(backoff):
+		}
+		backoff *= 2
+	}
 }
 
 func (w *directWriter) err() error {

@@ -208,6 +208,7 @@ type Store struct {
 	cfg     Config
 	c       *minio.Client
 	presign *minio.Client // client for presigned URLs (PublicEndpoint)
+	partc   *minio.Client // c without retries, for direct writes' parts
 	// copyPartSize is the largest piece one server-side copy request moves;
 	// tests lower it to exercise the multipart copy path.
 	copyPartSize int64
@@ -250,7 +251,14 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("blob store s3://%s: %w", cfg.Bucket, err)
 	}
-	s := &Store{cfg: cfg, c: c, presign: c, copyPartSize: maxSingleCopy, markerEvery: markerRefresh}
+	// Direct writes retry their parts themselves, each attempt with a
+	// reader of its own (see directWriter.uploadPart), so their client
+	// makes one attempt per call.
+	partc, err := minio.New(cfg.Endpoint, &minio.Options{Creds: cfg.Creds, Secure: cfg.Secure, Region: cfg.Region, MaxRetries: 1})
+	if err != nil {
+		return nil, fmt.Errorf("blob store s3://%s: %w", cfg.Bucket, err)
+	}
+	s := &Store{cfg: cfg, c: c, partc: partc, presign: c, copyPartSize: maxSingleCopy, markerEvery: markerRefresh}
 	if pe := cfg.PublicEndpoint; pe != "" {
 		secure := cfg.Secure
 		if rest, ok := strings.CutPrefix(pe, "http://"); ok {

@@ -267,7 +267,9 @@ func (c *Catalog) Touch(ctx context.Context, dgst digest.Digest, now time.Time) 
 		if r.Refs > 0 {
 			return nil
 		}
-		r.ZeroSince = now
+		if err := r.Touch(now); err != nil {
+			return err
+		}
 		return putRef(b, r)
 	})
 }
@@ -281,7 +283,7 @@ func (c *Catalog) Collectable(ctx context.Context, cutoff time.Time) ([]catalog.
 			if err := json.Unmarshal(v, &r); err != nil {
 				return nil
 			}
-			if r.Refs == 0 && r.ZeroSince.Before(cutoff) {
+			if r.Collectable(cutoff) {
 				out = append(out, r)
 			}
 			return nil
@@ -290,13 +292,24 @@ func (c *Catalog) Collectable(ctx context.Context, cutoff time.Time) ([]catalog.
 	return out, err
 }
 
-// Forget implements catalog.Refs.
-func (c *Catalog) Forget(ctx context.Context, dgst digest.Digest, cutoff time.Time) error {
+// Claim implements catalog.Refs.
+func (c *Catalog) Claim(ctx context.Context, dgst digest.Digest, cutoff, now time.Time) error {
 	return c.db.Update(func(tx *bbolt.Tx) error {
 		b := tx.Bucket(bBlobs)
 		r := getRef(b, dgst)
-		if r.Refs > 0 || !r.ZeroSince.Before(cutoff) {
-			return fmt.Errorf("blob %s is referenced or in its grace period: %w", dgst, errdefs.ErrConflict)
+		if err := r.Claim(cutoff, now); err != nil {
+			return err
+		}
+		return putRef(b, r)
+	})
+}
+
+// Forget implements catalog.Refs.
+func (c *Catalog) Forget(ctx context.Context, dgst digest.Digest) error {
+	return c.db.Update(func(tx *bbolt.Tx) error {
+		b := tx.Bucket(bBlobs)
+		if err := getRef(b, dgst).CheckForget(); err != nil {
+			return err
 		}
 		return b.Delete([]byte(dgst))
 	})

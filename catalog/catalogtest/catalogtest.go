@@ -319,17 +319,50 @@ func testGarbage(t *testing.T, c catalog.Catalog) {
 	if len(got) != 1 || got[0].Digest != dropped.Digest {
 		t.Fatalf("Collectable = %+v, want only %s", got, dropped.Digest)
 	}
-	if err := c.Forget(ctx, kept.Digest, cut); !errors.Is(err, errdefs.ErrConflict) {
-		t.Errorf("Forget(referenced) = %v, want ErrConflict", err)
+	if err := c.Claim(ctx, kept.Digest, cut, cut); !errors.Is(err, errdefs.ErrConflict) {
+		t.Errorf("Claim(referenced) = %v, want ErrConflict", err)
 	}
-	if err := c.Forget(ctx, fresh.Digest, cut); !errors.Is(err, errdefs.ErrConflict) {
-		t.Errorf("Forget(in grace) = %v, want ErrConflict", err)
+	if err := c.Claim(ctx, fresh.Digest, cut, cut); !errors.Is(err, errdefs.ErrConflict) {
+		t.Errorf("Claim(in grace) = %v, want ErrConflict", err)
 	}
-	if err := c.Forget(ctx, dropped.Digest, cut); err != nil {
+	if err := c.Forget(ctx, dropped.Digest); !errors.Is(err, errdefs.ErrConflict) {
+		t.Errorf("Forget(not claimed) = %v, want ErrConflict", err)
+	}
+	if err := c.Claim(ctx, dropped.Digest, cut, cut); err != nil {
+		t.Fatal(err)
+	}
+	// A second claim (another collector) keeps the first one's time.
+	if err := c.Claim(ctx, dropped.Digest, cut, cut.Add(time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := c.Ref(ctx, dropped.Digest); err != nil || !r.Claimed.Equal(cut) {
+		t.Errorf("Ref of a claimed blob = %+v, %v; want Claimed %v", r, err, cut)
+	}
+	// While claimed, the blob can be neither touched nor referenced: an
+	// upload of the same bytes must not count on bytes about to go.
+	if err := c.Touch(ctx, dropped.Digest, cut); !errors.Is(err, errdefs.ErrConflict) {
+		t.Errorf("Touch(claimed) = %v, want ErrConflict", err)
+	}
+	if _, err := c.Create(ctx, catalog.Image{Name: "again", Content: dropped}); !errors.Is(err, errdefs.ErrConflict) {
+		t.Errorf("Create referencing a claimed blob = %v, want ErrConflict", err)
+	}
+	if _, err := c.Get(ctx, "again"); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Errorf("the refused Create left an image: %v", err)
+	}
+	// A claim stays collectable, so a collector that died before Forget is
+	// followed by one that finishes the job.
+	if got, _ := c.Collectable(ctx, cut); len(got) != 1 || got[0].Digest != dropped.Digest || got[0].Claimed.IsZero() {
+		t.Errorf("Collectable with a claim = %+v", got)
+	}
+	if err := c.Forget(ctx, dropped.Digest); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := c.Ref(ctx, dropped.Digest); !errors.Is(err, errdefs.ErrNotFound) {
 		t.Errorf("Ref after Forget = %v, want ErrNotFound", err)
+	}
+	// Forgotten, the digest is free again for an upload.
+	if err := c.Touch(ctx, dropped.Digest, t0.Add(3*time.Hour)); err != nil {
+		t.Errorf("Touch after Forget = %v", err)
 	}
 	// Re-referencing a zero-ref blob takes it out of the candidates.
 	mustCreate(t, c, catalog.Image{Name: "f", Content: fresh})

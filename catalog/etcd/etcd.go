@@ -263,7 +263,9 @@ func (c *Catalog) Touch(ctx context.Context, d digest.Digest, now time.Time) err
 		if r.Refs > 0 {
 			return nil
 		}
-		r.ZeroSince = now
+		if err := r.Touch(now); err != nil {
+			return err
+		}
 		return c.putJSON(s, c.k("blobs", d.String()), r)
 	})
 }
@@ -277,19 +279,29 @@ func (c *Catalog) Collectable(ctx context.Context, cutoff time.Time) ([]catalog.
 	var out []catalog.BlobRef
 	for _, kv := range resp.Kvs {
 		var r catalog.BlobRef
-		if json.Unmarshal(kv.Value, &r) == nil && r.Refs == 0 && r.ZeroSince.Before(cutoff) {
+		if json.Unmarshal(kv.Value, &r) == nil && r.Collectable(cutoff) {
 			out = append(out, r)
 		}
 	}
 	return out, nil
 }
 
-// Forget implements catalog.Refs.
-func (c *Catalog) Forget(ctx context.Context, d digest.Digest, cutoff time.Time) error {
+// Claim implements catalog.Refs.
+func (c *Catalog) Claim(ctx context.Context, d digest.Digest, cutoff, now time.Time) error {
 	return c.stm(ctx, func(s concurrency.STM) error {
 		r := c.getRef(s, d)
-		if r.Refs > 0 || !r.ZeroSince.Before(cutoff) {
-			return fmt.Errorf("blob %s is referenced or in its grace period: %w", d, errdefs.ErrConflict)
+		if err := r.Claim(cutoff, now); err != nil {
+			return err
+		}
+		return c.putJSON(s, c.k("blobs", d.String()), r)
+	})
+}
+
+// Forget implements catalog.Refs.
+func (c *Catalog) Forget(ctx context.Context, d digest.Digest) error {
+	return c.stm(ctx, func(s concurrency.STM) error {
+		if err := c.getRef(s, d).CheckForget(); err != nil {
+			return err
 		}
 		s.Del(c.k("blobs", d.String()))
 		return nil
