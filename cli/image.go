@@ -390,7 +390,7 @@ func runPush(cmd *cobra.Command, g *globals, c *client.Client, o *pushOptions, r
 	var body io.Reader = f
 	if tty {
 		bar := progressbar.DefaultBytes(fi.Size(), "push "+ref)
-		body = io.TeeReader(f, bar)
+		body = progressFile{f: f, bar: bar}
 		defer bar.Finish()
 	}
 	info, err := c.PushContent(ctx, ref, body, fi.Size(), client.PushOptions{IfMatch: base, Message: o.message, Digest: declared})
@@ -402,6 +402,28 @@ func runPush(cmd *cobra.Command, g *globals, c *client.Client, o *pushOptions, r
 		fmt.Fprintf(w, "pushed %s: %s (%s, %s) in %.1fs, %.0f MB/s\n", ref, info.Chksum, info.Fmt, humanBytes(info.Size), secs, float64(info.Size)/secs/1e6)
 	})
 }
+
+// progressFile shows the reads of f on bar, and keeps f's ReadAt and Seek:
+// the client resends a push from the start to another head when the first
+// one drops it, and then the bar starts over too.
+type progressFile struct {
+	f   *os.File
+	bar *progressbar.ProgressBar
+}
+
+func (p progressFile) Read(b []byte) (int, error) {
+	n, err := p.f.Read(b)
+	p.bar.Add(n)
+	return n, err
+}
+
+func (p progressFile) ReadAt(b []byte, off int64) (int, error) {
+	n, err := p.f.ReadAt(b, off)
+	p.bar.Set64(off + int64(n))
+	return n, err
+}
+
+func (p progressFile) Seek(off int64, whence int) (int64, error) { return p.f.Seek(off, whence) }
 
 // hashFile is the sha256 of f, read from the start; f is left at the start
 // again. If the file changes before it is sent, the server sees bytes that

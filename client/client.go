@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"math"
 	"net/http"
 	"net/url"
 	"sort"
@@ -86,6 +87,9 @@ func (c *Client) onHead(req *http.Request, from, to int) (*http.Request, bool) {
 		return nil, false // a streamed body cannot be sent again
 	}
 	r := req.Clone(req.Context())
+	// One map for every attempt: the body that GetBody returns sets the
+	// digest trailer in it at EOF, and Clone would copy it.
+	r.Trailer = req.Trailer
 	if req.GetBody != nil {
 		b, err := req.GetBody()
 		if err != nil {
@@ -181,7 +185,9 @@ func (c *Client) send(req *http.Request, what string) (*http.Response, error) {
 			resp = nil
 			continue
 		}
-		if resp.StatusCode >= 500 && i < len(c.bases)-1 {
+		// 5xx: try the next head, except 507 (the shared store is full
+		// everywhere).
+		if resp.StatusCode >= 500 && resp.StatusCode != http.StatusInsufficientStorage && i < len(c.bases)-1 {
 			if _, ok := c.onHead(req, first, (head+1)%len(c.bases)); ok {
 				io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 				resp.Body.Close()
@@ -344,16 +350,50 @@ type PushOptions struct {
 
 // PushContent streams r (size bytes, or -1 if unknown) as the new content of
 // ref. The server stores nothing unless the bytes hash to the declared digest.
+//
+// When r can also ReadAt and Seek (a file), a push that a head drops
+// mid-body (the head dies, or answers 5xx) is sent again from the start to
+// the next head; each attempt reads through a section reader of its own, so
+// an attempt the transport has not quite let go of never moves the next
+// one's position. If the dropped head had committed the content before it
+// went away, the retry can meet its own work: with IfMatch that is a 412
+// naming the digest being pushed, which PushContent reports as the success
+// it was (without IfMatch the revision is recorded twice).
 func (c *Client) PushContent(ctx context.Context, ref string, r io.Reader, size int64, opts PushOptions) (api.ContentInfo, error) {
-	var body io.Reader = r
-	var tr *trailerReader
+	var trailer http.Header
 	if opts.Digest == "" {
-		tr = &trailerReader{r: r, h: sha256.New()}
-		body = tr
+		trailer = http.Header{api.HeaderDigest: nil}
 	}
-	req, err := c.newRequest(ctx, http.MethodPut, imagePath(ref, "/content"), nil, body)
+	body := func(r io.Reader) io.Reader {
+		if opts.Digest != "" {
+			return r
+		}
+		return &trailerReader{r: r, h: sha256.New(), trailer: trailer}
+	}
+	var fresh func() io.Reader // a new reader of the whole content, when r can give one
+	var resent atomic.Bool
+	if ra, ok := r.(interface {
+		io.ReaderAt
+		io.Seeker
+	}); ok {
+		if start, err := ra.Seek(0, io.SeekCurrent); err == nil {
+			n := size
+			if n < 0 {
+				n = math.MaxInt64 - start
+			}
+			fresh = func() io.Reader { return io.NewSectionReader(ra, start, n) }
+			r = fresh()
+		}
+	}
+	req, err := c.newRequest(ctx, http.MethodPut, imagePath(ref, "/content"), nil, body(r))
 	if err != nil {
 		return api.ContentInfo{}, err
+	}
+	if fresh != nil {
+		req.GetBody = func() (io.ReadCloser, error) {
+			resent.Store(true)
+			return io.NopCloser(body(fresh())), nil
+		}
 	}
 	req.Header.Set("Content-Type", "application/octet-stream")
 	if opts.Digest != "" {
@@ -361,8 +401,7 @@ func (c *Client) PushContent(ctx context.Context, ref string, r io.Reader, size 
 		req.ContentLength = size
 	} else {
 		req.ContentLength = -1 // trailers need chunked encoding
-		req.Trailer = http.Header{api.HeaderDigest: nil}
-		tr.trailer = req.Trailer
+		req.Trailer = trailer
 		if size >= 0 {
 			req.Header.Set("X-Depot-Size", strconv.FormatInt(size, 10))
 		}
@@ -374,6 +413,18 @@ func (c *Client) PushContent(ctx context.Context, ref string, r io.Reader, size 
 		req.Header.Set(api.HeaderMessage, opts.Message)
 	}
 	resp, err := c.send(req, "push content to "+ref)
+	var pe *errdefs.PreconditionError
+	if err != nil && resent.Load() && errors.As(err, &pe) && pe.Have != "" {
+		// Did an earlier attempt commit exactly this content? Hash it (a
+		// pass of its own: the attempts' hashes may still be in use).
+		pushed := opts.Digest
+		if pushed == "" {
+			pushed, _ = digest.SHA256.FromReader(fresh())
+		}
+		if pe.Have == pushed {
+			return c.ContentInfo(ctx, ref)
+		}
+	}
 	if err != nil {
 		return api.ContentInfo{}, err
 	}

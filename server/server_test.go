@@ -802,3 +802,55 @@ func readAll(t *testing.T, c *client.Client, ref string) []byte {
 	}
 	return b
 }
+
+// TestPushRetryMeetsItsOwnCommit: a head commits a push and then dies
+// before it can answer (a fault no real process produces on demand, so a
+// wrapper around the real handler drops the connection after it ran). The
+// client resends the push to the next head, whose If-Match check now sees
+// the pushed digest as the current content: that 412 is the push's own
+// success, and the client reports it as one. Only one revision is added.
+func TestPushRetryMeetsItsOwnCommit(t *testing.T) {
+	e := newEnv(t, nil)
+	dying := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		e.srv.Handler().ServeHTTP(httptest.NewRecorder(), r) // commits, answer lost
+		conn, _, err := w.(http.Hijacker).Hijack()
+		if err == nil {
+			conn.Close()
+		}
+	}))
+	t.Cleanup(dying.Close)
+	c, err := client.New(dying.URL+","+e.url, e.tokens["writer"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.writer.CreateImage(ctx, api.CreateImageRequest{Name: "m"})
+	base, err := e.writer.PushContent(ctx, "m", strings.NewReader("base"), -1, client.PushOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.CreateTemp(t.TempDir(), "push")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteString("the new content")
+	f.Seek(0, io.SeekStart)
+	info, err := c.PushContent(ctx, "m", f, 15, client.PushOptions{IfMatch: digest.Digest(base.Chksum)})
+	if err != nil {
+		t.Fatalf("push whose first head committed and died: %v", err)
+	}
+	if want := digest.FromString("the new content").String(); info.Chksum != want {
+		t.Fatalf("push reported %s, want %s", info.Chksum, want)
+	}
+	if revs, _ := e.reader.History(ctx, "m"); len(revs) != 2 {
+		t.Errorf("%d revisions, want 2 (base and one push)", len(revs))
+	}
+	// A real conflict after a resend is still a conflict: other content on
+	// a base that has moved (a fresh client, so that it starts at the
+	// dying head again).
+	c, _ = client.New(dying.URL+","+e.url, e.tokens["writer"])
+	_, err = c.PushContent(ctx, "m", io.NewSectionReader(strings.NewReader("other content"), 0, 13), 13, client.PushOptions{IfMatch: digest.Digest(base.Chksum)})
+	var pe *errdefs.PreconditionError
+	if !errors.As(err, &pe) || pe.Have != digest.Digest(info.Chksum) {
+		t.Errorf("push of other content on a moved base after a resend = %v, want a 412 naming %s", err, info.Chksum)
+	}
+}

@@ -590,3 +590,93 @@ func TestServeOnEtcdTLS(t *testing.T) {
 		t.Errorf("serve without a client certificate: exit %d: %s", code, errs)
 	}
 }
+
+// gatedContent is content to push that stops, once, when a read reaches
+// stopAt, until gate closes: the push is then certainly mid-body.
+type gatedContent struct {
+	data    []byte
+	stopAt  int64
+	reached chan struct{}
+	gate    chan struct{}
+	stopped atomic.Bool
+}
+
+func (g *gatedContent) ReadAt(p []byte, off int64) (int, error) {
+	if off+int64(len(p)) > g.stopAt && g.stopped.CompareAndSwap(false, true) {
+		close(g.reached)
+		<-g.gate
+	}
+	if off >= int64(len(g.data)) {
+		return 0, io.EOF
+	}
+	n := copy(p, g.data[off:])
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+func (g *gatedContent) Read([]byte) (int, error) { panic("the push must read through ReadAt") }
+
+func (g *gatedContent) Seek(off int64, whence int) (int64, error) {
+	if off != 0 || whence != io.SeekCurrent {
+		panic("unexpected seek")
+	}
+	return 0, nil
+}
+
+// TestPushFailsOverMidBody: a head is SIGKILLed while a push (digest in a
+// trailer) is halfway through its body. The client sends it again, from the
+// start, to the other head, which verifies and stores it.
+func TestPushFailsOverMidBody(t *testing.T) {
+	ep := testenv.Etcd(t)
+	shared := t.TempDir()
+	cat := "etcd://" + strings.TrimPrefix(ep, "http://") + "/push-failover"
+	d1, d2 := t.TempDir(), t.TempDir()
+	h1 := startServe(t, d1, "--catalog", cat, "--blobs", shared)
+	h2 := startServe(t, d2, "--catalog", cat, "--blobs", shared)
+	tok := adminToken(t, d1)
+	c, err := client.New(h1.url+","+h2.url, tok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if _, err := c.CreateImage(ctx, api.CreateImageRequest{Name: "fo"}); err != nil {
+		t.Fatal(err)
+	}
+	g := &gatedContent{data: randomBytes(48 << 20), stopAt: 24 << 20, reached: make(chan struct{}), gate: make(chan struct{})}
+	done := make(chan error, 1)
+	var info api.ContentInfo
+	go func() {
+		var err error
+		info, err = c.PushContent(ctx, "fo", g, int64(len(g.data)), client.PushOptions{})
+		done <- err
+	}()
+	select {
+	case <-g.reached:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the push never reached the middle of its body")
+	}
+	h1.kill9()
+	close(g.gate) // the first attempt's read returns; its write fails
+	if err := <-done; err != nil {
+		t.Fatalf("push with head 1 killed mid-body: %v", err)
+	}
+	want := digest.FromBytes(g.data)
+	if info.Chksum != want.String() {
+		t.Fatalf("pushed %s, want %s", info.Chksum, want)
+	}
+	c2, _ := client.New(h2.url, tok)
+	rc, err := c2.OpenContent(ctx, "fo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := io.ReadAll(rc)
+	rc.Close()
+	if !bytes.Equal(got, g.data) {
+		t.Fatal("head 2 serves different bytes")
+	}
+	if revs, _ := c2.History(ctx, "fo"); len(revs) != 1 {
+		t.Errorf("%d revisions, want 1", len(revs))
+	}
+}
