@@ -109,6 +109,31 @@ func startServe(t *testing.T, data string, extra ...string) *headProc {
 	return h
 }
 
+// etcdCatalog starts a single-member etcd and returns a --catalog URL on it
+// under prefix.
+func etcdCatalog(t *testing.T, prefix string) string {
+	return "etcd://" + strings.TrimPrefix(testenv.Etcd(t), "http://") + "/" + prefix
+}
+
+// sharedHeads starts n heads on one catalog and one shared blob directory
+// (the shared-filesystem deployment), with extra flags on each, and returns
+// them with the admin token the first one minted (only the first head finds
+// no tokens).
+func sharedHeads(t *testing.T, n int, catalog string, extra ...string) ([]*headProc, string) {
+	t.Helper()
+	shared := t.TempDir()
+	var heads []*headProc
+	var tok string
+	for i := range n {
+		data := t.TempDir()
+		heads = append(heads, startServe(t, data, append([]string{"--catalog", catalog, "--blobs", shared}, extra...)...))
+		if i == 0 {
+			tok = adminToken(t, data)
+		}
+	}
+	return heads, tok
+}
+
 func (h *headProc) kill9() {
 	h.cmd.Process.Signal(syscall.SIGKILL)
 	h.cmd.Wait()
@@ -319,15 +344,9 @@ func TestKillDuringPut(t *testing.T) {
 // the other, and racing creates of one name give one winner and a clear
 // conflict.
 func TestTwoHeadsOnEtcd(t *testing.T) {
-	ep := testenv.Etcd(t)
-	shared := t.TempDir()
-	cat := "etcd://" + strings.TrimPrefix(ep, "http://") + "/depot-e2e"
-	d1, d2 := t.TempDir(), t.TempDir()
-	h1 := startServe(t, d1, "--catalog", cat, "--blobs", shared)
-	h2 := startServe(t, d2, "--catalog", cat, "--blobs", shared)
+	heads, tok := sharedHeads(t, 2, etcdCatalog(t, "depot-e2e"))
+	h1, h2 := heads[0], heads[1]
 	ctx := context.Background()
-	// Only the first head found no tokens and minted the admin token.
-	tok := adminToken(t, d1)
 	c1, _ := client.New(h1.url, tok)
 	c2, _ := client.New(h2.url, tok)
 	if _, err := c2.ListImages(ctx); err != nil {
@@ -384,14 +403,8 @@ func TestTwoHeadsOnEtcd(t *testing.T) {
 // directory (the shared-filesystem deployment); see runR7. TestClusterR7
 // runs the same on three etcd members and MinIO.
 func TestR7KillOneHeadDuringPulls(t *testing.T) {
-	ep := testenv.Etcd(t)
-	shared := t.TempDir()
-	cat := "etcd://" + strings.TrimPrefix(ep, "http://") + "/depot-r7"
-	d1 := t.TempDir()
-	h1 := startServe(t, d1, "--catalog", cat, "--blobs", shared)
-	h2 := startServe(t, t.TempDir(), "--catalog", cat, "--blobs", shared)
-	h3 := startServe(t, t.TempDir(), "--catalog", cat, "--blobs", shared)
-	runR7(t, []*headProc{h1, h2, h3}, adminToken(t, d1))
+	heads, tok := sharedHeads(t, 3, etcdCatalog(t, "depot-r7"))
+	runR7(t, heads, tok)
 }
 
 // runR7: 8 processes ensure a 128 MiB image (4 pinned, 4 by name with
@@ -486,11 +499,8 @@ func sentBytes(url string) float64 {
 // TestGCElection: with two heads on one etcd, exactly one collects garbage;
 // when it dies, the other takes over once the leader's lease expires.
 func TestGCElection(t *testing.T) {
-	ep := testenv.Etcd(t)
-	cat := "etcd://" + strings.TrimPrefix(ep, "http://") + "/depot-gc"
-	shared := t.TempDir()
-	h1 := startServe(t, t.TempDir(), "--catalog", cat, "--blobs", shared)
-	h2 := startServe(t, t.TempDir(), "--catalog", cat, "--blobs", shared)
+	heads, _ := sharedHeads(t, 2, etcdCatalog(t, "depot-gc"))
+	h1, h2 := heads[0], heads[1]
 	leaders := func(hs ...*headProc) []int {
 		var out []int
 		for i, h := range hs {
@@ -553,12 +563,8 @@ func TestServeOnEtcdTLS(t *testing.T) {
 	p := testenv.NewPKI(t)
 	ep := testenv.EtcdTLS(t, p)
 	cat := "etcds://" + strings.TrimPrefix(ep, "https://") + "/depot-tls"
-	shared := t.TempDir()
-	tlsFlags := []string{"--catalog", cat, "--blobs", shared, "--etcd-ca", p.CA, "--etcd-cert", p.ClientCert, "--etcd-key", p.ClientKey}
-	d1, d2 := t.TempDir(), t.TempDir()
-	h1 := startServe(t, d1, tlsFlags...)
-	h2 := startServe(t, d2, tlsFlags...)
-	tok := adminToken(t, d1)
+	heads, tok := sharedHeads(t, 2, cat, "--etcd-ca", p.CA, "--etcd-cert", p.ClientCert, "--etcd-key", p.ClientKey)
+	h1, h2 := heads[0], heads[1]
 	ctx := context.Background()
 	c1, _ := client.New(h1.url, tok)
 	c2, _ := client.New(h2.url, tok)
@@ -629,13 +635,8 @@ func (g *gatedContent) Seek(off int64, whence int) (int64, error) {
 // trailer) is halfway through its body. The client sends it again, from the
 // start, to the other head, which verifies and stores it.
 func TestPushFailsOverMidBody(t *testing.T) {
-	ep := testenv.Etcd(t)
-	shared := t.TempDir()
-	cat := "etcd://" + strings.TrimPrefix(ep, "http://") + "/push-failover"
-	d1, d2 := t.TempDir(), t.TempDir()
-	h1 := startServe(t, d1, "--catalog", cat, "--blobs", shared)
-	h2 := startServe(t, d2, "--catalog", cat, "--blobs", shared)
-	tok := adminToken(t, d1)
+	heads, tok := sharedHeads(t, 2, etcdCatalog(t, "push-failover"))
+	h1, h2 := heads[0], heads[1]
 	c, err := client.New(h1.url+","+h2.url, tok)
 	if err != nil {
 		t.Fatal(err)
