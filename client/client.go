@@ -377,10 +377,10 @@ func (c *Client) PushContent(ctx context.Context, ref string, r io.Reader, size 
 		io.Seeker
 	}); ok {
 		if start, err := ra.Seek(0, io.SeekCurrent); err == nil {
-			n := size
-			if n < 0 {
-				n = math.MaxInt64 - start
-			}
+			// To the end, not to size: a file that changed length since it
+			// was measured is then a size mismatch the server refuses, not
+			// a silently truncated push.
+			n := math.MaxInt64 - start
 			fresh = func() io.Reader { return io.NewSectionReader(ra, start, n) }
 			r = fresh()
 		}
