@@ -854,3 +854,19 @@ func TestPushRetryMeetsItsOwnCommit(t *testing.T) {
 		t.Errorf("push of other content on a moved base after a resend = %v, want a 412 naming %s", err, info.Chksum)
 	}
 }
+
+// TestPushRefusesAChangedLength: a file that is longer than the size it was
+// measured at (it grew while the push started) is refused, with nothing
+// stored, rather than pushed cut to the old size.
+func TestPushRefusesAChangedLength(t *testing.T) {
+	e := newEnv(t, nil)
+	e.writer.CreateImage(ctx, api.CreateImageRequest{Name: "g"})
+	grown := strings.NewReader("fifteen bytes..and five more")
+	_, err := e.writer.PushContent(ctx, "g", grown, 15, client.PushOptions{})
+	if !errors.Is(err, errdefs.ErrVerification) {
+		t.Fatalf("push of a grown file = %v, want a verification error", err)
+	}
+	if n := e.blobCount(); n != 0 {
+		t.Errorf("%d blobs stored", n)
+	}
+}
