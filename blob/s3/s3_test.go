@@ -307,36 +307,53 @@ func TestClassify(t *testing.T) {
 }
 
 // TestSweepSparesLongUpload: a write that runs longer than the sweep's age
-// keeps its marker fresh, so the sweep leaves it alone and it commits.
+// keeps its marker fresh, so the sweep leaves it alone and it commits; for
+// both write paths. The marker is refreshed every 200 ms and the sweep
+// takes anything older than 1 s: slack enough for a loaded CI machine,
+// while the upload (3 s) is well past that age when the last sweeps run.
 func TestSweepSparesLongUpload(t *testing.T) {
 	m := testenv.MinIO(t)
-	s := newStore(t, m)
-	s.markerEvery = 200 * time.Millisecond
-	ctx := context.Background()
-	data := randBytes(t, 12<<20)
-	w, err := s.Writer(ctx, blob.WriteOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i := range 12 {
-		w.Write(data[i<<20 : (i+1)<<20])
-		time.Sleep(100 * time.Millisecond)
-		if i%3 == 2 {
-			// Anything older than 1.5 refresh periods counts as abandoned.
-			if _, err := s.SweepIngests(ctx, 300*time.Millisecond); err != nil {
+	for _, declared := range []bool{false, true} {
+		t.Run(map[bool]string{false: "streamed", true: "declared"}[declared], func(t *testing.T) {
+			s := newStore(t, m)
+			s.markerEvery = 200 * time.Millisecond
+			const age = time.Second
+			ctx := context.Background()
+			data := randBytes(t, 12<<20)
+			var opts blob.WriteOptions
+			if declared {
+				opts.Expected = digest.FromBytes(data)
+			}
+			start := time.Now()
+			w, err := s.Writer(ctx, opts)
+			if err != nil {
 				t.Fatal(err)
 			}
-		}
-	}
-	info, err := w.Commit(ctx, int64(len(data)), digest.FromBytes(data))
-	if err != nil {
-		t.Fatalf("a live upload did not survive the sweeps: %v", err)
-	}
-	r, _ := s.Open(ctx, info.Digest)
-	got, _ := io.ReadAll(r)
-	r.Close()
-	if !bytes.Equal(got, data) {
-		t.Fatal("content differs")
+			for i := range 12 {
+				if _, err := w.Write(data[i<<20 : (i+1)<<20]); err != nil {
+					t.Fatalf("write %d: %v", i, err)
+				}
+				time.Sleep(250 * time.Millisecond)
+				if i%3 == 2 {
+					if _, err := s.SweepIngests(ctx, age); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			if time.Since(start) < 2*age {
+				t.Fatalf("the upload ran %v, not long enough to outlive a %v sweep", time.Since(start), age)
+			}
+			info, err := w.Commit(ctx, int64(len(data)), digest.FromBytes(data))
+			if err != nil {
+				t.Fatalf("a live upload did not survive the sweeps: %v", err)
+			}
+			r, _ := s.Open(ctx, info.Digest)
+			got, _ := io.ReadAll(r)
+			r.Close()
+			if !bytes.Equal(got, data) {
+				t.Fatal("content differs")
+			}
+		})
 	}
 }
 
