@@ -45,12 +45,17 @@ type directWriter struct {
 
 	cancel context.CancelFunc // stops the marker refresh and part uploads
 	ctx    context.Context
-	free   chan []byte // buffers not in flight; its capacity bounds memory
-	wg     sync.WaitGroup
-	mu     sync.Mutex
-	parts  []minio.CompletePart
-	upErr  error // first part upload error
-	next   int   // next part number
+	reqCtx context.Context // the caller's: waiting for upload memory ends with it
+	// bufs holds this write's buffers that are not in flight (nil for one
+	// dropped after a failed part: its memory is still counted). have is
+	// how many it holds of the store's upload memory, at most Threads+1.
+	bufs  chan []byte
+	have  int
+	wg    sync.WaitGroup
+	mu    sync.Mutex
+	parts []minio.CompletePart
+	upErr error // first part upload error
+	next  int   // next part number
 }
 
 // PrefersDeclaredDigest implements blob.DeclaredDigestPreferrer: a declared
@@ -80,11 +85,8 @@ func (s *Store) directWriter(ctx context.Context, opts blob.WriteOptions) (blob.
 	uctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	w := &directWriter{
 		s: s, key: key, id: id, marker: marker, declared: opts.Expected,
-		partSize: partSize, h: blob.NewDualHasher(), cancel: cancel, ctx: uctx,
-		free: make(chan []byte, s.cfg.Threads+1), next: 1,
-	}
-	for range s.cfg.Threads + 1 {
-		w.free <- nil // allocated on first use
+		partSize: partSize, h: blob.NewDualHasher(), cancel: cancel, ctx: uctx, reqCtx: ctx,
+		bufs: make(chan []byte, s.cfg.Threads+1), next: 1,
 	}
 	go keepMarker(uctx, s, marker, body, s.markerEvery)
 	return w, nil
@@ -100,11 +102,11 @@ func (w *directWriter) Write(p []byte) (int, error) {
 			return n, err
 		}
 		if w.cur == nil {
-			b := <-w.free
-			if b == nil {
-				b = w.s.partBuf(w.partSize)
+			b, err := w.buf()
+			if err != nil {
+				return n, err
 			}
-			w.cur = b[:0]
+			w.cur = b
 		}
 		k := copy(w.cur[len(w.cur):cap(w.cur)], p)
 		w.cur = w.cur[:len(w.cur)+k]
@@ -143,9 +145,50 @@ func (w *directWriter) ship() error {
 			// garbage collector rather than refilled.
 			b = nil
 		}
-		w.free <- b
+		w.bufs <- b
 	}()
 	return nil
+}
+
+// weight is what one of this write's buffers counts against the store's
+// upload memory; never more than all of it, or it could never be had.
+func (w *directWriter) weight() int64 { return min(int64(w.partSize), w.s.uploadMemSize) }
+
+// buf is an empty buffer for the next part. A write gets its first buffer
+// as soon as the store's upload memory has room for it (waiting otherwise),
+// and more, up to Threads+1, only while there is room to spare; past that
+// it waits for one of its own to come back from an upload. Every write
+// holding memory has a buffer being filled or in flight, so waiting always
+// ends.
+func (w *directWriter) buf() ([]byte, error) {
+	select {
+	case b := <-w.bufs:
+		return w.reuse(b)
+	default:
+	}
+	switch {
+	case w.have == 0:
+		if err := w.s.uploadMem.Acquire(w.reqCtx, w.weight()); err != nil {
+			return nil, fmt.Errorf("wait for upload memory: %w", err)
+		}
+	case w.have > int(w.s.cfg.Threads) || !w.s.uploadMem.TryAcquire(w.weight()):
+		return w.reuse(<-w.bufs)
+	}
+	w.have++
+	return w.s.partBuf(w.partSize), nil
+}
+
+// reuse readies a buffer that came back from an upload; nil stands for one
+// dropped after a failed part, whose memory is still held.
+func (w *directWriter) reuse(b []byte) ([]byte, error) {
+	if err := w.err(); err != nil {
+		w.bufs <- b
+		return nil, err
+	}
+	if b == nil {
+		return w.s.partBuf(w.partSize), nil
+	}
+	return b[:0], nil
 }
 
 // partAttempts is how many times a part is sent before the write fails.
@@ -216,7 +259,11 @@ func (w *directWriter) Commit(ctx context.Context, size int64, expected digest.D
 	// The last part; an empty blob is one empty part.
 	if len(w.cur) > 0 || w.next == 1 {
 		if w.cur == nil {
-			w.cur = (<-w.free)[:0] // the pool's token goes back with the part
+			b, err := w.buf()
+			if err != nil {
+				return blob.Info{}, err
+			}
+			w.cur = b
 		}
 		if err := w.ship(); err != nil {
 			return blob.Info{}, err
@@ -258,19 +305,21 @@ func (w *directWriter) Commit(ctx context.Context, size int64, expected digest.D
 	return info, nil
 }
 
-// release hands the part buffers back to the store once no part upload
-// runs.
+// release hands the part buffers and the upload memory they held back to
+// the store once no part upload runs.
 func (w *directWriter) release() {
 	w.s.putPartBuf(w.cur)
 	w.cur = nil
-	for {
+	for done := false; !done; {
 		select {
-		case b := <-w.free:
+		case b := <-w.bufs:
 			w.s.putPartBuf(b)
 		default:
-			return
+			done = true
 		}
 	}
+	w.s.uploadMem.Release(int64(w.have) * w.weight())
+	w.have = 0
 }
 
 // partBuf is an empty buffer of capacity size, recycled when size is the

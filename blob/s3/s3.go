@@ -54,6 +54,7 @@ import (
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
 	"github.com/opencontainers/go-digest"
+	"golang.org/x/sync/semaphore"
 
 	"github.com/depot-images/depot/blob"
 	"github.com/depot-images/depot/errdefs"
@@ -81,6 +82,11 @@ type Config struct {
 	// Memory per upload is about PartSize × (Threads+1): the part being
 	// filled and Threads in flight. Default 2.
 	Threads uint
+	// UploadMemory bounds the part buffers that all uploads with a
+	// declared digest (direct writes) hold at once. A write waits for room
+	// for its first buffer and takes more only while there is room to
+	// spare. Default 256 MiB.
+	UploadMemory uint64
 	// PublicEndpoint, when set, is the host[:port] (with an optional
 	// http:// or https:// scheme) that presigned URLs name: the address
 	// clients reach the object store at, if it differs from Endpoint.
@@ -93,7 +99,9 @@ type Config struct {
 const (
 	DefaultPartSize = 16 << 20
 	DefaultThreads  = 2
-	DefaultRegion   = "us-east-1"
+	// DefaultUploadMemory is Config.UploadMemory's default.
+	DefaultUploadMemory = 256 << 20
+	DefaultRegion       = "us-east-1"
 	// maxSingleCopy is the largest object S3 copies in one CopyObject call.
 	maxSingleCopy = 5 << 30
 )
@@ -125,7 +133,7 @@ func ParseURL(raw string) (Config, error) {
 	q := u.Query()
 	for k := range q {
 		switch k {
-		case "endpoint", "region", "part-size", "threads", "public-endpoint", "create-bucket":
+		case "endpoint", "region", "part-size", "threads", "upload-memory", "public-endpoint", "create-bucket":
 		default:
 			return bad("unknown parameter " + strconv.Quote(k))
 		}
@@ -152,6 +160,13 @@ func ParseURL(raw string) (Config, error) {
 			return bad("part-size must be between 5MiB and 5GiB")
 		}
 		cfg.PartSize = uint64(n)
+	}
+	if v := q.Get("upload-memory"); v != "" {
+		n, err := parseSize(v)
+		if err != nil || n < 5<<20 {
+			return bad("upload-memory must be at least 5MiB")
+		}
+		cfg.UploadMemory = uint64(n)
 	}
 	if v := q.Get("threads"); v != "" {
 		n, err := strconv.ParseUint(v, 10, 8)
@@ -215,6 +230,9 @@ type Store struct {
 	// markerEvery is how often a running write rewrites its marker; tests
 	// shorten it to watch a long upload outlive a sweep.
 	markerEvery time.Duration
+	// uploadMem is Config.UploadMemory, in bytes, shared by direct writes.
+	uploadMem     *semaphore.Weighted
+	uploadMemSize int64
 	// parts recycles the part buffers of direct writes (*[]byte of
 	// PartSize capacity), so that successive uploads reuse memory rather
 	// than leave it to the garbage collector.
@@ -244,6 +262,9 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if cfg.Threads == 0 {
 		cfg.Threads = DefaultThreads
 	}
+	if cfg.UploadMemory == 0 {
+		cfg.UploadMemory = DefaultUploadMemory
+	}
 	if cfg.Prefix != "" && !strings.HasSuffix(cfg.Prefix, "/") {
 		cfg.Prefix += "/"
 	}
@@ -258,7 +279,8 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("blob store s3://%s: %w", cfg.Bucket, err)
 	}
-	s := &Store{cfg: cfg, c: c, partc: partc, presign: c, copyPartSize: maxSingleCopy, markerEvery: markerRefresh}
+	s := &Store{cfg: cfg, c: c, partc: partc, presign: c, copyPartSize: maxSingleCopy, markerEvery: markerRefresh,
+		uploadMem: semaphore.NewWeighted(int64(cfg.UploadMemory)), uploadMemSize: int64(cfg.UploadMemory)}
 	if pe := cfg.PublicEndpoint; pe != "" {
 		secure := cfg.Secure
 		if rest, ok := strings.CutPrefix(pe, "http://"); ok {

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -16,6 +17,7 @@ import (
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
 	"github.com/opencontainers/go-digest"
+	"golang.org/x/sync/semaphore"
 
 	"github.com/depot-images/depot/blob"
 	"github.com/depot-images/depot/blob/blobtest"
@@ -403,12 +405,12 @@ func TestOpenMissingBucket(t *testing.T) {
 }
 
 func TestParseURL(t *testing.T) {
-	cfg, err := ParseURL("s3://images/depot/prod?endpoint=http://10.0.0.5:9000&region=eu-1&part-size=64MiB&threads=4&public-endpoint=https://s3.example.org&create-bucket=true")
+	cfg, err := ParseURL("s3://images/depot/prod?endpoint=http://10.0.0.5:9000&region=eu-1&part-size=64MiB&threads=4&upload-memory=1GiB&public-endpoint=https://s3.example.org&create-bucket=true")
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := Config{Endpoint: "10.0.0.5:9000", Secure: false, Bucket: "images", Prefix: "depot/prod/", Region: "eu-1",
-		PartSize: 64 << 20, Threads: 4, PublicEndpoint: "https://s3.example.org", CreateBucket: true}
+		PartSize: 64 << 20, Threads: 4, UploadMemory: 1 << 30, PublicEndpoint: "https://s3.example.org", CreateBucket: true}
 	if fmt.Sprint(cfg) != fmt.Sprint(want) {
 		t.Errorf("ParseURL = %+v\nwant        %+v", cfg, want)
 	}
@@ -417,7 +419,7 @@ func TestParseURL(t *testing.T) {
 	}
 	for _, bad := range []string{
 		"s3://", "http://b", "s3://key:secret@b?endpoint=x", "s3://b?endpont=x", "s3://b?endpoint=http://x/y",
-		"s3://b?part-size=1MiB", "s3://b/../x", "s3://b/a//c", "s3://b?part-size=6GiB", "s3://b?threads=0", "s3://b?create-bucket=maybe",
+		"s3://b?part-size=1MiB", "s3://b/../x", "s3://b/a//c", "s3://b?part-size=6GiB", "s3://b?threads=0", "s3://b?create-bucket=maybe", "s3://b?upload-memory=1MiB",
 	} {
 		if _, err := ParseURL(bad); !errors.Is(err, errdefs.ErrInvalidArgument) {
 			t.Errorf("ParseURL(%q) = %v, want ErrInvalidArgument", bad, err)
@@ -485,5 +487,64 @@ func TestStoreFull(t *testing.T) {
 	small := randBytes(t, 1<<20)
 	if _, err := blob.Ingest(ctx, s, bytes.NewReader(small), int64(len(small)), digest.FromBytes(small)); err != nil {
 		t.Fatalf("a small ingest after the failures: %v (space not given back)", err)
+	}
+}
+
+// TestUploadMemoryBound: the store's upload memory bounds the part buffers
+// of all direct writes together. With room for one part, a second write
+// waits for its first buffer until the first write lets go of its own; then
+// both commit. Four writes racing on room for two parts all commit.
+func TestUploadMemoryBound(t *testing.T) {
+	m := testenv.MinIO(t)
+	ctx := context.Background()
+	s := newStore(t, m)
+	s.uploadMem, s.uploadMemSize = semaphore.NewWeighted(5<<20), 5<<20 // one 5 MiB part
+	a, b := randBytes(t, 6<<20), randBytes(t, 6<<20)
+	wa, err := s.Writer(ctx, blob.WriteOptions{Expected: digest.FromBytes(a)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wa.Write(a[:1<<20]) // holds the only buffer
+	wb, err := s.Writer(ctx, blob.WriteOptions{Expected: digest.FromBytes(b)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wrote := make(chan error, 1)
+	go func() {
+		_, err := wb.Write(b)
+		wrote <- err
+	}()
+	select {
+	case err := <-wrote:
+		t.Fatalf("a second write got memory while the first held all of it (err %v)", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	wa.Write(a[1<<20:])
+	if _, err := wa.Commit(ctx, int64(len(a)), ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-wrote; err != nil {
+		t.Fatal(err)
+	}
+	if _, err := wb.Commit(ctx, int64(len(b)), ""); err != nil {
+		t.Fatal(err)
+	}
+
+	s.uploadMem, s.uploadMemSize = semaphore.NewWeighted(10<<20), 10<<20 // two parts
+	var wg sync.WaitGroup
+	for i := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			data := randBytes(t, 11<<20+i)
+			if _, err := blob.Ingest(ctx, s, bytes.NewReader(data), int64(len(data)), digest.FromBytes(data)); err != nil {
+				t.Errorf("write %d: %v", i, err)
+			}
+		}()
+	}
+	wg.Wait()
+	// Everything was given back: the whole budget can be taken again.
+	if !s.uploadMem.TryAcquire(10 << 20) {
+		t.Error("upload memory was not all released")
 	}
 }
