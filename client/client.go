@@ -83,8 +83,8 @@ func (c *Client) url(path string, q url.Values) string {
 
 // onHead rewrites req for head i (same path below the head's base).
 func (c *Client) onHead(req *http.Request, from, to int) (*http.Request, bool) {
-	if req.Body != nil && req.Body != http.NoBody && req.GetBody == nil {
-		return nil, false // a streamed body cannot be sent again
+	if !canResend(req) {
+		return nil, false
 	}
 	r := req.Clone(req.Context())
 	// One map for every attempt: the body that GetBody returns sets the
@@ -102,6 +102,12 @@ func (c *Client) onHead(req *http.Request, from, to int) (*http.Request, bool) {
 	u.Path = c.bases[to].Path + strings.TrimPrefix(req.URL.Path, c.bases[from].Path)
 	r.URL, r.Host = &u, c.bases[to].Host
 	return r, true
+}
+
+// canResend reports whether req can go to another head: a streamed body
+// without GetBody cannot be sent again.
+func canResend(req *http.Request) bool {
+	return req.Body == nil || req.Body == http.NoBody || req.GetBody != nil
 }
 
 func (c *Client) headOf(req *http.Request) int {
@@ -188,7 +194,7 @@ func (c *Client) send(req *http.Request, what string) (*http.Response, error) {
 		// 5xx: try the next head, except 507 (the shared store is full
 		// everywhere).
 		if resp.StatusCode >= 500 && resp.StatusCode != http.StatusInsufficientStorage && i < len(c.bases)-1 {
-			if _, ok := c.onHead(req, first, (head+1)%len(c.bases)); ok {
+			if canResend(req) {
 				io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 				resp.Body.Close()
 				lastErr = fmt.Errorf("%s: %s: HTTP %d: %w", what, c.bases[head].Host, resp.StatusCode, errdefs.ErrUnavailable)

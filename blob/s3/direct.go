@@ -281,10 +281,10 @@ func (w *directWriter) Commit(ctx context.Context, size int64, expected digest.D
 		return blob.Info{}, err
 	}
 	s := w.s
-	if o, err := s.c.StatObject(ctx, s.cfg.Bucket, w.key, minio.StatObjectOptions{}); err == nil && o.Size == info.Size {
+	if at, ok := s.committedAt(ctx, info); ok {
 		// Another write committed the same content meanwhile: keep it.
 		w.Close()
-		info.Committed = o.LastModified
+		info.Committed = at
 		return info, nil
 	}
 	slices.SortFunc(w.parts, func(a, b minio.CompletePart) int { return a.PartNumber - b.PartNumber })

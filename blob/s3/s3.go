@@ -512,6 +512,16 @@ func (s *Store) Writer(ctx context.Context, opts blob.WriteOptions) (blob.Writer
 	return w, nil
 }
 
+// committedAt reports whether the blob info describes is already committed
+// (an object of its size under its digest key), and when.
+func (s *Store) committedAt(ctx context.Context, info blob.Info) (time.Time, bool) {
+	o, err := s.c.StatObject(ctx, s.cfg.Bucket, s.blobKey(info.Digest), minio.StatObjectOptions{})
+	if err != nil || o.Size != info.Size {
+		return time.Time{}, false
+	}
+	return o.LastModified, true
+}
+
 func randomID() string {
 	var b [16]byte
 	rand.Read(b[:])
@@ -611,10 +621,10 @@ func (w *writer) Commit(ctx context.Context, size int64, expected digest.Digest)
 		return blob.Info{}, err
 	}
 	s := w.s
-	if o, err := s.c.StatObject(ctx, s.cfg.Bucket, s.blobKey(got), minio.StatObjectOptions{}); err == nil && o.Size == info.Size {
+	if at, ok := s.committedAt(ctx, info); ok {
 		// Already committed (content-addressed): keep the existing object.
 		w.Close()
-		info.Committed = o.LastModified
+		info.Committed = at
 		return info, nil
 	}
 	dst := minio.CopyDestOptions{
