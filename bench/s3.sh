@@ -11,7 +11,9 @@
 #  P   a 1 GiB push through a head into MinIO: plain `depot image push`
 #      (the head says it prefers a declared digest, so the CLI hashes the
 #      file first, then uploads straight to the blob key) and with --digest
-#      (no client hash at all), beside sha256sum of the file;
+#      (no client hash at all), and a PUT with no digest at all (curl -T:
+#      the head uploads to ingest/, then copies into place), beside sha256sum
+#      of the file;
 #  also the heads' peak RSS.
 #
 # Needs: go, curl, aria2c, etcd, minio (scripts/test.sh installs etcd and
@@ -59,7 +61,7 @@ RS=http://127.0.0.1:$R_PORT SS=http://127.0.0.1:$S_PORT
 echo "== P: 1 GiB push through a head into MinIO ($ROUNDS rounds, fresh content each push)"
 head -c $((1<<30)) /dev/urandom > "$WORK/src"
 sync
-PT=() PD=() PS=()
+PT=() PD=() PS=() PU=()
 stamp() { printf '%s-%08d' "$1" "$2" | dd of="$WORK/src" bs=1 conv=notrunc status=none; }
 for r in $(seq "$ROUNDS"); do
   # A plain push: the CLI hashes the file, then declares the digest, and
@@ -71,6 +73,9 @@ for r in $(seq "$ROUNDS"); do
   stamp d "$r"
   s=$(now); HEXP=$(sha256sum "$WORK/src" | cut -d' ' -f1); e=$(now); PS+=("$(el "$s" "$e")")
   s=$(now); DEPOT_SERVER=$SS "$D" image push big "$WORK/src" --digest "sha256:$HEXP" >/dev/null; e=$(now); PD+=("$(el "$s" "$e")")
+  # No digest at all: the head hashes as it uploads to ingest/, then copies.
+  stamp u "$r"
+  s=$(now); curl -sf -o /dev/null -X PUT -T "$WORK/src" -H "Authorization: Bearer $TOKEN" "$SS/api/v1/image/big/content"; e=$(now); PU+=("$(el "$s" "$e")")
 done
 rm "$WORK/src"
 HEX=$(curl -s -H "Authorization: Bearer $TOKEN" "$RS/api/v1/image/big/content/info" | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"]["chksum"].split(":")[1])')
@@ -95,10 +100,10 @@ RSS_S=$(awk '/VmHWM/ {print $2}' /proc/$S_PID/status)
 SENT_R=$(curl -s "$RS/metrics" | awk '/^depot_content_sent_bytes_total/ {print $2}')
 REDIR_R=$(curl -s "$RS/metrics" | awk '/^depot_content_redirects_total/ {print $2}')
 
-python3 - "${R1[*]}" "${R4[*]}" "${S4[*]}" "${CS[*]}" "${CA[*]}" "${AS[*]}" "${PT[*]}" "${PD[*]}" "${PS[*]}" "$RSS_R" "$RSS_S" "$SENT_R" "$REDIR_R" <<'PY'
+python3 - "${R1[*]}" "${R4[*]}" "${S4[*]}" "${CS[*]}" "${CA[*]}" "${AS[*]}" "${PT[*]}" "${PD[*]}" "${PS[*]}" "${PU[*]}" "$RSS_R" "$RSS_S" "$SENT_R" "$REDIR_R" <<'PY'
 import statistics as st, sys
-r1, r4, s4, cs, ca, as_, pt, pd, ps = ([float(x) for x in a.split()] for a in sys.argv[1:10])
-rss_r, rss_s, sent_r, redir_r = (float(x) for x in sys.argv[10:14])
+r1, r4, s4, cs, ca, as_, pt, pd, ps, pu = ([float(x) for x in a.split()] for a in sys.argv[1:11])
+rss_r, rss_s, sent_r, redir_r = (float(x) for x in sys.argv[11:15])
 m = st.median
 runs = lambda x: " ".join(f"{v:.2f}" for v in x)
 mbs = lambda t: (1 << 30) / t / 1e6
@@ -111,9 +116,9 @@ print(f"ratio depot pull (redirect, best) / curl+sha256sum from MinIO = {best/m(
 print(f"ratio depot pull (redirect, best) / curl alone from MinIO     = {best/m(ca):.2f}")
 print(f"ratio depot pull (redirect, 4) / (head streams, 4)          = {m(r4)/m(s4):.2f}")
 for name, x in [("push (hash, then straight to blob key)", pt), ("push --digest (no client hash)", pd),
-                ("sha256sum of the same file", ps)]:
+                ("PUT, no digest (ingest/, then copy)", pu), ("sha256sum of the same file", ps)]:
     print(f"{name:36s} median {m(x):.2f}s ({mbs(m(x)):.0f} MB/s)  runs {runs(x)}")
-print(f"ratio push --digest / push = {m(pd)/m(pt):.2f}; push --digest / sha256sum = {m(pd)/m(ps):.2f}")
+print(f"ratio push --digest / push = {m(pd)/m(pt):.2f}; push --digest / sha256sum = {m(pd)/m(ps):.2f}; PUT, no digest / push = {m(pu)/m(pt):.2f}")
 print(f"redirecting head: {redir_r:.0f} redirects, {sent_r:.0f} content bytes sent, peak RSS {rss_r/1024:.1f} MiB")
 print(f"streaming head (also took the push): peak RSS {rss_s/1024:.1f} MiB")
 PY

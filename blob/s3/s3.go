@@ -7,21 +7,22 @@
 //	                     Blake3 holds the BLAKE3-256 of blobs that came
 //	                     through ingest/ (see below)
 //	ingest/<random>      private partial writes, invisible to readers
-//	ingest/<random>.upload  a marker while a write runs: empty for a write
-//	                     to ingest/<random>, "<key>\n<upload id>" for a
-//	                     direct write to a blob key
+//	ingest/<random>.upload  a marker while a write runs, naming its
+//	                     multipart upload: "<key>\n<upload id>"
 //
-// A write whose digest is declared up front (a push that sends it in a
-// header) is a multipart upload straight to blobs/sha256/<hex>, hashed as it
-// goes; Commit completes it only after size and digest check out, and
-// aborts it otherwise. No copy: committing 50 GiB costs one request. S3
-// metadata is fixed when an upload starts, before the BLAKE3 is known, so
-// these objects carry no Blake3 metadata (the catalog records it).
+// Every write is a multipart upload of its own, hashed as it goes, whose
+// part buffers count against one memory budget for the whole store
+// (Config.UploadMemory). A write whose digest is declared up front (a push
+// that sends it in a header) uploads straight to blobs/sha256/<hex>; Commit
+// completes it only after size and digest check out, and aborts it
+// otherwise. No copy: committing 50 GiB costs one request. S3 metadata is
+// fixed when an upload starts, before the BLAKE3 is known, so these objects
+// carry no Blake3 metadata (the catalog records it).
 //
-// A write without a declared digest streams into ingest/ as a multipart
-// upload. Commit checks size and digest, then copies the object server-side
-// to its digest key (a single copy up to 5 GiB, a multipart copy above) and
-// deletes the temporary object.
+// A write without a declared digest uploads to ingest/<random>. Commit
+// checks size and digest, completes the upload, copies the object
+// server-side to its digest key (a single copy up to 5 GiB, a multipart
+// copy above) and deletes the temporary object.
 //
 // S3 makes an object visible only when its PUT, copy or multipart upload
 // completes, so a reader never sees part of a blob. A crash leaves at most a
@@ -43,7 +44,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -75,17 +75,18 @@ type Config struct {
 	Region string
 	// Creds signs requests. Nil means DefaultCredentials("", "").
 	Creds *credentials.Credentials
-	// PartSize is the multipart upload part size. Default 16 MiB, which
-	// bounds a blob at 10,000 parts = 160 GiB; raise it for larger images.
+	// PartSize is the multipart upload part size. Default 16 MiB. A write
+	// whose size is known up front (Content-Length) uses larger parts when
+	// it needs them to fit in S3's 10,000; one of unknown size is bounded at
+	// 10,000 parts (160 GiB by default).
 	PartSize uint64
 	// Threads is how many parts of one upload are in flight at once.
 	// Memory per upload is about PartSize × (Threads+1): the part being
 	// filled and Threads in flight. Default 2.
 	Threads uint
-	// UploadMemory bounds the part buffers that all uploads with a
-	// declared digest (direct writes) hold at once. A write waits for room
-	// for its first buffer and takes more only while there is room to
-	// spare. Default 256 MiB.
+	// UploadMemory bounds the part buffers that all writes hold at once. A
+	// write waits for room for its first buffer and takes more only while
+	// there is room to spare. Default 256 MiB.
 	UploadMemory uint64
 	// PublicEndpoint, when set, is the host[:port] (with an optional
 	// http:// or https:// scheme) that presigned URLs name: the address
@@ -223,17 +224,17 @@ type Store struct {
 	cfg     Config
 	c       *minio.Client
 	presign *minio.Client // client for presigned URLs (PublicEndpoint)
-	partc   *minio.Client // c without retries, for direct writes' parts
+	partc   *minio.Client // c without retries, for writes' parts
 	// copyPartSize is the largest piece one server-side copy request moves;
 	// tests lower it to exercise the multipart copy path.
 	copyPartSize int64
 	// markerEvery is how often a running write rewrites its marker; tests
 	// shorten it to watch a long upload outlive a sweep.
 	markerEvery time.Duration
-	// uploadMem is Config.UploadMemory, in bytes, shared by direct writes.
+	// uploadMem is Config.UploadMemory, in bytes, shared by all writes.
 	uploadMem     *semaphore.Weighted
 	uploadMemSize int64
-	// parts recycles the part buffers of direct writes (*[]byte of
+	// parts recycles the part buffers of writes (*[]byte of
 	// PartSize capacity), so that successive uploads reuse memory rather
 	// than leave it to the garbage collector.
 	parts sync.Pool
@@ -272,8 +273,8 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("blob store s3://%s: %w", cfg.Bucket, err)
 	}
-	// Direct writes retry their parts themselves, each attempt with a
-	// reader of its own (see directWriter.uploadPart), so their client
+	// Writes retry their parts themselves, each attempt with a reader of
+	// its own (see partWriter.uploadPart), so their client
 	// makes one attempt per call.
 	partc, err := minio.New(cfg.Endpoint, &minio.Options{Creds: cfg.Creds, Secure: cfg.Secure, Region: cfg.Region, MaxRetries: 1})
 	if err != nil {
@@ -437,8 +438,9 @@ func (s *Store) SweepIngests(ctx context.Context, olderThan time.Duration) (int,
 }
 
 // abortMarked aborts the unfinished upload a stale marker stands for: the
-// one its body names (a direct write to a blob key), or else every upload
-// to the ingest/ key beside it.
+// one its body names, or, for an empty marker (as depot wrote before every
+// write was its own multipart upload), every upload to the ingest/ key
+// beside it.
 func (s *Store) abortMarked(ctx context.Context, marker minio.ObjectInfo, ingestKey string) error {
 	if marker.Size == 0 {
 		if err := s.c.RemoveIncompleteUpload(ctx, s.cfg.Bucket, ingestKey); err != nil {
@@ -474,42 +476,6 @@ func (s *Store) PresignGet(ctx context.Context, d digest.Digest, expiry time.Dur
 		return nil, mapErr("presign", d, err)
 	}
 	return u, nil
-}
-
-// Writer implements blob.Ingester. With a declared digest the upload goes
-// straight to the digest's key (see directWriter); otherwise it streams to a
-// fresh ingest/ key and Commit copies it into place once it is verified.
-func (s *Store) Writer(ctx context.Context, opts blob.WriteOptions) (blob.Writer, error) {
-	if opts.Expected != "" {
-		if err := blob.Validate(opts.Expected); err != nil {
-			return nil, err
-		}
-		return s.directWriter(ctx, opts)
-	}
-	key := s.ingestPrefix() + randomID()
-	if err := s.putMarker(ctx, key+uploadMarker, nil); err != nil {
-		return nil, fmt.Errorf("start ingest in s3://%s: %w", s.cfg.Bucket, classify(err))
-	}
-	pr, pw := io.Pipe()
-	uctx, cancel := context.WithCancel(ctx)
-	w := &writer{s: s, key: key, h: blob.NewDualHasher(), pw: pw, cancel: cancel, done: make(chan struct{})}
-	go keepMarker(uctx, s, key+uploadMarker, nil, s.markerEvery)
-	go func() {
-		defer close(w.done)
-		_, w.upErr = s.c.PutObject(uctx, s.cfg.Bucket, key, pr, -1, minio.PutObjectOptions{
-			ContentType:           "application/octet-stream",
-			PartSize:              s.cfg.PartSize,
-			NumThreads:            s.cfg.Threads,
-			ConcurrentStreamParts: s.cfg.Threads > 1,
-		})
-		// Unblock a Write waiting on the pipe if the upload stopped early.
-		if w.upErr != nil {
-			pr.CloseWithError(w.upErr)
-		} else {
-			pr.CloseWithError(errors.New("upload already finished"))
-		}
-	}()
-	return w, nil
 }
 
 // committedAt reports whether the blob info describes is already committed
@@ -551,102 +517,4 @@ func keepMarker(ctx context.Context, s *Store, marker string, body []byte, every
 			s.putMarker(ctx, marker, body)
 		}
 	}
-}
-
-type writer struct {
-	s      *Store
-	key    string
-	h      *blob.DualHasher
-	pw     *io.PipeWriter
-	cancel context.CancelFunc
-	done   chan struct{}
-	upErr  error // set by the upload goroutine before done closes
-	closed bool
-}
-
-func (w *writer) Write(p []byte) (int, error) {
-	if w.closed {
-		return 0, errors.New("write to closed blob writer")
-	}
-	n, err := w.pw.Write(p)
-	w.h.Write(p[:n])
-	if err != nil {
-		return n, fmt.Errorf("ingest upload to s3://%s/%s: %w", w.s.cfg.Bucket, w.key, classify(err))
-	}
-	return n, nil
-}
-
-func (w *writer) Digest() digest.Digest { return w.h.Digest() }
-func (w *writer) Size() int64           { return w.h.Size() }
-
-// Close abandons the write: the upload is cancelled (minio-go aborts the
-// multipart upload) and the temporary object and marker are removed.
-func (w *writer) Close() error {
-	if w.closed {
-		return nil
-	}
-	w.closed = true
-	w.cancel()
-	w.pw.CloseWithError(errors.New("ingest abandoned"))
-	<-w.done
-	w.h.Close()
-	// Best effort on a fresh context: the caller's may be what was cancelled.
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	w.s.c.RemoveObject(ctx, w.s.cfg.Bucket, w.key, minio.RemoveObjectOptions{})
-	w.s.c.RemoveObject(ctx, w.s.cfg.Bucket, w.key+uploadMarker, minio.RemoveObjectOptions{})
-	return nil
-}
-
-func (w *writer) Commit(ctx context.Context, size int64, expected digest.Digest) (info blob.Info, err error) {
-	if w.closed {
-		return blob.Info{}, errors.New("commit of closed blob writer")
-	}
-	defer func() {
-		if err != nil {
-			w.Close()
-		}
-	}()
-	w.pw.Close() // EOF: the upload completes
-	<-w.done
-	if w.upErr != nil {
-		return blob.Info{}, fmt.Errorf("ingest upload to s3://%s/%s: %w", w.s.cfg.Bucket, w.key, classify(w.upErr))
-	}
-	info, err = w.h.Check(size, expected)
-	if err != nil {
-		return blob.Info{}, err
-	}
-	got := info.Digest
-	if err := ctx.Err(); err != nil {
-		return blob.Info{}, err
-	}
-	s := w.s
-	if at, ok := s.committedAt(ctx, info); ok {
-		// Already committed (content-addressed): keep the existing object.
-		w.Close()
-		info.Committed = at
-		return info, nil
-	}
-	dst := minio.CopyDestOptions{
-		Bucket: s.cfg.Bucket, Object: s.blobKey(got),
-		UserMetadata: map[string]string{"Blake3": info.BLAKE3}, ReplaceMetadata: true,
-		ContentType: "application/octet-stream",
-	}
-	src := minio.CopySrcOptions{Bucket: s.cfg.Bucket, Object: w.key}
-	var up minio.UploadInfo
-	if info.Size <= s.copyPartSize {
-		up, err = s.c.CopyObject(ctx, dst, src)
-	} else {
-		dst.PartSize = uint64(s.copyPartSize)
-		up, err = s.c.ComposeObject(ctx, dst, src)
-	}
-	if err != nil {
-		return blob.Info{}, mapErr("commit", got, err)
-	}
-	w.Close() // removes the temporary object
-	info.Committed = up.LastModified
-	if info.Committed.IsZero() {
-		info.Committed = time.Now()
-	}
-	return info, nil
 }

@@ -129,7 +129,7 @@ func TestAbandonedUploadSwept(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	key := w.(*writer).key
+	key := w.(*partWriter).key
 	if _, err := w.Write(randBytes(t, 11<<20)); err != nil { // two parts go out
 		t.Fatal(err)
 	}
@@ -193,8 +193,8 @@ func TestDirectUpload(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := w.(*directWriter); !ok {
-		t.Fatalf("writer with a declared digest is %T, want *directWriter", w)
+	if pw, ok := w.(*partWriter); !ok || pw.key != s.blobKey(want) {
+		t.Fatalf("writer with a declared digest is %T, not a multipart upload to the blob's key", w)
 	}
 	if _, err := w.Write(data); err != nil {
 		t.Fatal(err)
@@ -491,9 +491,10 @@ func TestStoreFull(t *testing.T) {
 }
 
 // TestUploadMemoryBound: the store's upload memory bounds the part buffers
-// of all direct writes together. With room for one part, a second write
-// waits for its first buffer until the first write lets go of its own; then
-// both commit. Four writes racing on room for two parts all commit.
+// of all writes together, declared or streamed. With room for one part, a
+// second write waits for its first buffer until the first write lets go of
+// its own; then both commit. Four writes racing on room for two parts all
+// commit.
 func TestUploadMemoryBound(t *testing.T) {
 	m := testenv.MinIO(t)
 	ctx := context.Background()
@@ -504,8 +505,8 @@ func TestUploadMemoryBound(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	wa.Write(a[:1<<20]) // holds the only buffer
-	wb, err := s.Writer(ctx, blob.WriteOptions{Expected: digest.FromBytes(b)})
+	wa.Write(a[:1<<20])                           // holds the only buffer
+	wb, err := s.Writer(ctx, blob.WriteOptions{}) // streamed: the digest is not declared
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -537,7 +538,11 @@ func TestUploadMemoryBound(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			data := randBytes(t, 11<<20+i)
-			if _, err := blob.Ingest(ctx, s, bytes.NewReader(data), int64(len(data)), digest.FromBytes(data)); err != nil {
+			var declared digest.Digest
+			if i%2 == 0 {
+				declared = digest.FromBytes(data)
+			}
+			if _, err := blob.Ingest(ctx, s, bytes.NewReader(data), int64(len(data)), declared); err != nil {
 				t.Errorf("write %d: %v", i, err)
 			}
 		}()
