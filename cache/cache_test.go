@@ -20,13 +20,11 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
-	"github.com/depot-images/depot/api"
 	"github.com/depot-images/depot/auth"
-	"github.com/depot-images/depot/blob/local"
-	"github.com/depot-images/depot/catalog/bolt"
 	"github.com/depot-images/depot/client"
 	"github.com/depot-images/depot/errdefs"
 	"github.com/depot-images/depot/server"
+	"github.com/depot-images/depot/server/servertest"
 	"github.com/depot-images/depot/testenv"
 )
 
@@ -45,52 +43,36 @@ type head struct {
 
 func newHead(t *testing.T) *head {
 	t.Helper()
-	dir := t.TempDir()
-	cat, err := bolt.Open(filepath.Join(dir, "c.db"), time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cat.Close() })
-	blobs, _ := local.Open(dir)
-	a, _ := auth.New(ctx, cat)
-	s, err := server.New(server.Config{Catalog: cat, Blobs: blobs, Auth: a, GCInterval: -1, GCGrace: -time.Second, KeepRevisions: 2})
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := &head{srv: s}
-	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if h.down.Load() {
-			hj, _ := w.(http.Hijacker)
-			conn, _, _ := hj.Hijack()
-			conn.Close()
-			return
-		}
-		if strings.HasPrefix(r.URL.Path, "/api/v1/blob/") && r.Method == http.MethodGet {
-			h.blobGets.Add(1)
-		}
-		// A resolve is one GET of the image object (metadata, no body).
-		if p := strings.TrimPrefix(r.URL.Path, "/api/v1/image/"); p != r.URL.Path && !strings.Contains(p, "/") && r.Method == http.MethodGet {
-			h.infoGets.Add(1)
-		}
-		s.Handler().ServeHTTP(w, r)
-	}))
-	t.Cleanup(hs.Close)
-	h.url = hs.URL
-	tok, _, _ := a.Mint(ctx, "admin", auth.RoleAdmin, "", 0)
-	h.admin, _ = client.New(hs.URL, tok)
+	h := &head{}
+	hs := servertest.Start(t, servertest.Options{
+		Config: func(c *server.Config) { c.GCGrace, c.KeepRevisions = -time.Second, 2 },
+		Wrap: func(next http.Handler) http.Handler {
+			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if h.down.Load() {
+					hj, _ := w.(http.Hijacker)
+					conn, _, _ := hj.Hijack()
+					conn.Close()
+					return
+				}
+				if strings.HasPrefix(r.URL.Path, "/api/v1/blob/") && r.Method == http.MethodGet {
+					h.blobGets.Add(1)
+				}
+				// A resolve is one GET of the image object (metadata, no body).
+				if p := strings.TrimPrefix(r.URL.Path, "/api/v1/image/"); p != r.URL.Path && !strings.Contains(p, "/") && r.Method == http.MethodGet {
+					h.infoGets.Add(1)
+				}
+				next.ServeHTTP(w, r)
+			})
+		},
+	})
+	h.url, h.srv = hs.URL, hs.Server
+	h.admin = hs.Client(t, "admin", auth.RoleAdmin)
 	return h
 }
 
 func (h *head) push(t *testing.T, name string, data []byte) digest.Digest {
 	t.Helper()
-	if _, err := h.admin.GetImage(ctx, name); errors.Is(err, errdefs.ErrNotFound) {
-		h.admin.CreateImage(ctx, api.CreateImageRequest{Name: name})
-	}
-	info, err := h.admin.PushContent(ctx, name, bytes.NewReader(data), int64(len(data)), client.PushOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return digest.Digest(info.Chksum)
+	return servertest.Push(t, h.admin, name, data)
 }
 
 func randBytes(n int) []byte {

@@ -4,24 +4,20 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/opencontainers/go-digest"
 
 	"github.com/depot-images/depot/api"
 	"github.com/depot-images/depot/auth"
-	"github.com/depot-images/depot/blob/local"
 	"github.com/depot-images/depot/cache"
-	"github.com/depot-images/depot/catalog/bolt"
 	"github.com/depot-images/depot/client"
 	"github.com/depot-images/depot/errdefs"
-	"github.com/depot-images/depot/server"
+	"github.com/depot-images/depot/server/servertest"
 	"github.com/depot-images/depot/testenv"
 )
 
@@ -31,22 +27,8 @@ func need(t *testing.T, tools ...string) { t.Helper(); testenv.Need(t, tools...)
 
 func newServer(t *testing.T) (*client.Client, *client.Client) {
 	t.Helper()
-	dir := t.TempDir()
-	cat, err := bolt.Open(filepath.Join(dir, "c.db"), time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cat.Close() })
-	blobs, _ := local.Open(dir)
-	a, _ := auth.New(ctx, cat)
-	s, _ := server.New(server.Config{Catalog: cat, Blobs: blobs, Auth: a, GCInterval: -1})
-	hs := httptest.NewServer(s.Handler())
-	t.Cleanup(hs.Close)
-	tok, _, _ := a.Mint(ctx, "admin1", auth.RoleAdmin, "", 0)
-	other, _, _ := a.Mint(ctx, "colleague", auth.RoleAdmin, "", 0)
-	c1, _ := client.New(hs.URL, tok)
-	c2, _ := client.New(hs.URL, other)
-	return c1, c2
+	h := servertest.Start(t, servertest.Options{})
+	return h.Client(t, "admin1", auth.RoleAdmin), h.Client(t, "colleague", auth.RoleAdmin)
 }
 
 func newManager(t *testing.T, c *client.Client) *Manager {
@@ -82,20 +64,6 @@ func squash(t *testing.T, root string) []byte {
 	return b
 }
 
-func push(t *testing.T, c *client.Client, name string, data []byte) digest.Digest {
-	t.Helper()
-	if _, err := c.GetImage(ctx, name); errors.Is(err, errdefs.ErrNotFound) {
-		if _, err := c.CreateImage(ctx, api.CreateImageRequest{Name: name}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	info, err := c.PushContent(ctx, name, bytes.NewReader(data), int64(len(data)), client.PushOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return digest.Digest(info.Chksum)
-}
-
 // unpackServer downloads an image's content and unsquashes it.
 func unpackServer(t *testing.T, c *client.Client, ref string) string {
 	t.Helper()
@@ -117,7 +85,7 @@ func unpackServer(t *testing.T, c *client.Client, ref string) string {
 
 func TestEditInStagesThenCommit(t *testing.T) {
 	c, _ := newServer(t)
-	base := push(t, c, "node", squash(t, rootfs(t)))
+	base := servertest.Push(t, c, "node", squash(t, rootfs(t)))
 	m := newManager(t, c)
 	st, err := m.Edit(ctx, "node", EditOptions{Exec: "echo one > /etc/stage1"})
 	if err != nil {
@@ -173,9 +141,9 @@ func TestEditInStagesThenCommit(t *testing.T) {
 func TestSeed000Story(t *testing.T) {
 	c, _ := newServer(t)
 	root := rootfs(t)
-	push(t, c, "A", squash(t, root))
+	servertest.Push(t, c, "A", squash(t, root))
 	os.WriteFile(filepath.Join(root, "etc", "hostname"), []byte("other\n"), 0o644)
-	push(t, c, "Other", squash(t, root))
+	servertest.Push(t, c, "Other", squash(t, root))
 	m := newManager(t, c)
 	st, err := m.Edit(ctx, "A", EditOptions{Exec: "echo mine > /etc/staged"})
 	if err != nil {
@@ -232,13 +200,13 @@ func TestSeed000Story(t *testing.T) {
 func TestBaseMovedAndFrozen(t *testing.T) {
 	c, colleague := newServer(t)
 	root := rootfs(t)
-	push(t, c, "shared", squash(t, root))
+	servertest.Push(t, c, "shared", squash(t, root))
 	m := newManager(t, c)
 	if _, err := m.Edit(ctx, "shared", EditOptions{Exec: "echo me > /etc/me"}); err != nil {
 		t.Fatal(err)
 	}
 	os.WriteFile(filepath.Join(root, "etc", "theirs"), []byte("x"), 0o644)
-	theirs := push(t, colleague, "shared", squash(t, root))
+	theirs := servertest.Push(t, colleague, "shared", squash(t, root))
 	_, err := m.Commit(ctx, "shared", CommitOptions{})
 	var pe *errdefs.PreconditionError
 	if !errors.As(err, &pe) || pe.Have != theirs || !strings.Contains(err.Error(), "colleague") || !strings.Contains(err.Error(), "--force") {
@@ -271,7 +239,7 @@ func TestQcow2OverlayEdit(t *testing.T) {
 		t.Fatalf("%v %s", err, b)
 	}
 	data, _ := os.ReadFile(p)
-	base := push(t, c, "disk", data)
+	base := servertest.Push(t, c, "disk", data)
 	m := newManager(t, c)
 	st, err := m.Edit(ctx, "disk", EditOptions{Exec: `qemu-io -c "write -P 0xab 1M 64k" "$DEPOT_DISK" >/dev/null`})
 	if err != nil {
@@ -320,7 +288,7 @@ func testTarWorkspace(t *testing.T, compressor, flag string) {
 		t.Fatalf("%v %s", err, b)
 	}
 	data, _ := os.ReadFile(tgz)
-	push(t, c, "tgz", data)
+	servertest.Push(t, c, "tgz", data)
 	m := newManager(t, c)
 	st, err := m.Edit(ctx, "tgz", EditOptions{})
 	if err != nil || st.Kind != Tree || st.Modified {
