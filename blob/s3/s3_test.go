@@ -8,6 +8,9 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -551,5 +554,147 @@ func TestUploadMemoryBound(t *testing.T) {
 	// Everything was given back: the whole budget can be taken again.
 	if !s.uploadMem.TryAcquire(10 << 20) {
 		t.Error("upload memory was not all released")
+	}
+}
+
+// flakyParts is a loopback proxy in front of a real MinIO that fails part
+// uploads on cue, for the faults a healthy MinIO does not produce on
+// demand: a connection cut halfway through a part's body, and a 503. All
+// other requests pass through untouched (the Host header is kept, so
+// signatures still match).
+type flakyParts struct {
+	mu       sync.Mutex
+	attempts map[string]int    // part number → attempts seen
+	first    map[string]string // part number → how its first attempt fails: "cut" or "503"
+	always   bool              // fail every attempt of every part with a 503
+	url      string
+}
+
+func newFlakyParts(t *testing.T, m testenv.MinIOServer) *flakyParts {
+	f := &flakyParts{attempts: map[string]int{}, first: map[string]string{}}
+	rp := httputil.NewSingleHostReverseProxy(&url.URL{Scheme: "http", Host: m.Endpoint})
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		part := r.URL.Query().Get("partNumber")
+		if r.Method != http.MethodPut || part == "" {
+			rp.ServeHTTP(w, r)
+			return
+		}
+		f.mu.Lock()
+		f.attempts[part]++
+		fail := f.first[part]
+		if f.attempts[part] > 1 {
+			fail = ""
+		}
+		if f.always {
+			fail = "503"
+		}
+		f.mu.Unlock()
+		switch fail {
+		case "cut":
+			io.CopyN(io.Discard, r.Body, 1<<20)
+			conn, _, err := w.(http.Hijacker).Hijack()
+			if err == nil {
+				conn.Close()
+			}
+		case "503":
+			io.Copy(io.Discard, r.Body)
+			w.WriteHeader(http.StatusServiceUnavailable)
+		default:
+			rp.ServeHTTP(w, r)
+		}
+	}))
+	t.Cleanup(hs.Close)
+	f.url = hs.URL
+	return f
+}
+
+func (f *flakyParts) tries(part string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.attempts[part]
+}
+
+// TestPartsRetry: a part whose upload is cut off, or answered 503, is sent
+// again on its own (with a fresh reader over the same bytes), and the write
+// commits exactly the bytes written, on both write paths. A store that keeps
+// failing makes the write fail as unavailable after partAttempts tries,
+// leaving no object, marker or unfinished upload.
+func TestPartsRetry(t *testing.T) {
+	m := testenv.MinIO(t)
+	for _, declared := range []bool{false, true} {
+		t.Run(map[bool]string{false: "streamed", true: "declared"}[declared], func(t *testing.T) {
+			f := newFlakyParts(t, m)
+			f.first["2"], f.first["3"] = "cut", "503"
+			s := newStore(t, m)
+			direct, err := Open(context.Background(), Config{
+				Endpoint: strings.TrimPrefix(f.url, "http://"), Bucket: "depot", Prefix: s.cfg.Prefix,
+				Creds: credentials.NewStaticV4(m.AccessKey, m.SecretKey, ""), PartSize: 5 << 20,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx := context.Background()
+			data := randBytes(t, 16<<20+3) // four parts
+			var want digest.Digest
+			if declared {
+				want = digest.FromBytes(data)
+			}
+			info, err := blob.Ingest(ctx, direct, bytes.NewReader(data), int64(len(data)), want)
+			if err != nil {
+				t.Fatalf("ingest through failing parts: %v", err)
+			}
+			if info.Digest != digest.FromBytes(data) {
+				t.Fatalf("committed %s, want %s", info.Digest, digest.FromBytes(data))
+			}
+			for part, n := range map[string]int{"1": 1, "2": 2, "3": 2, "4": 1} {
+				if got := f.tries(part); got != n {
+					t.Errorf("part %s sent %d times, want %d", part, got, n)
+				}
+			}
+			r, err := s.Open(ctx, info.Digest)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, _ := io.ReadAll(r)
+			r.Close()
+			if !bytes.Equal(got, data) {
+				t.Fatal("stored bytes differ after retried parts")
+			}
+
+			// A store that keeps failing.
+			f.mu.Lock()
+			f.always, f.attempts = true, map[string]int{}
+			f.mu.Unlock()
+			other := randBytes(t, 6<<20)
+			want = ""
+			if declared {
+				want = digest.FromBytes(other)
+			}
+			w, err := direct.Writer(ctx, blob.WriteOptions{Expected: want})
+			if err != nil {
+				t.Fatal(err)
+			}
+			key := w.(*partWriter).key
+			_, err = w.Write(other)
+			if err == nil {
+				_, err = w.Commit(ctx, int64(len(other)), "")
+			}
+			w.Close()
+			if !errors.Is(err, errdefs.ErrUnavailable) {
+				t.Fatalf("write to a failing store: err = %v, want ErrUnavailable", err)
+			}
+			if n := f.tries("1"); n != partAttempts {
+				t.Errorf("part 1 sent %d times, want %d", n, partAttempts)
+			}
+			if n := uploads(t, s, key); n != 0 {
+				t.Errorf("%d unfinished uploads left on %s", n, key)
+			}
+			if keys := listKeys(t, s, s.ingestPrefix()); len(keys) != 0 {
+				t.Errorf("ingest objects left: %v", keys)
+			}
+			if _, err := s.Stat(ctx, digest.FromBytes(other)); !errors.Is(err, errdefs.ErrNotFound) {
+				t.Errorf("Stat of the failed write = %v, want ErrNotFound", err)
+			}
+		})
 	}
 }
