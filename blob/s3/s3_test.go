@@ -51,6 +51,21 @@ func TestConformance(t *testing.T) {
 	blobtest.Run(t, func(t *testing.T) blob.Store { return newStore(t, m) })
 }
 
+// readBlob is the whole content of blob d in s.
+func readBlob(t *testing.T, s *Store, d digest.Digest) []byte {
+	t.Helper()
+	r, err := s.Open(context.Background(), d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	b, err := io.ReadAll(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
 func randBytes(t *testing.T, n int) []byte {
 	b := make([]byte, n)
 	rand.Read(b)
@@ -84,13 +99,7 @@ func TestMultipartCopyAndMetadata(t *testing.T) {
 	if info.Digest != digest.FromBytes(data) {
 		t.Fatalf("digest = %s, want %s", info.Digest, digest.FromBytes(data))
 	}
-	r, err := s.Open(context.Background(), info.Digest)
-	if err != nil {
-		t.Fatal(err)
-	}
-	got, _ := io.ReadAll(r)
-	r.Close()
-	if !bytes.Equal(got, data) {
+	if got := readBlob(t, s, info.Digest); !bytes.Equal(got, data) {
 		t.Fatal("content differs after multipart copy")
 	}
 	st, err := s.Stat(context.Background(), info.Digest)
@@ -212,13 +221,7 @@ func TestDirectUpload(t *testing.T) {
 	if info.Digest != want || info.Size != int64(len(data)) {
 		t.Fatalf("Commit = %+v", info)
 	}
-	r, err := s.Open(ctx, want)
-	if err != nil {
-		t.Fatal(err)
-	}
-	got, _ := io.ReadAll(r)
-	r.Close()
-	if !bytes.Equal(got, data) {
+	if got := readBlob(t, s, want); !bytes.Equal(got, data) {
 		t.Fatal("content differs after a direct upload")
 	}
 	if keys := listKeys(t, s, s.ingestPrefix()); len(keys) != 0 {
@@ -352,10 +355,7 @@ func TestSweepSparesLongUpload(t *testing.T) {
 			if err != nil {
 				t.Fatalf("a live upload did not survive the sweeps: %v", err)
 			}
-			r, _ := s.Open(ctx, info.Digest)
-			got, _ := io.ReadAll(r)
-			r.Close()
-			if !bytes.Equal(got, data) {
+			if got := readBlob(t, s, info.Digest); !bytes.Equal(got, data) {
 				t.Fatal("content differs")
 			}
 		})
@@ -651,13 +651,7 @@ func TestPartsRetry(t *testing.T) {
 					t.Errorf("part %s sent %d times, want %d", part, got, n)
 				}
 			}
-			r, err := s.Open(ctx, info.Digest)
-			if err != nil {
-				t.Fatal(err)
-			}
-			got, _ := io.ReadAll(r)
-			r.Close()
-			if !bytes.Equal(got, data) {
+			if got := readBlob(t, s, info.Digest); !bytes.Equal(got, data) {
 				t.Fatal("stored bytes differ after retried parts")
 			}
 
