@@ -220,6 +220,7 @@ var table = []struct {
 	{errdefs.ErrUnavailable, "unavailable", http.StatusServiceUnavailable},
 	{errdefs.ErrNoSpace, "no_space", http.StatusInsufficientStorage},
 	{errdefs.ErrCorrupt, "corrupt", http.StatusInternalServerError},
+	{errdefs.ErrUnsafeContent, "unsafe_content", http.StatusUnprocessableEntity},
 }
 
 // ErrorEnvelope renders err for the wire: its status and envelope. Errors

@@ -138,8 +138,14 @@ type Cache struct {
 	log  *slog.Logger
 }
 
-// Open prepares dir for use.
+// Open prepares dir for use. The cache keeps dir as an absolute path, so
+// every path it hands out (and every qcow2 overlay made on one) means the
+// same file whatever the caller's working directory.
 func Open(dir string, opts Options) (*Cache, error) {
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, fmt.Errorf("cache %s: %w", dir, err)
+	}
 	for _, d := range []string{"blobs/sha256", "ingest", "locks", "index/pointers", "index/blobs", "leases", "quarantine"} {
 		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
 			return nil, fmt.Errorf("cache %s: %w", dir, err)
@@ -807,8 +813,12 @@ const lastUsedResolution = time.Minute
 // maxChain bounds backing-chain depth (and breaks cycles).
 const maxChain = 16
 
-// ensureChain makes sure every qcow2 backing file that names a digest is
-// present and verified, fetching it by digest when the source can.
+// ensureChain makes sure every file a qcow2 image makes qemu open is a
+// verified blob of this cache: each backing name must resolve, exactly as
+// qemu resolves it (relative to the image's own directory), to the blob of
+// the digest it names, with a recorded format that matches what that blob
+// is (qcow2.Resolve). It fetches missing links by digest when the source
+// can. Anything else is an *errdefs.UnsafeContentError, never a path.
 func (c *Cache) ensureChain(ctx context.Context, parent ref.Ref, img Image, src source.Source, o EnsureOptions, depth int) ([]Link, error) {
 	if img.Format != format.QCOW2 {
 		return nil, nil
@@ -818,43 +828,51 @@ func (c *Cache) ensureChain(ctx context.Context, parent ref.Ref, img Image, src 
 	}
 	f, err := os.Open(img.Path)
 	if err != nil {
-		return nil, err
+		return nil, c.diskErr(err)
 	}
 	h, err := qcow2.ReadHeader(f)
 	f.Close()
 	if err != nil {
 		return nil, fmt.Errorf("qcow2 header of %s: %v: %w", img.Digest, err, errdefs.ErrCorrupt)
 	}
-	if h.BackingFile == "" {
+	b, err := qcow2.Resolve(h, filepath.Dir(img.Path))
+	if err != nil {
+		var ue *errdefs.UnsafeContentError
+		if errors.As(err, &ue) {
+			ue.Digest = img.Digest
+		}
+		return nil, err
+	}
+	if b.Digest == "" {
 		return nil, nil
 	}
-	bd := qcow2.BackingDigest(h.BackingFile)
-	if bd == "" {
-		// No digest in the name: nothing to verify against; report it.
-		if _, err := os.Stat(h.BackingFile); err != nil {
-			return nil, fmt.Errorf("%s needs backing file %s, which is missing and carries no digest to fetch: %w", img.Digest, h.BackingFile, errdefs.ErrNotFound)
-		}
-		return []Link{{Path: h.BackingFile, Backing: h.BackingFile, Format: h.BackingFormat}}, nil
-	}
-	base, ok, err := c.local(bd)
+	base, ok, err := c.local(b.Digest)
 	if err != nil {
 		return nil, err
 	}
 	if !ok {
 		if !src.ByDigest() || o.Policy == Never {
-			return nil, fmt.Errorf("%s needs backing file %s: %w", img.Digest, h.BackingFile,
-				&errdefs.DigestUnavailableError{Ref: src.String(), Want: bd})
+			return nil, fmt.Errorf("%s needs backing file %s: %w", img.Digest, b.Digest,
+				&errdefs.DigestUnavailableError{Ref: src.String(), Want: b.Digest})
 		}
-		if base, err = c.fetch(ctx, parent, src, bd, "", o); err != nil {
+		if base, err = c.fetch(ctx, parent, src, b.Digest, "", o); err != nil {
 			var du *errdefs.DigestUnavailableError
 			if errors.As(err, &du) {
-				return nil, fmt.Errorf("%s needs backing file %s: %w", img.Digest, h.BackingFile,
-					&errdefs.DigestUnavailableError{Ref: src.String(), Want: bd})
+				return nil, fmt.Errorf("%s needs backing file %s: %w", img.Digest, b.Digest,
+					&errdefs.DigestUnavailableError{Ref: src.String(), Want: b.Digest})
 			}
 			return nil, err
 		}
 	}
-	link := Link{Path: base.Path, Digest: bd, Format: base.Format, Backing: h.BackingFile}
+	if base.Format != b.Format {
+		// qemu would read the base as b.Format; depot verified it as what
+		// it is. A qcow2 read as raw (or the reverse) is not the disk the
+		// image was made on.
+		return nil, &errdefs.UnsafeContentError{Digest: img.Digest, What: "backing file", Name: b.Name,
+			Reason: fmt.Sprintf("the image records backing format %s, but blob %s is %s", b.Format, b.Digest, base.Format),
+			Fix:    fmt.Sprintf("qemu-img rebase -u -b %s -F %s IMAGE", b.Digest.Encoded(), base.Format)}
+	}
+	link := Link{Path: base.Path, Digest: b.Digest, Format: base.Format, Backing: b.Name}
 	rest, err := c.ensureChain(ctx, parent, base, src, o, depth+1)
 	if err != nil {
 		return nil, err

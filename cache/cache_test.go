@@ -379,41 +379,6 @@ func qemuImg(t *testing.T, args ...string) {
 	}
 }
 
-func TestQcow2BackingChain(t *testing.T) {
-	h := newHead(t)
-	dir := t.TempDir()
-	base := filepath.Join(dir, "base.qcow2")
-	qemuImg(t, "create", "-f", "qcow2", base, "64M")
-	baseData := mustRead(t, base)
-	bd := h.push(t, "base", baseData)
-	// The overlay names its base by digest, as depot's blob paths do.
-	named := filepath.Join(dir, bd.Encoded()+".qcow2")
-	os.WriteFile(named, baseData, 0o644)
-	top := filepath.Join(dir, "top.qcow2")
-	qemuImg(t, "create", "-f", "qcow2", "-b", named, "-F", "qcow2", top)
-	td := h.push(t, "top", mustRead(t, top))
-	c := openCache(t, h)
-	img, err := c.Ensure(ctx, "top@"+td.String(), EnsureOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(img.Chain) != 1 || img.Chain[0].Digest != bd || !bytes.Equal(mustRead(t, img.Chain[0].Path), baseData) {
-		t.Fatalf("chain = %+v", img.Chain)
-	}
-	// The base is gone from the server: a typed error from Ensure, not an
-	// I/O error inside a VM later.
-	if err := h.admin.DeleteImage(ctx, "base"); err != nil {
-		t.Fatal(err)
-	}
-	h.srv.CollectGarbage(ctx)
-	c2 := openCache(t, h)
-	_, err = c2.Ensure(ctx, "top@"+td.String(), EnsureOptions{})
-	var du *errdefs.DigestUnavailableError
-	if !errors.As(err, &du) || du.Want != bd || !strings.Contains(err.Error(), "backing file") {
-		t.Fatalf("missing link = %v", err)
-	}
-}
-
 func TestParallelRangedDownload(t *testing.T) {
 	h := newHead(t)
 	data := randBytes(100 << 20) // > parallelMin: 7 segments of 16 MiB

@@ -33,6 +33,7 @@ const (
 	ExitCorrupt      = 9  // a stored entry failed an integrity check
 	ExitTooLarge     = 10 // an input over its bound
 	ExitNoSpace      = 11 // a disk (the server's or the cache's) is full
+	ExitUnsafe       = 12 // verified content names a host file (qcow2 backing or data file)
 )
 
 var exitTable = []struct {
@@ -52,6 +53,7 @@ var exitTable = []struct {
 	{errdefs.ErrCorrupt, ExitCorrupt},
 	{errdefs.ErrTooLarge, ExitTooLarge},
 	{errdefs.ErrNoSpace, ExitNoSpace},
+	{errdefs.ErrUnsafeContent, ExitUnsafe},
 }
 
 // ExitCode maps an error to the process exit code.
@@ -76,7 +78,8 @@ const exitHelp = `Exit codes:
   1 other error        6 verification failed (wrong digest)
   2 usage / bad input  7 digest unavailable at the source
   3 not found          8 server or source unreachable
-  4 conflict           9 corrupt entry   10 too large   11 disk full`
+  4 conflict           9 corrupt entry   10 too large   11 disk full
+                       12 unsafe content (an image names a host file)`
 
 type usageError struct{ error }
 

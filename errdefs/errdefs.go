@@ -47,7 +47,38 @@ var (
 	// ErrNoSpace: the disk or quota that was to hold the content is full.
 	// Nothing partial was kept; free space and retry.
 	ErrNoSpace = errors.New("no space left")
+	// ErrUnsafeContent: verified content names something depot will not let
+	// qemu, tar or a shell open: a host file as a qcow2 backing file, an
+	// external data file, a backing file without a recorded format. The
+	// bytes are what was asked for; they are not safe to use.
+	ErrUnsafeContent = errors.New("unsafe content")
 )
+
+// UnsafeContentError says an image names something outside the verified
+// cache. It matches ErrUnsafeContent with errors.Is. Name is hostile data:
+// Error() quotes it, so it prints inert.
+type UnsafeContentError struct {
+	Digest digest.Digest // the image that names it; empty before it is stored
+	What   string        // "backing file", "external data file", …
+	Name   string        // the name as the image writes it
+	Reason string        // why it is refused
+	Fix    string        // a command that makes the image acceptable
+}
+
+func (e *UnsafeContentError) Error() string {
+	who := "the image"
+	if e.Digest != "" {
+		who = "image " + e.Digest.String()
+	}
+	msg := fmt.Sprintf("%s names %s %q: %s", who, e.What, e.Name, e.Reason)
+	if e.Fix != "" {
+		msg += "; fix the image with: " + e.Fix
+	}
+	return msg + ": " + ErrUnsafeContent.Error()
+}
+
+// Is makes errors.Is(err, ErrUnsafeContent) true.
+func (e *UnsafeContentError) Is(target error) bool { return target == ErrUnsafeContent }
 
 // VerificationError says content hashed to Got where Want was expected.
 // It matches ErrVerification with errors.Is.

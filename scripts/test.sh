@@ -74,6 +74,8 @@ fuzz ./server FuzzValidRef
 fuzz ./ref FuzzParse
 fuzz ./checksum FuzzParse
 fuzz ./qcow2 FuzzReadHeader
+fuzz ./qcow2 FuzzHeaderRoundTrip
+fuzz ./qcow2 FuzzHeaderBuffer
 fuzz ./cache FuzzDecodeIndex
 fuzz ./blob/s3 FuzzParseURL
 echo "== all tests passed"

@@ -19,6 +19,7 @@ import (
 	"github.com/depot-images/depot/catalog"
 	"github.com/depot-images/depot/errdefs"
 	"github.com/depot-images/depot/format"
+	"github.com/depot-images/depot/qcow2"
 )
 
 func noContent(img catalog.Image) error {
@@ -311,7 +312,8 @@ func (s *Server) putContent(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var sniff format.Sniffer
-	body := bodyReader{io.TeeReader(http.MaxBytesReader(w, r.Body, s.cfg.MaxContentSize), &sniff)}
+	var qhead qcow2.HeaderBuffer
+	body := bodyReader{io.TeeReader(http.MaxBytesReader(w, r.Body, s.cfg.MaxContentSize), io.MultiWriter(&sniff, &qhead))}
 	n, err := copyFull(bw, body, make([]byte, 1<<20))
 	s.metrics.bytesReceived.Add(float64(n))
 	if err != nil {
@@ -335,6 +337,11 @@ func (s *Server) putContent(w http.ResponseWriter, r *http.Request) {
 				return
 			}
 		}
+	}
+	if err := checkPortable(sniff.Format(), &qhead); err != nil {
+		bw.Close()
+		s.fail(w, r, err)
+		return
 	}
 	s.commitMu.RLock()
 	defer s.commitMu.RUnlock()

@@ -38,7 +38,7 @@ func TestRedirectContent(t *testing.T) {
 		t.Fatal(err)
 	}
 	e := newEnv(t, func(c *Config) { c.Blobs = st; c.RedirectContent = time.Minute })
-	data := qcow2(t)
+	data := qcow2Image(t)
 	e.writer.CreateImage(ctx, api.CreateImageRequest{Name: "r"})
 	if _, err := e.writer.PushContent(ctx, "r", bytes.NewReader(data), int64(len(data)), client.PushOptions{}); err != nil {
 		t.Fatal(err)

@@ -133,7 +133,7 @@ func randData(t *testing.T, n int) []byte {
 
 var ctx = context.Background()
 
-func qcow2(t *testing.T) []byte {
+func qcow2Image(t *testing.T) []byte {
 	t.Helper()
 	testenv.Need(t, "qemu-img")
 	p := filepath.Join(t.TempDir(), "x.qcow2")
@@ -159,7 +159,7 @@ func TestSeed004Flow(t *testing.T) {
 	if resp.StatusCode != 200 || img.UID != uid || img.Name != "NewImage" || img.Content != nil || img.Parent != nil {
 		t.Fatalf("get by name: %d %s", resp.StatusCode, env.Data)
 	}
-	data := qcow2(t)
+	data := qcow2Image(t)
 	resp, env, _ = e.raw("PUT", "/api/v1/image/NewImage/content", "writer", data, map[string]string{api.HeaderDigest: digest.FromBytes(data).String()})
 	if resp.StatusCode != 200 {
 		t.Fatalf("put: %d %+v", resp.StatusCode, env)

@@ -385,7 +385,7 @@ func (m *Manager) checkout(ctx context.Context, img api.Image) (Status, error) {
 		err = unpackTar(ctx, base.Path, base.Format, filepath.Join(tmp, "root"))
 	case format.QCOW2, format.Raw:
 		meta.Kind, meta.Overlay = Overlay, "overlay-0.qcow2"
-		err = run(ctx, "qemu-img", "create", "-q", "-f", "qcow2", "-b", base.Path, "-F", base.Format, filepath.Join(tmp, meta.Overlay))
+		err = createOverlay(ctx, base, filepath.Join(tmp, meta.Overlay))
 	default:
 		err = fmt.Errorf("images in format %q cannot be edited (squashfs, tar, qcow2 and raw can): %w", base.Format, errdefs.ErrInvalidArgument)
 	}
@@ -558,7 +558,7 @@ func (m *Manager) Commit(ctx context.Context, ref string, o CommitOptions) (Comm
 	out := filepath.Join(dir, "commit.out")
 	os.Remove(out)
 	defer os.Remove(out)
-	if err := repack(ctx, dir, meta, out); err != nil {
+	if err := m.repack(ctx, dir, meta, out); err != nil {
 		return CommitResult{}, err
 	}
 	// Hash first (one pass, sha256 and BLAKE3 together), record the pending
@@ -617,10 +617,21 @@ func (m *Manager) Commit(ctx context.Context, ref string, o CommitOptions) (Comm
 	return res, nil
 }
 
-func repack(ctx context.Context, dir string, meta Meta, out string) error {
+func (m *Manager) repack(ctx context.Context, dir string, meta Meta, out string) error {
 	switch {
 	case meta.Kind == Overlay:
-		return run(ctx, "qemu-img", "convert", "-O", meta.BaseFormat, filepath.Join(dir, meta.Overlay), out)
+		// The base and its chain, verified again (locally, no network);
+		// qemu-img then opens exactly them, whatever the overlay's header
+		// says by now.
+		base, err := m.Cache.Ensure(ctx, meta.UID+"@"+meta.Base.String(), cache.EnsureOptions{Policy: cache.Never})
+		if err != nil {
+			return fmt.Errorf("the workspace's base %s: %w", meta.Base, err)
+		}
+		spec, err := pinnedSpec(filepath.Join(dir, meta.Overlay), base)
+		if err != nil {
+			return err
+		}
+		return run(ctx, "qemu-img", "convert", "-O", meta.BaseFormat, spec, out)
 	case meta.BaseFormat == format.Squashfs:
 		// Reproducible: no mkfs timestamp; entries are sorted by mksquashfs.
 		return run(ctx, "mksquashfs", filepath.Join(dir, "root"), out, "-noappend", "-quiet", "-no-progress", "-mkfs-time", "0")
@@ -645,7 +656,7 @@ func (m *Manager) rebase(ctx context.Context, meta Meta, uid, name string, base 
 	old := meta.Overlay
 	if meta.Kind == Overlay {
 		meta.Overlay = fmt.Sprintf("overlay-%d.qcow2", meta.Commits+1)
-		if err := run(ctx, "qemu-img", "create", "-q", "-f", "qcow2", "-b", base.Path, "-F", meta.BaseFormat, filepath.Join(dir, meta.Overlay)); err != nil {
+		if err := createOverlay(ctx, base, filepath.Join(dir, meta.Overlay)); err != nil {
 			return err
 		}
 	}
