@@ -77,5 +77,6 @@ fuzz ./qcow2 FuzzReadHeader
 fuzz ./qcow2 FuzzHeaderRoundTrip
 fuzz ./qcow2 FuzzHeaderBuffer
 fuzz ./cache FuzzDecodeIndex
+fuzz ./cache FuzzIndexRoundTrip
 fuzz ./blob/s3 FuzzParseURL
 echo "== all tests passed"

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -114,6 +115,34 @@ func (e *env) raw(method, path, role string, body []byte, hdr map[string]string)
 		}
 	}
 	return resp, env, data
+}
+
+// waitHandled polls the server's request counter until route has answered
+// n requests: the handler has returned, whatever it did.
+func (e *env) waitHandled(route string, n int) {
+	e.t.Helper()
+	prefix := `depot_http_requests_total{route="` + route + `"`
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		resp, err := http.Get(e.url + "/metrics")
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		total := 0.0
+		for _, line := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(line, prefix) {
+				f, _ := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64)
+				total += f
+			}
+		}
+		if total >= float64(n) {
+			return
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatalf("%s answered %v requests, want %d", route, total, n)
+		}
+	}
 }
 
 func (e *env) blobCount() int {
@@ -594,7 +623,7 @@ func TestTruncatedUploadStoresNothing(t *testing.T) {
 	pw.Write(make([]byte, 512<<10))
 	pw.CloseWithError(errors.New("client died"))
 	<-done
-	time.Sleep(100 * time.Millisecond) // let the handler notice the cut
+	e.waitHandled(`PUT /api/v1/image/{ref}/content`, 1) // the handler has seen the cut and returned
 	if e.blobCount() != before {
 		t.Fatalf("truncated upload committed a blob")
 	}

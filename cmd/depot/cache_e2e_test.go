@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/json"
+	"errors"
 	"io"
 	mrand "math/rand/v2"
 	"net"
@@ -25,6 +26,7 @@ import (
 	"github.com/depot-images/depot/api"
 	"github.com/depot-images/depot/cli"
 	"github.com/depot-images/depot/client"
+	"github.com/depot-images/depot/errdefs"
 	"github.com/depot-images/depot/testenv"
 )
 
@@ -239,7 +241,20 @@ func TestCLIDigestUnavailableExitCode(t *testing.T) {
 	h.kill9()
 	h = startServe(t, data, "--keep-revisions", "1", "--gc-grace", "0s", "--gc-interval", "1h")
 	env[0] = "DEPOT_SERVER=" + h.url
-	time.Sleep(200 * time.Millisecond) // the first GC pass runs at start
+	// The first GC pass runs at start: wait until it has deleted d1.
+	c, _ = client.New(h.url, adminToken(t, data))
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		rc, err := c.OpenBlob(context.Background(), d1, 0, -1)
+		if errors.Is(err, errdefs.ErrNotFound) {
+			break
+		}
+		if err == nil {
+			rc.Close()
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("GC at start did not delete %s: %v", d1, err)
+		}
+	}
 	_, errs, code := run(t, env, "pull", "moving@"+d1.String())
 	if code != cli.ExitDigestGone || !strings.Contains(errs, d1.String()) || !strings.Contains(errs, d2.String()) {
 		t.Fatalf("exit %d %q; want %d naming %s and %s", code, errs, cli.ExitDigestGone, d1, d2)
