@@ -80,7 +80,7 @@ the changed ones. Exit code 9 when anything was corrupt or missing.`,
 				tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 				fmt.Fprintln(tw, "DIGEST\tSIZE\tSTATUS\tLEASED\tREFS\tDETAIL")
 				for _, r := range res {
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%s\t%s\n", shortDigest(r.Digest.String()), humanBytes(r.Size), r.Status, r.Leased, strings.Join(r.Refs, ","), r.Detail)
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%s\t%s\n", shortDigest(r.Digest.String()), humanBytes(r.Size), r.Status, r.Leased, inert(strings.Join(r.Refs, ",")), inert(r.Detail))
 				}
 				tw.Flush()
 				fmt.Fprintf(w, "%d blobs, %s in %.1fs (%.0f MB/s); %d bad\n", len(res), humanBytes(bytes), secs, float64(bytes)/secs/1e6, bad)
@@ -127,7 +127,7 @@ func runSourceCheck(ctx context.Context, g *globals, c *cache.Cache, refresh boo
 			if r.Refreshed {
 				status += " (refreshed)"
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", r.Ref, shortDigest(r.Cached.String()), shortDigest(r.Upstream.String()), status, r.Detail)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", inert(r.Ref), shortDigest(r.Cached.String()), inert(shortDigest(r.Upstream.String())), status, inert(r.Detail))
 		}
 		tw.Flush()
 	})
@@ -151,7 +151,9 @@ func newLeaseCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return g.emit(img, func(w io.Writer) { fmt.Fprintf(w, "leased %s (%s) to %s\n%s\n", args[0], img.Digest, holder, img.Path) })
+			return g.emit(img, func(w io.Writer) {
+				fmt.Fprintf(w, "leased %s (%s) to %s\n%s\n", inert(args[0]), img.Digest, inert(holder), inert(img.Path))
+			})
 		},
 	}
 	add.Flags().StringVar(&holder, "holder", "", "who holds the lease (a VM or job ID)")
@@ -182,7 +184,7 @@ func newLeaseCmd(g *globals) *cobra.Command {
 							exp += " (expired)"
 						}
 					}
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", l.Holder, shortDigest(l.Digest.String()), l.Ref, l.Created.Local().Format(time.DateTime), exp)
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", inert(l.Holder), shortDigest(l.Digest.String()), inert(l.Ref), l.Created.Local().Format(time.DateTime), exp)
 				}
 				tw.Flush()
 			})
@@ -209,7 +211,7 @@ func newLeaseCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return g.emit(map[string]any{"holder": rmHolder, "released": n}, func(w io.Writer) { fmt.Fprintf(w, "released %d leases of %s\n", n, rmHolder) })
+			return g.emit(map[string]any{"holder": rmHolder, "released": n}, func(w io.Writer) { fmt.Fprintf(w, "released %d leases of %s\n", n, inert(rmHolder)) })
 		},
 	}
 	rm.Flags().StringVar(&rmHolder, "holder", "", "the lease holder")
@@ -309,10 +311,10 @@ func printPrune(w io.Writer, rep cache.PruneReport) {
 		fmt.Fprintf(w, "expired leases reaped: %d\n", rep.LeasesReaped)
 	}
 	for _, k := range rep.Kept {
-		fmt.Fprintf(w, "kept %s\n", k)
+		fmt.Fprintf(w, "kept %s\n", inert(k))
 	}
 	for _, o := range rep.Orphans {
-		fmt.Fprintf(w, "orphan %s (%s): %s; %s\n", o.Ref, shortDigest(o.Digest.String()), o.Reason, o.Next)
+		fmt.Fprintf(w, "orphan %s (%s): %s; %s\n", inert(o.Ref), shortDigest(o.Digest.String()), inert(o.Reason), inert(o.Next))
 	}
 }
 

@@ -177,7 +177,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	if jsonOut {
 		json.NewEncoder(stderr).Encode(map[string]any{"success": false, "error": err.Error(), "exit_code": code})
 	} else {
-		fmt.Fprintf(stderr, "depot: %v\n", err)
+		fmt.Fprintf(stderr, "depot: %s\n", inert(err.Error()))
 		if code == ExitUsage {
 			fmt.Fprintln(stderr, "Run 'depot --help' for usage.")
 		}

@@ -108,7 +108,7 @@ func newTokenLsCmd(g *globals) *cobra.Command {
 				tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 				fmt.Fprintln(tw, "ID\tSUBJECT\tROLE\tCREATED\tBY")
 				for _, t := range toks {
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", t.ID, t.Subject, t.Role, fmtTime(t.Created), t.CreatedBy)
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", inert(t.ID), inert(t.Subject), inert(t.Role), fmtTime(t.Created), inert(t.CreatedBy))
 				}
 				tw.Flush()
 			})
@@ -129,7 +129,7 @@ func newTokenRmCmd(g *globals) *cobra.Command {
 			if err := c.DeleteToken(cmd.Context(), args[0]); err != nil {
 				return err
 			}
-			return g.emit(map[string]string{"revoked": args[0]}, func(w io.Writer) { fmt.Fprintf(w, "revoked %s\n", args[0]) })
+			return g.emit(map[string]string{"revoked": args[0]}, func(w io.Writer) { fmt.Fprintf(w, "revoked %s\n", inert(args[0])) })
 		},
 	}
 }
