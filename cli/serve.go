@@ -28,6 +28,7 @@ import (
 	"github.com/depot-images/depot/catalog/bolt"
 	etcdcat "github.com/depot-images/depot/catalog/etcd"
 	"github.com/depot-images/depot/errdefs"
+	"github.com/depot-images/depot/internal/size"
 	"github.com/depot-images/depot/server"
 )
 
@@ -44,7 +45,7 @@ type serveOptions struct {
 	keepRevisions  int
 	gcInterval     time.Duration
 	gcGrace        time.Duration
-	maxContentSize int64
+	maxContentSize size.Bytes
 	logFormat      string
 	etcdCA         string
 	etcdCert       string
@@ -67,7 +68,8 @@ func (o *serveOptions) AddFlags(f *pflag.FlagSet) {
 	f.IntVar(&o.keepRevisions, "keep-revisions", 3, "content revisions retained per image (current included)")
 	f.DurationVar(&o.gcInterval, "gc-interval", time.Minute, "how often unreferenced blobs are collected")
 	f.DurationVar(&o.gcGrace, "gc-grace", 15*time.Minute, "how long an unreferenced blob is kept so in-flight downloads finish")
-	f.Int64Var(&o.maxContentSize, "max-content-size", 1<<40, "largest accepted content upload, bytes")
+	o.maxContentSize = 1 << 40
+	f.Var(&o.maxContentSize, "max-content-size", "largest accepted content upload, e.g. 500G (binary units)")
 	f.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
 }
 
@@ -177,7 +179,7 @@ func runServe(ctx context.Context, g *globals, o *serveOptions) error {
 		GCLeader: leader,
 		Catalog:  cat, Blobs: blobs, Auth: authority, Logger: log,
 		AllowAnonymousRead: o.anonRead, KeepRevisions: o.keepRevisions,
-		GCInterval: o.gcInterval, GCGrace: graceFor(o.gcGrace), MaxContentSize: o.maxContentSize,
+		GCInterval: o.gcInterval, GCGrace: graceFor(o.gcGrace), MaxContentSize: int64(o.maxContentSize),
 		RedirectContent: redirectFor(o),
 	})
 	if err != nil {
