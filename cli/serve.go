@@ -9,9 +9,12 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -59,7 +62,7 @@ func (o *serveOptions) AddFlags(f *pflag.FlagSet) {
 	f.StringVar(&o.etcdCA, "etcd-ca", envOr("DEPOT_ETCD_CA", ""), "PEM file of the CA that signed the etcd members' certificates, for an etcds:// catalog (default: the system's roots; env DEPOT_ETCD_CA)")
 	f.StringVar(&o.etcdCert, "etcd-cert", envOr("DEPOT_ETCD_CERT", ""), "client certificate (PEM) for an etcds:// catalog whose members require one (env DEPOT_ETCD_CERT)")
 	f.StringVar(&o.etcdKey, "etcd-key", envOr("DEPOT_ETCD_KEY", ""), "private key (PEM) of --etcd-cert (env DEPOT_ETCD_KEY)")
-	f.StringVar(&o.blobsDir, "blobs", envOr("DEPOT_BLOBS", ""), "blob store: a directory (default --data; several heads may share one on a filesystem with atomic rename), or s3://bucket[/prefix]?endpoint=[http://]host:port (env DEPOT_BLOBS)")
+	f.StringVar(&o.blobsDir, "blobs", envOr("DEPOT_BLOBS", ""), "blob store: a directory, as a path or file:///abs/path (default --data; several heads may share one on a filesystem with atomic rename), or s3://bucket[/prefix]?endpoint=[http://]host:port (env DEPOT_BLOBS)")
 	f.StringVar(&o.s3AccessKey, "s3-access-key", envOr("DEPOT_S3_ACCESS_KEY", ""), "S3 access key; empty uses AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, MINIO_ROOT_USER/MINIO_ROOT_PASSWORD, ~/.aws/credentials or the IAM role (env DEPOT_S3_ACCESS_KEY)")
 	f.StringVar(&o.s3SecretFile, "s3-secret-key-file", envOr("DEPOT_S3_SECRET_KEY_FILE", ""), "file holding the S3 secret key for --s3-access-key (env DEPOT_S3_SECRET_KEY_FILE)")
 	f.BoolVar(&o.redirect, "redirect-content", false, "answer content and blob downloads with a 307 to a presigned URL of the object store (s3:// blobs only), so this head does not carry the bytes")
@@ -93,7 +96,46 @@ func (o *serveOptions) Validate() error {
 	case (o.s3AccessKey == "") != (o.s3SecretFile == ""):
 		return usageError{errors.New("--s3-access-key and --s3-secret-key-file go together")}
 	}
+	if _, _, err := blobsDir(o.blobsDir); err != nil {
+		return err
+	}
 	return nil
+}
+
+// schemeRE is the start of a URL: a scheme (RFC 3986) and a colon.
+var schemeRE = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9+.-]*:`)
+
+// blobsDir reads --blobs: "" (the data directory), a plain path, or
+// file:///abs/path give a directory; s3:// is a bucket (ok false, read by
+// s3.ParseURL). Any other scheme, and a file URL with a host, a relative or
+// empty path, a query or a fragment, is a usage error: a typo must not
+// become a directory of that name.
+func blobsDir(v string) (dir string, ok bool, err error) {
+	switch {
+	case strings.HasPrefix(v, "s3://"):
+		return "", false, nil
+	case v == "" || strings.HasPrefix(v, "/") || strings.HasPrefix(v, ".") || !schemeRE.MatchString(v):
+		return v, true, nil
+	}
+	bad := func(why string) (string, bool, error) {
+		return "", false, usageError{fmt.Errorf("--blobs %q: %s; want a directory (a path, or file:///abs/path) or s3://bucket[/prefix]?endpoint=host:port", v, why)}
+	}
+	u, err := url.Parse(v)
+	switch {
+	case err != nil:
+		return bad("not a URL")
+	case !strings.EqualFold(u.Scheme, "file"):
+		return bad("unknown scheme " + strconv.Quote(u.Scheme) + " (write a relative directory with a colon in its name as ./name)")
+	case u.Opaque != "" || !strings.HasPrefix(u.Path, "/"):
+		return bad("a file URL needs an absolute path")
+	case u.Host != "" && u.Host != "localhost":
+		return bad("a file URL names a directory on this host, not on " + strconv.Quote(u.Host))
+	case u.User != nil || u.RawQuery != "" || u.ForceQuery || u.Fragment != "":
+		return bad("a file URL has no user, query or fragment")
+	case filepath.Clean(u.Path) == "/":
+		return bad("not the root directory")
+	}
+	return filepath.Clean(u.Path), true, nil
 }
 
 func defaultDataDir() string {
@@ -282,8 +324,11 @@ func bootstrapAdmin(ctx context.Context, g *globals, cat catalog.Catalog, a *aut
 // openBlobs opens the blob store --blobs names: a directory (default the data
 // directory) or an S3 bucket.
 func openBlobs(ctx context.Context, o *serveOptions) (blob.Store, error) {
-	if !strings.HasPrefix(o.blobsDir, "s3://") {
-		root := o.blobsDir
+	root, isDir, err := blobsDir(o.blobsDir)
+	if err != nil {
+		return nil, err
+	}
+	if isDir {
 		if root == "" {
 			root = o.data
 		}
