@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
@@ -200,6 +201,9 @@ func runServe(ctx context.Context, g *globals, o *serveOptions) error {
 		return err
 	}
 	defer cat.Close()
+	if err := recordCatalogKind(log, o.data, catalogKindOf(o)); err != nil {
+		return err
+	}
 	blobs, err := openBlobs(ctx, o)
 	if err != nil {
 		return err
@@ -273,6 +277,57 @@ func openCatalog(ctx context.Context, o *serveOptions) (catalog.Catalog, error) 
 		}
 	}
 	return etcdcat.Open(ctx, eps, "/"+strings.Trim(prefix, "/")+"/", tlsCfg)
+}
+
+// catalogKindFile, in the data directory, names the catalog the head on it
+// uses: "bbolt" (catalog.db beside it) or "etcd". depot serve writes it at
+// start; depot token create --data reads it, so it never mints into a
+// catalog no head reads.
+const catalogKindFile = "catalog-kind"
+
+// The kinds of catalog, as catalogKindFile names them.
+const (
+	catalogBolt = "bbolt"
+	catalogEtcd = "etcd"
+)
+
+func catalogKindOf(o *serveOptions) string {
+	if o.catalogURL == "" {
+		return catalogBolt
+	}
+	return catalogEtcd
+}
+
+// recordCatalogKind writes kind to the data directory's catalogKindFile,
+// durably, unless it already says so.
+func recordCatalogKind(log *slog.Logger, data, kind string) error {
+	path := filepath.Join(data, catalogKindFile)
+	old, err := readCatalogKind(data)
+	switch {
+	case err != nil && !errors.Is(err, fs.ErrNotExist):
+		return err
+	case old == kind:
+		return nil
+	case old != "":
+		log.Warn("this data directory's head used another catalog before", "was", old, "now", kind)
+	}
+	if err := atomicfile.Write(path, []byte(kind+"\n"), 0o644, true); err != nil {
+		return fmt.Errorf("record the catalog kind: %w", err)
+	}
+	return nil
+}
+
+// readCatalogKind reads catalogKindFile; a missing file is fs.ErrNotExist.
+func readCatalogKind(data string) (string, error) {
+	b, err := os.ReadFile(filepath.Join(data, catalogKindFile))
+	if err != nil {
+		return "", err
+	}
+	kind := strings.TrimSpace(string(b))
+	if kind != catalogBolt && kind != catalogEtcd {
+		return "", fmt.Errorf("%s: unknown catalog kind %q: %w", filepath.Join(data, catalogKindFile), kind, errdefs.ErrCorrupt)
+	}
+	return kind, nil
 }
 
 // etcdTLS is the client TLS configuration for an etcds:// catalog: the CA
