@@ -11,7 +11,9 @@ import (
 )
 
 // Write replaces path with data, created with mode. With durable, the data
-// is fsynced before the rename.
+// is fsynced before the rename and the directory after it, so once Write
+// returns, the new content survives a power loss under its name (a rename
+// is a change to the directory, which a file fsync does not cover).
 func Write(path string, data []byte, mode os.FileMode, durable bool) error {
 	f, err := os.CreateTemp(filepath.Dir(path), ".tmp-*")
 	if err != nil {
@@ -35,7 +37,13 @@ func Write(path string, data []byte, mode os.FileMode, durable bool) error {
 	if err := f.Close(); err != nil {
 		return err
 	}
-	return os.Rename(f.Name(), path)
+	if err := os.Rename(f.Name(), path); err != nil {
+		return err
+	}
+	if durable {
+		return SyncDir(filepath.Dir(path))
+	}
+	return nil
 }
 
 // SyncDir fsyncs a directory, making renames and removals in it durable.

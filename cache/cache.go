@@ -14,6 +14,9 @@
 //	locks/<hex>.lock          flock: one transfer per digest across processes
 //	index/pointers/<h>.json   pointer key → digest, resolved_at (h = sha256(key))
 //	index/blobs/<hex>.json    size, BLAKE3, format, verified_at, last_used, stat fingerprint
+//	leases/<h>.json           a holder's lease on a digest (h from holder and digest)
+//	quarantine/<hex>.<time>   a blob that failed verification, kept for forensics
+//	work/<uid>/               edit workspaces (package workspace)
 //
 // Many processes share one cache: index files are replaced by atomic rename,
 // blobs appear only by rename after verification, and a per-digest flock

@@ -3,8 +3,8 @@
 //
 // The catalog never touches blob bytes. It records which digests images
 // reference so that the server can garbage-collect blobs nobody references.
-// Backends (catalog/bolt today; etcd later) implement Catalog and run the
-// conformance suite in catalog/catalogtest.
+// Backends (catalog/bolt, one head; catalog/etcd, several heads) implement
+// Catalog and run the conformance suite in catalog/catalogtest.
 //
 // All multi-key changes go through Images.Update, an atomic read-modify-write:
 // the backend maintains the name index and adjusts reference counts from the

@@ -161,14 +161,14 @@ func runEnsure(cmd *cobra.Command, g *globals, o *cacheOptions, refStr string, p
 	}
 	return g.emit(img, func(w io.Writer) {
 		if img.Offline {
-			fmt.Fprintf(g.stderr, "depot: %s: source unreachable; using the last resolved copy %s\n", refStr, img.Digest)
+			fmt.Fprintf(g.stderr, "depot: %s: source unreachable; using the last resolved copy %s\n", inert(refStr), img.Digest)
 		}
 		switch {
 		case pathOnly:
-			fmt.Fprintln(w, img.Path)
+			fmt.Fprintln(w, inert(img.Path))
 			if o.printChain {
 				for _, l := range img.Chain {
-					fmt.Fprintln(w, l.Path)
+					fmt.Fprintln(w, inert(l.Path))
 				}
 			}
 		default:
@@ -176,9 +176,9 @@ func runEnsure(cmd *cobra.Command, g *globals, o *cacheOptions, refStr string, p
 			if img.Fetched {
 				verb = "fetched"
 			}
-			fmt.Fprintf(w, "%s: %s %s (%s, %s)\n%s\n", refStr, verb, img.Digest, img.Format, humanBytes(img.Size), img.Path)
+			fmt.Fprintf(w, "%s: %s %s (%s, %s)\n%s\n", inert(refStr), verb, img.Digest, inert(img.Format), humanBytes(img.Size), inert(img.Path))
 			for _, l := range img.Chain {
-				fmt.Fprintf(w, "  backing: %s %s\n", l.Digest, l.Path)
+				fmt.Fprintf(w, "  backing: %s %s\n", l.Digest, inert(l.Path))
 			}
 		}
 	})
@@ -214,13 +214,13 @@ func newCacheCmd(g *globals) *cobra.Command {
 				for _, e := range ents {
 					var refs []string
 					for _, p := range e.Pointers {
-						refs = append(refs, p.Ref)
+						refs = append(refs, inert(p.Ref))
 					}
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", shortDigest(e.Record.Digest.String()), e.Record.Format, humanBytes(e.Record.Size),
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", shortDigest(e.Record.Digest.String()), inert(e.Record.Format), humanBytes(e.Record.Size),
 						strings.Join(e.States, ","), e.Record.LastUsed.Local().Format("2006-01-02 15:04"), e.Record.VerifiedAt.Local().Format("2006-01-02 15:04"), strings.Join(refs, ","))
 				}
 				for _, q := range quarantined {
-					fmt.Fprintf(tw, "%s\t\t\tcorrupt (quarantined)\t\t\t\n", q)
+					fmt.Fprintf(tw, "%s\t\t\tcorrupt (quarantined)\t\t\t\n", inert(q))
 				}
 				tw.Flush()
 			})
@@ -247,7 +247,7 @@ func newRmCmd(g *globals) *cobra.Command {
 				return err
 			}
 			return g.emit(map[string]any{"removed": args[0], "deleted_blobs": deleted}, func(w io.Writer) {
-				fmt.Fprintf(w, "removed %s (%d blobs deleted)\n", args[0], len(deleted))
+				fmt.Fprintf(w, "removed %s (%d blobs deleted)\n", inert(args[0]), len(deleted))
 			})
 		},
 	}

@@ -64,13 +64,13 @@ func newImageLsCmd(g *globals) *cobra.Command {
 				fmt.Fprintln(tw, "NAME\tFMT\tSIZE\tDIGEST\tFROZEN\tMODIFIED")
 				for _, img := range imgs {
 					if showUIDs {
-						fmt.Fprint(tw, img.UID+"\t")
+						fmt.Fprint(tw, inert(img.UID)+"\t")
 					}
 					f, size, d := "-", "-", "-"
 					if img.Content != nil {
-						f, size, d = img.Content.Fmt, humanBytes(img.Content.Size), shortDigest(img.Content.Chksum)
+						f, size, d = inert(img.Content.Fmt), humanBytes(img.Content.Size), inert(shortDigest(img.Content.Chksum))
 					}
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\t%s\n", img.Name, f, size, d, img.Frozen, fmtTime(img.LastModified))
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\t%s\n", inert(img.Name), f, size, d, img.Frozen, fmtTime(img.LastModified))
 				}
 				tw.Flush()
 			})
@@ -124,7 +124,7 @@ func newImageCreateCmd(g *globals) *cobra.Command {
 				return err
 			}
 			return g.emit(map[string]string{"uid": uid, "name": args[0]}, func(w io.Writer) {
-				fmt.Fprintf(w, "created %s (uid %s)\n", args[0], uid)
+				fmt.Fprintf(w, "created %s (uid %s)\n", inert(args[0]), inert(uid))
 			})
 		},
 	}
@@ -159,18 +159,18 @@ func printImage(w io.Writer, img api.Image) {
 		if p == nil {
 			return "-"
 		}
-		return *p
+		return inert(*p)
 	}
 	fmt.Fprintf(w, "name:          %s\nuid:           %s\ndescription:   %s\nfrozen:        %v\nparent:        %s\ndistro:        %s\n",
-		img.Name, img.UID, img.Description, img.Frozen, deref(img.Parent), deref(img.Distro))
-	fmt.Fprintf(w, "last modified: %s by %s\n", fmtTime(img.LastModified), img.LastModifiedBy)
+		inert(img.Name), inert(img.UID), inert(img.Description), img.Frozen, deref(img.Parent), deref(img.Distro))
+	fmt.Fprintf(w, "last modified: %s by %s\n", fmtTime(img.LastModified), inert(img.LastModifiedBy))
 	if img.Content == nil {
 		fmt.Fprintln(w, "content:       none")
 		return
 	}
 	c := img.Content
 	fmt.Fprintf(w, "content:       %s, %s (%d bytes)\n  chksum:      %s\n  uploaded:    %s by %s\n",
-		c.Fmt, humanBytes(c.Size), c.Size, c.Chksum, fmtTime(c.MTime), c.LastModifiedBy)
+		inert(c.Fmt), humanBytes(c.Size), c.Size, inert(c.Chksum), fmtTime(c.MTime), inert(c.LastModifiedBy))
 	fmt.Fprintf(w, "revisions:     %d retained\n", len(img.History))
 }
 
@@ -242,7 +242,7 @@ func newImageCloneCmd(g *globals) *cobra.Command {
 				return err
 			}
 			return g.emit(map[string]string{"uid": uid, "name": args[1]}, func(w io.Writer) {
-				fmt.Fprintf(w, "cloned %s to %s (uid %s)\n", args[0], args[1], uid)
+				fmt.Fprintf(w, "cloned %s to %s (uid %s)\n", inert(args[0]), inert(args[1]), inert(uid))
 			})
 		},
 	}
@@ -261,7 +261,7 @@ func newImageRmCmd(g *globals) *cobra.Command {
 			if err := c.DeleteImage(cmd.Context(), args[0]); err != nil {
 				return err
 			}
-			return g.emit(map[string]string{"deleted": args[0]}, func(w io.Writer) { fmt.Fprintf(w, "deleted %s\n", args[0]) })
+			return g.emit(map[string]string{"deleted": args[0]}, func(w io.Writer) { fmt.Fprintf(w, "deleted %s\n", inert(args[0])) })
 		},
 	}
 }
@@ -288,7 +288,7 @@ func newImageHistoryCmd(g *globals) *cobra.Command {
 					if r.Current {
 						cur = "*"
 					}
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", cur, r.Chksum, r.Fmt, humanBytes(r.Size), fmtTime(r.MTime), r.By, r.Message)
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", cur, inert(r.Chksum), inert(r.Fmt), humanBytes(r.Size), fmtTime(r.MTime), inert(r.By), inert(r.Message))
 				}
 				tw.Flush()
 			})
@@ -399,7 +399,7 @@ func runPush(cmd *cobra.Command, g *globals, c *client.Client, o *pushOptions, r
 	}
 	secs := time.Since(start).Seconds()
 	return g.emit(info, func(w io.Writer) {
-		fmt.Fprintf(w, "pushed %s: %s (%s, %s) in %.1fs, %.0f MB/s\n", ref, info.Chksum, info.Fmt, humanBytes(info.Size), secs, float64(info.Size)/secs/1e6)
+		fmt.Fprintf(w, "pushed %s: %s (%s, %s) in %.1fs, %.0f MB/s\n", inert(ref), inert(info.Chksum), inert(info.Fmt), humanBytes(info.Size), secs, float64(info.Size)/secs/1e6)
 	})
 }
 

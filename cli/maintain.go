@@ -22,6 +22,7 @@ import (
 
 	"github.com/depot-images/depot/cache"
 	"github.com/depot-images/depot/errdefs"
+	"github.com/depot-images/depot/internal/size"
 )
 
 // errBadBlobs makes verify exit non-zero when anything was bad.
@@ -30,7 +31,7 @@ var errBadBlobs = fmt.Errorf("some cached blobs are corrupt or missing (see abov
 type verifyOptions struct {
 	cacheOptions
 	full, repair, sources, refresh bool
-	rate                           int64
+	rate                           size.Bytes
 }
 
 func newVerifyCmd(g *globals) *cobra.Command {
@@ -54,7 +55,7 @@ the changed ones. Exit code 9 when anything was corrupt or missing.`,
 			if o.sources {
 				return runSourceCheck(cmd.Context(), g, c, o.refresh)
 			}
-			vo := cache.VerifyOptions{Full: o.full, Repair: o.repair, RateLimit: o.rate}
+			vo := cache.VerifyOptions{Full: o.full, Repair: o.repair, RateLimit: int64(o.rate)}
 			for _, a := range args {
 				d, err := digestOf(cmd.Context(), c, a)
 				if err != nil {
@@ -80,7 +81,7 @@ the changed ones. Exit code 9 when anything was corrupt or missing.`,
 				tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 				fmt.Fprintln(tw, "DIGEST\tSIZE\tSTATUS\tLEASED\tREFS\tDETAIL")
 				for _, r := range res {
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%s\t%s\n", shortDigest(r.Digest.String()), humanBytes(r.Size), r.Status, r.Leased, strings.Join(r.Refs, ","), r.Detail)
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%s\t%s\n", shortDigest(r.Digest.String()), humanBytes(r.Size), r.Status, r.Leased, inert(strings.Join(r.Refs, ",")), inert(r.Detail))
 				}
 				tw.Flush()
 				fmt.Fprintf(w, "%d blobs, %s in %.1fs (%.0f MB/s); %d bad\n", len(res), humanBytes(bytes), secs, float64(bytes)/secs/1e6, bad)
@@ -100,7 +101,7 @@ the changed ones. Exit code 9 when anything was corrupt or missing.`,
 	cmd.Flags().BoolVar(&o.repair, "repair", false, "re-fetch corrupt or missing blobs from their source")
 	cmd.Flags().BoolVar(&o.sources, "sources", false, "check each entry against its source (no bodies downloaded)")
 	cmd.Flags().BoolVar(&o.refresh, "refresh", false, "with --sources: fetch entries that changed upstream")
-	cmd.Flags().Int64Var(&o.rate, "rate", 0, "cap on bytes read per second (0: none)")
+	cmd.Flags().Var(&o.rate, "rate", "cap on bytes read per second, e.g. 200M (0: none)")
 	return cmd
 }
 
@@ -127,7 +128,7 @@ func runSourceCheck(ctx context.Context, g *globals, c *cache.Cache, refresh boo
 			if r.Refreshed {
 				status += " (refreshed)"
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", r.Ref, shortDigest(r.Cached.String()), shortDigest(r.Upstream.String()), status, r.Detail)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", inert(r.Ref), shortDigest(r.Cached.String()), inert(shortDigest(r.Upstream.String())), status, inert(r.Detail))
 		}
 		tw.Flush()
 	})
@@ -151,7 +152,9 @@ func newLeaseCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return g.emit(img, func(w io.Writer) { fmt.Fprintf(w, "leased %s (%s) to %s\n%s\n", args[0], img.Digest, holder, img.Path) })
+			return g.emit(img, func(w io.Writer) {
+				fmt.Fprintf(w, "leased %s (%s) to %s\n%s\n", inert(args[0]), img.Digest, inert(holder), inert(img.Path))
+			})
 		},
 	}
 	add.Flags().StringVar(&holder, "holder", "", "who holds the lease (a VM or job ID)")
@@ -182,7 +185,7 @@ func newLeaseCmd(g *globals) *cobra.Command {
 							exp += " (expired)"
 						}
 					}
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", l.Holder, shortDigest(l.Digest.String()), l.Ref, l.Created.Local().Format(time.DateTime), exp)
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", inert(l.Holder), shortDigest(l.Digest.String()), inert(l.Ref), l.Created.Local().Format(time.DateTime), exp)
 				}
 				tw.Flush()
 			})
@@ -209,7 +212,7 @@ func newLeaseCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return g.emit(map[string]any{"holder": rmHolder, "released": n}, func(w io.Writer) { fmt.Fprintf(w, "released %d leases of %s\n", n, rmHolder) })
+			return g.emit(map[string]any{"holder": rmHolder, "released": n}, func(w io.Writer) { fmt.Fprintf(w, "released %d leases of %s\n", n, inert(rmHolder)) })
 		},
 	}
 	rm.Flags().StringVar(&rmHolder, "holder", "", "the lease holder")
@@ -224,48 +227,46 @@ type pruneFlags struct {
 	cacheOptions
 	dryRun  bool
 	maxAge  time.Duration
-	maxSize string
+	maxSize budgetValue
 	orphans bool
 	partAge time.Duration
 }
 
 func (o *pruneFlags) options() (cache.PruneOptions, error) {
-	po := cache.PruneOptions{DryRun: o.dryRun, MaxAge: o.maxAge, Orphans: o.orphans, PartAge: o.partAge}
-	if o.maxSize != "" {
-		n, err := parseBytes(o.maxSize)
-		if err != nil {
-			return po, usageError{fmt.Errorf("--max-size: %v", err)}
-		}
-		po.MaxSize = n
-	}
-	return po, nil
+	return cache.PruneOptions{DryRun: o.dryRun, MaxAge: o.maxAge, Orphans: o.orphans, PartAge: o.partAge, MaxSize: int64(o.maxSize)}, nil
 }
 
-// parseBytes reads "10G", "512MiB", "1000" (bytes).
-func parseBytes(s string) (int64, error) {
-	mult := int64(1)
-	u := strings.ToUpper(strings.TrimSuffix(strings.TrimSuffix(strings.TrimSpace(s), "iB"), "B"))
-	for _, x := range []struct {
-		suf string
-		m   int64
-	}{{"K", 1 << 10}, {"M", 1 << 20}, {"G", 1 << 30}, {"T", 1 << 40}} {
-		if strings.HasSuffix(u, x.suf) {
-			u, mult = strings.TrimSuffix(u, x.suf), x.m
-			break
-		}
+// budgetValue is --max-size. 0 is refused: cache.PruneOptions reads 0 as
+// "no budget", and an operator who writes 0 means either that or an empty
+// cache; which one is not for depot to guess. No budget is the flag left out.
+type budgetValue size.Bytes
+
+func (b *budgetValue) Set(s string) error {
+	var n size.Bytes
+	if err := n.Set(s); err != nil {
+		return err
 	}
-	var n int64
-	if _, err := fmt.Sscan(u, &n); err != nil || n < 0 {
-		return 0, fmt.Errorf("%q is not a size like 10G or 512M", s)
+	if n == 0 {
+		return fmt.Errorf("0 is not a budget: leave --max-size out for no size budget, or give the space cached blobs may use, like 200G: %w", errdefs.ErrInvalidArgument)
 	}
-	return n * mult, nil
+	*b = budgetValue(n)
+	return nil
 }
+
+func (b *budgetValue) String() string {
+	if *b == 0 {
+		return ""
+	}
+	return size.Format(int64(*b))
+}
+
+func (b *budgetValue) Type() string { return "size" }
 
 func (o *pruneFlags) add(cmd *cobra.Command) {
 	f := cmd.Flags()
 	f.BoolVar(&o.dryRun, "dry-run", false, "report what would be freed, delete nothing")
 	f.DurationVar(&o.maxAge, "max-age", time.Hour, "seed 000's rule: evict entries unused this long that are identical to the server's copy (negative: off)")
-	f.StringVar(&o.maxSize, "max-size", "", "size budget for cached blobs, least recently used evicted first (e.g. 200G)")
+	f.Var(&o.maxSize, "max-size", "size budget for cached blobs, least recently used evicted first, e.g. 200G (binary units: 200G = 200GB = 200GiB; not 0; default no budget)")
 	f.BoolVar(&o.orphans, "orphans", false, "also delete entries whose image the server no longer knows")
 	f.DurationVar(&o.partAge, "part-age", 24*time.Hour, "sweep partial downloads untouched this long")
 }
@@ -309,17 +310,17 @@ func printPrune(w io.Writer, rep cache.PruneReport) {
 		fmt.Fprintf(w, "expired leases reaped: %d\n", rep.LeasesReaped)
 	}
 	for _, k := range rep.Kept {
-		fmt.Fprintf(w, "kept %s\n", k)
+		fmt.Fprintf(w, "kept %s\n", inert(k))
 	}
 	for _, o := range rep.Orphans {
-		fmt.Fprintf(w, "orphan %s (%s): %s; %s\n", o.Ref, shortDigest(o.Digest.String()), o.Reason, o.Next)
+		fmt.Fprintf(w, "orphan %s (%s): %s; %s\n", inert(o.Ref), shortDigest(o.Digest.String()), inert(o.Reason), inert(o.Next))
 	}
 }
 
 type agentOptions struct {
 	pruneFlags
 	scrubEvery, sourcesEvery, pruneEvery time.Duration
-	scrubRate                            string
+	scrubRate                            size.Bytes
 	metricsAddr                          string
 	cycles                               int
 }
@@ -340,7 +341,8 @@ func newAgentCmd(g *globals) *cobra.Command {
 	o.pruneFlags.add(cmd)
 	f := cmd.Flags()
 	f.DurationVar(&o.scrubEvery, "scrub-interval", 24*time.Hour, "how often every blob is scrubbed (BLAKE3)")
-	f.StringVar(&o.scrubRate, "scrub-rate", "200M", "bytes per second the scrub may read")
+	o.scrubRate = 200 << 20
+	f.Var(&o.scrubRate, "scrub-rate", "bytes per second the scrub may read, e.g. 200M (0: no limit)")
 	f.DurationVar(&o.sourcesEvery, "revalidate-interval", time.Hour, "how often entries are checked against their sources (and refreshed)")
 	f.DurationVar(&o.pruneEvery, "prune-interval", time.Hour, "how often prune runs")
 	f.StringVar(&o.metricsAddr, "metrics-addr", "", "serve Prometheus metrics here (e.g. 127.0.0.1:9464)")
@@ -362,10 +364,7 @@ func runAgent(ctx context.Context, g *globals, o *agentOptions) error {
 	if err != nil {
 		return err
 	}
-	rate, err := parseBytes(o.scrubRate)
-	if err != nil {
-		return usageError{fmt.Errorf("--scrub-rate: %v", err)}
-	}
+	rate := int64(o.scrubRate)
 	if o.scrubEvery <= 0 || o.sourcesEvery <= 0 || o.pruneEvery <= 0 {
 		return usageError{errors.New("intervals must be positive")}
 	}

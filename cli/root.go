@@ -1,5 +1,5 @@
 // Package cli is the depot command line: cobra commands over the server,
-// client and (later) cache packages. Each command has an options struct and a
+// client, cache and workspace packages. Each command has an options struct and a
 // run function testable without a terminal. User-facing output goes to the
 // command's stdout (human text, or JSON with --json); logs go to stderr via
 // slog. This package maps the errdefs vocabulary to exit codes, in one table.
@@ -180,7 +180,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	if jsonOut {
 		json.NewEncoder(stderr).Encode(map[string]any{"success": false, "error": err.Error(), "exit_code": code})
 	} else {
-		fmt.Fprintf(stderr, "depot: %v\n", err)
+		fmt.Fprintf(stderr, "depot: %s\n", inert(err.Error()))
 		if code == ExitUsage {
 			fmt.Fprintln(stderr, "Run 'depot --help' for usage.")
 		}

@@ -6,12 +6,16 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -28,6 +32,7 @@ import (
 	"github.com/depot-images/depot/catalog/bolt"
 	etcdcat "github.com/depot-images/depot/catalog/etcd"
 	"github.com/depot-images/depot/errdefs"
+	"github.com/depot-images/depot/internal/size"
 	"github.com/depot-images/depot/server"
 )
 
@@ -44,7 +49,7 @@ type serveOptions struct {
 	keepRevisions  int
 	gcInterval     time.Duration
 	gcGrace        time.Duration
-	maxContentSize int64
+	maxContentSize size.Bytes
 	logFormat      string
 	etcdCA         string
 	etcdCert       string
@@ -58,7 +63,7 @@ func (o *serveOptions) AddFlags(f *pflag.FlagSet) {
 	f.StringVar(&o.etcdCA, "etcd-ca", envOr("DEPOT_ETCD_CA", ""), "PEM file of the CA that signed the etcd members' certificates, for an etcds:// catalog (default: the system's roots; env DEPOT_ETCD_CA)")
 	f.StringVar(&o.etcdCert, "etcd-cert", envOr("DEPOT_ETCD_CERT", ""), "client certificate (PEM) for an etcds:// catalog whose members require one (env DEPOT_ETCD_CERT)")
 	f.StringVar(&o.etcdKey, "etcd-key", envOr("DEPOT_ETCD_KEY", ""), "private key (PEM) of --etcd-cert (env DEPOT_ETCD_KEY)")
-	f.StringVar(&o.blobsDir, "blobs", envOr("DEPOT_BLOBS", ""), "blob store: a directory (default --data; several heads may share one on a filesystem with atomic rename), or s3://bucket[/prefix]?endpoint=[http://]host:port (env DEPOT_BLOBS)")
+	f.StringVar(&o.blobsDir, "blobs", envOr("DEPOT_BLOBS", ""), "blob store: a directory, as a path or file:///abs/path (default --data; several heads may share one on a filesystem with atomic rename), or s3://bucket[/prefix]?endpoint=[http://]host:port (env DEPOT_BLOBS)")
 	f.StringVar(&o.s3AccessKey, "s3-access-key", envOr("DEPOT_S3_ACCESS_KEY", ""), "S3 access key; empty uses AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, MINIO_ROOT_USER/MINIO_ROOT_PASSWORD, ~/.aws/credentials or the IAM role (env DEPOT_S3_ACCESS_KEY)")
 	f.StringVar(&o.s3SecretFile, "s3-secret-key-file", envOr("DEPOT_S3_SECRET_KEY_FILE", ""), "file holding the S3 secret key for --s3-access-key (env DEPOT_S3_SECRET_KEY_FILE)")
 	f.BoolVar(&o.redirect, "redirect-content", false, "answer content and blob downloads with a 307 to a presigned URL of the object store (s3:// blobs only), so this head does not carry the bytes")
@@ -67,7 +72,8 @@ func (o *serveOptions) AddFlags(f *pflag.FlagSet) {
 	f.IntVar(&o.keepRevisions, "keep-revisions", 3, "content revisions retained per image (current included)")
 	f.DurationVar(&o.gcInterval, "gc-interval", time.Minute, "how often unreferenced blobs are collected")
 	f.DurationVar(&o.gcGrace, "gc-grace", 15*time.Minute, "how long an unreferenced blob is kept so in-flight downloads finish")
-	f.Int64Var(&o.maxContentSize, "max-content-size", 1<<40, "largest accepted content upload, bytes")
+	o.maxContentSize = 1 << 40
+	f.Var(&o.maxContentSize, "max-content-size", "largest accepted content upload, e.g. 500G (binary units)")
 	f.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
 }
 
@@ -91,7 +97,46 @@ func (o *serveOptions) Validate() error {
 	case (o.s3AccessKey == "") != (o.s3SecretFile == ""):
 		return usageError{errors.New("--s3-access-key and --s3-secret-key-file go together")}
 	}
+	if _, _, err := blobsDir(o.blobsDir); err != nil {
+		return err
+	}
 	return nil
+}
+
+// schemeRE is the start of a URL: a scheme (RFC 3986) and a colon.
+var schemeRE = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9+.-]*:`)
+
+// blobsDir reads --blobs: "" (the data directory), a plain path, or
+// file:///abs/path give a directory; s3:// is a bucket (ok false, read by
+// s3.ParseURL). Any other scheme, and a file URL with a host, a relative or
+// empty path, a query or a fragment, is a usage error: a typo must not
+// become a directory of that name.
+func blobsDir(v string) (dir string, ok bool, err error) {
+	switch {
+	case strings.HasPrefix(v, "s3://"):
+		return "", false, nil
+	case v == "" || strings.HasPrefix(v, "/") || strings.HasPrefix(v, ".") || !schemeRE.MatchString(v):
+		return v, true, nil
+	}
+	bad := func(why string) (string, bool, error) {
+		return "", false, usageError{fmt.Errorf("--blobs %q: %s; want a directory (a path, or file:///abs/path) or s3://bucket[/prefix]?endpoint=host:port", v, why)}
+	}
+	u, err := url.Parse(v)
+	switch {
+	case err != nil:
+		return bad("not a URL")
+	case !strings.EqualFold(u.Scheme, "file"):
+		return bad("unknown scheme " + strconv.Quote(u.Scheme) + " (write a relative directory with a colon in its name as ./name)")
+	case u.Opaque != "" || !strings.HasPrefix(u.Path, "/"):
+		return bad("a file URL needs an absolute path")
+	case u.Host != "" && u.Host != "localhost":
+		return bad("a file URL names a directory on this host, not on " + strconv.Quote(u.Host))
+	case u.User != nil || u.RawQuery != "" || u.ForceQuery || u.Fragment != "":
+		return bad("a file URL has no user, query or fragment")
+	case filepath.Clean(u.Path) == "/":
+		return bad("not the root directory")
+	}
+	return filepath.Clean(u.Path), true, nil
 }
 
 func defaultDataDir() string {
@@ -156,6 +201,9 @@ func runServe(ctx context.Context, g *globals, o *serveOptions) error {
 		return err
 	}
 	defer cat.Close()
+	if err := recordCatalogKind(log, o.data, catalogKindOf(o)); err != nil {
+		return err
+	}
 	blobs, err := openBlobs(ctx, o)
 	if err != nil {
 		return err
@@ -177,7 +225,7 @@ func runServe(ctx context.Context, g *globals, o *serveOptions) error {
 		GCLeader: leader,
 		Catalog:  cat, Blobs: blobs, Auth: authority, Logger: log,
 		AllowAnonymousRead: o.anonRead, KeepRevisions: o.keepRevisions,
-		GCInterval: o.gcInterval, GCGrace: graceFor(o.gcGrace), MaxContentSize: o.maxContentSize,
+		GCInterval: o.gcInterval, GCGrace: graceFor(o.gcGrace), MaxContentSize: int64(o.maxContentSize),
 		RedirectContent: redirectFor(o),
 	})
 	if err != nil {
@@ -231,6 +279,57 @@ func openCatalog(ctx context.Context, o *serveOptions) (catalog.Catalog, error) 
 	return etcdcat.Open(ctx, eps, "/"+strings.Trim(prefix, "/")+"/", tlsCfg)
 }
 
+// catalogKindFile, in the data directory, names the catalog the head on it
+// uses: "bbolt" (catalog.db beside it) or "etcd". depot serve writes it at
+// start; depot token create --data reads it, so it never mints into a
+// catalog no head reads.
+const catalogKindFile = "catalog-kind"
+
+// The kinds of catalog, as catalogKindFile names them.
+const (
+	catalogBolt = "bbolt"
+	catalogEtcd = "etcd"
+)
+
+func catalogKindOf(o *serveOptions) string {
+	if o.catalogURL == "" {
+		return catalogBolt
+	}
+	return catalogEtcd
+}
+
+// recordCatalogKind writes kind to the data directory's catalogKindFile,
+// durably, unless it already says so.
+func recordCatalogKind(log *slog.Logger, data, kind string) error {
+	path := filepath.Join(data, catalogKindFile)
+	old, err := readCatalogKind(data)
+	switch {
+	case err != nil && !errors.Is(err, fs.ErrNotExist):
+		return err
+	case old == kind:
+		return nil
+	case old != "":
+		log.Warn("this data directory's head used another catalog before", "was", old, "now", kind)
+	}
+	if err := atomicfile.Write(path, []byte(kind+"\n"), 0o644, true); err != nil {
+		return fmt.Errorf("record the catalog kind: %w", err)
+	}
+	return nil
+}
+
+// readCatalogKind reads catalogKindFile; a missing file is fs.ErrNotExist.
+func readCatalogKind(data string) (string, error) {
+	b, err := os.ReadFile(filepath.Join(data, catalogKindFile))
+	if err != nil {
+		return "", err
+	}
+	kind := strings.TrimSpace(string(b))
+	if kind != catalogBolt && kind != catalogEtcd {
+		return "", fmt.Errorf("%s: unknown catalog kind %q: %w", filepath.Join(data, catalogKindFile), kind, errdefs.ErrCorrupt)
+	}
+	return kind, nil
+}
+
 // etcdTLS is the client TLS configuration for an etcds:// catalog: the CA
 // that signed the etcd members' certificates (default: the system's roots)
 // and, for etcd's --client-cert-auth, a client certificate and key.
@@ -280,8 +379,11 @@ func bootstrapAdmin(ctx context.Context, g *globals, cat catalog.Catalog, a *aut
 // openBlobs opens the blob store --blobs names: a directory (default the data
 // directory) or an S3 bucket.
 func openBlobs(ctx context.Context, o *serveOptions) (blob.Store, error) {
-	if !strings.HasPrefix(o.blobsDir, "s3://") {
-		root := o.blobsDir
+	root, isDir, err := blobsDir(o.blobsDir)
+	if err != nil {
+		return nil, err
+	}
+	if isDir {
 		if root == "" {
 			root = o.data
 		}

@@ -2,8 +2,11 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
+	"os"
 	"path/filepath"
 	"text/tabwriter"
 	"time"
@@ -13,6 +16,7 @@ import (
 	"github.com/depot-images/depot/api"
 	"github.com/depot-images/depot/auth"
 	"github.com/depot-images/depot/catalog/bolt"
+	"github.com/depot-images/depot/errdefs"
 )
 
 func newTokenCmd(g *globals) *cobra.Command {
@@ -34,8 +38,10 @@ func newTokenCreateCmd(g *globals) *cobra.Command {
 		Use:   "create --role reader|writer|admin [--subject NAME]",
 		Short: "Mint a token; prints it once",
 		Long: `Mint a token. Through the server (with an admin token), or with --data DIR
-directly on a stopped server's data directory. The token is printed once on
-stdout and is never logged.`,
+directly on a stopped server's data directory, when that server keeps its
+catalog there (bbolt; depot serve records which in <data>/catalog-kind). A head
+on etcd mints only through the server. The token is printed once on stdout and
+is never logged.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if _, err := auth.ParseRole(o.role); err != nil {
@@ -72,8 +78,27 @@ stdout and is never logged.`,
 	return cmd
 }
 
+// mintLocal mints into the bbolt catalog of a stopped head's data
+// directory, and only when depot serve recorded there that it uses that
+// catalog: on a head whose catalog is etcd, or in a directory no head has
+// run on, a token minted here would be one no head accepts.
 func mintLocal(ctx context.Context, o *tokenCreateOptions) (api.Token, error) {
-	cat, err := bolt.Open(filepath.Join(o.data, "catalog.db"), time.Second)
+	kind, err := readCatalogKind(o.data)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return api.Token{}, usageError{fmt.Errorf("--data %s: no depot serve has recorded its catalog there (%s); start depot serve on it once, or mint through a running head: depot token create --server URL --token-file %s",
+			o.data, catalogKindFile, filepath.Join(o.data, "admin.token"))}
+	case err != nil:
+		return api.Token{}, err
+	case kind != catalogBolt:
+		return api.Token{}, usageError{fmt.Errorf("--data %s: the head on this directory keeps its catalog in %s, not here, so a token minted here would be one no head accepts; mint through a running head: depot token create --server URL --token-file %s",
+			o.data, kind, filepath.Join(o.data, "admin.token"))}
+	}
+	dbPath := filepath.Join(o.data, "catalog.db")
+	if _, err := os.Stat(dbPath); err != nil {
+		return api.Token{}, fmt.Errorf("--data %s: the recorded bbolt catalog is missing: %w", o.data, errdefs.ErrNotFound)
+	}
+	cat, err := bolt.Open(dbPath, time.Second)
 	if err != nil {
 		return api.Token{}, err
 	}
@@ -108,7 +133,7 @@ func newTokenLsCmd(g *globals) *cobra.Command {
 				tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 				fmt.Fprintln(tw, "ID\tSUBJECT\tROLE\tCREATED\tBY")
 				for _, t := range toks {
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", t.ID, t.Subject, t.Role, fmtTime(t.Created), t.CreatedBy)
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", inert(t.ID), inert(t.Subject), inert(t.Role), fmtTime(t.Created), inert(t.CreatedBy))
 				}
 				tw.Flush()
 			})
@@ -129,7 +154,7 @@ func newTokenRmCmd(g *globals) *cobra.Command {
 			if err := c.DeleteToken(cmd.Context(), args[0]); err != nil {
 				return err
 			}
-			return g.emit(map[string]string{"revoked": args[0]}, func(w io.Writer) { fmt.Fprintf(w, "revoked %s\n", args[0]) })
+			return g.emit(map[string]string{"revoked": args[0]}, func(w io.Writer) { fmt.Fprintf(w, "revoked %s\n", inert(args[0])) })
 		},
 	}
 }

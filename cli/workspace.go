@@ -33,12 +33,12 @@ func printStatus(w io.Writer, st workspace.Status) {
 	if st.Modified {
 		mod = "modified"
 	}
-	fmt.Fprintf(w, "workspace %s\n  image:   %s (uid %s) on %s\n  base:    %s (%s, %s)\n  changes: %s\n  server:  %s", st.Dir, st.Name, st.UID, st.Meta.Server, st.Base, st.BaseFormat, st.Kind, mod, st.Server.State())
+	fmt.Fprintf(w, "workspace %s\n  image:   %s (uid %s) on %s\n  base:    %s (%s, %s)\n  changes: %s\n  server:  %s", inert(st.Dir), inert(st.Name), inert(st.UID), inert(st.Meta.Server), inert(st.Base.String()), inert(st.BaseFormat), inert(string(st.Kind)), mod, inert(st.Server.State()))
 	if st.NewUID != "" {
-		fmt.Fprintf(w, " (the name now belongs to %s)", st.NewUID)
+		fmt.Fprintf(w, " (the name now belongs to %s)", inert(st.NewUID))
 	}
 	if st.ServerDigest != "" {
-		fmt.Fprintf(w, " (now %s by %s)", st.ServerDigest, st.By)
+		fmt.Fprintf(w, " (now %s by %s)", inert(st.ServerDigest.String()), inert(st.By))
 	}
 	fmt.Fprintln(w)
 }
@@ -97,7 +97,7 @@ func newWorkspaceCmd(g *globals) *cobra.Command {
 					if st.Modified {
 						mod = "modified"
 					}
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", st.Name, st.UID, shortDigest(st.Base.String()), st.Kind, mod, st.Server.State())
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", inert(st.Name), inert(st.UID), inert(shortDigest(st.Base.String())), inert(string(st.Kind)), mod, inert(st.Server.State()))
 				}
 				tw.Flush()
 			})
@@ -131,7 +131,7 @@ func newWorkspaceCmd(g *globals) *cobra.Command {
 			if err := m.Discard(cmd.Context(), args[0]); err != nil {
 				return err
 			}
-			return g.emit(map[string]string{"discarded": args[0]}, func(w io.Writer) { fmt.Fprintf(w, "discarded workspace %s\n", args[0]) })
+			return g.emit(map[string]string{"discarded": args[0]}, func(w io.Writer) { fmt.Fprintf(w, "discarded workspace %s\n", inert(args[0])) })
 		},
 	}
 	for _, c := range []*cobra.Command{ls, show, discard} {
@@ -171,10 +171,10 @@ func newCommitCmd(g *globals) *cobra.Command {
 			}
 			return g.emit(res, func(w io.Writer) {
 				if res.Unchanged {
-					fmt.Fprintf(w, "nothing to commit: workspace %s has no changes on %s\n", res.Name, res.Digest)
+					fmt.Fprintf(w, "nothing to commit: workspace %s has no changes on %s\n", inert(res.Name), inert(res.Digest.String()))
 					return
 				}
-				fmt.Fprintf(w, "committed %s (uid %s): %s (%s, %s); the workspace now builds on it\n", res.Name, res.UID, res.Digest, res.Format, humanBytes(res.Size))
+				fmt.Fprintf(w, "committed %s (uid %s): %s (%s, %s); the workspace now builds on it\n", inert(res.Name), inert(res.UID), inert(res.Digest.String()), inert(res.Format), humanBytes(res.Size))
 			})
 		},
 	}

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs whatever depot's tests need that is missing (qemu-utils,
-# squashfs-tools, busybox-static, etcd-server, zstd, staticcheck, the distribution
+# squashfs-tools, busybox-static, etcd-server, zstd, strace, staticcheck, the distribution
 # registry, MinIO), then runs every test:
 # formatting, vet, staticcheck, the race-enabled test suite, and a short
 # pass of every fuzz target. Under CI=true a test whose tool is missing fails
@@ -20,6 +20,7 @@ command -v mksquashfs >/dev/null || need_apt+=(squashfs-tools)
 command -v busybox    >/dev/null || need_apt+=(busybox-static)
 command -v etcd       >/dev/null || need_apt+=(etcd-server)
 command -v zstd       >/dev/null || need_apt+=(zstd)
+command -v strace     >/dev/null || need_apt+=(strace) # atomicfile's durability test
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "== installing ${need_apt[*]}"
   as_root apt-get update -qq

@@ -58,6 +58,7 @@ import (
 
 	"github.com/depot-images/depot/blob"
 	"github.com/depot-images/depot/errdefs"
+	"github.com/depot-images/depot/internal/size"
 )
 
 // Config locates a bucket and tunes uploads.
@@ -156,16 +157,16 @@ func ParseURL(raw string) (Config, error) {
 		cfg.Region = r
 	}
 	if v := q.Get("part-size"); v != "" {
-		n, err := parseSize(v)
+		n, err := size.Parse(v)
 		if err != nil || n < 5<<20 || n > 5<<30 {
-			return bad("part-size must be between 5MiB and 5GiB")
+			return bad("part-size must be a size between 5MiB and 5GiB")
 		}
 		cfg.PartSize = uint64(n)
 	}
 	if v := q.Get("upload-memory"); v != "" {
-		n, err := parseSize(v)
+		n, err := size.Parse(v)
 		if err != nil || n < 5<<20 {
-			return bad("upload-memory must be at least 5MiB")
+			return bad("upload-memory must be a size of at least 5MiB")
 		}
 		cfg.UploadMemory = uint64(n)
 	}
@@ -185,22 +186,6 @@ func ParseURL(raw string) (Config, error) {
 		cfg.CreateBucket = b
 	}
 	return cfg, nil
-}
-
-// parseSize reads "16777216", "16MiB" or "1GiB".
-func parseSize(v string) (int64, error) {
-	mult := int64(1)
-	for suffix, m := range map[string]int64{"KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30} {
-		if s, ok := strings.CutSuffix(v, suffix); ok {
-			v, mult = s, m
-			break
-		}
-	}
-	n, err := strconv.ParseInt(v, 10, 64)
-	if err != nil || n <= 0 || n > (1<<62)/mult {
-		return 0, errors.New("bad size")
-	}
-	return n * mult, nil
 }
 
 // DefaultCredentials returns static credentials when accessKey is set, and

@@ -430,6 +430,25 @@ func TestParseURL(t *testing.T) {
 	}
 }
 
+// TestParseURLSizes: part-size= and upload-memory= read sizes as every
+// depot size flag does (internal/size: binary units, any case, B or iB
+// optional), and refuse anything else instead of reading a prefix of it.
+func TestParseURLSizes(t *testing.T) {
+	for _, v := range []string{"64M", "64MB", "64mb", "64MiB", "67108864"} {
+		cfg, err := ParseURL("s3://b?part-size=" + v + "&upload-memory=" + strings.Replace(v, "64", "128", 1))
+		if err != nil || cfg.PartSize != 64<<20 || (cfg.UploadMemory != 128<<20 && v != "67108864") {
+			t.Errorf("part-size=%s: %+v, %v", v, cfg, err)
+		}
+	}
+	for _, v := range []string{"64xyz", "64Mi", "-64M", "64M64", "1e8", "100000000000000000000G"} {
+		for _, k := range []string{"part-size", "upload-memory"} {
+			if _, err := ParseURL("s3://b?" + k + "=" + v); !errors.Is(err, errdefs.ErrInvalidArgument) || !strings.Contains(err.Error(), k) {
+				t.Errorf("%s=%s: %v, want ErrInvalidArgument naming %s", k, v, err, k)
+			}
+		}
+	}
+}
+
 // FuzzParseURL: ParseURL never panics, and what it accepts is usable: a
 // bucket, an endpoint that is a bare host[:port], a prefix that is empty or
 // ends in one slash, and bounded tuning values.
