@@ -2,9 +2,7 @@ package atomicfile
 
 import (
 	"os"
-	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"testing"
 
@@ -42,55 +40,35 @@ func TestWriteReplacesWhole(t *testing.T) {
 // directory is opened and fsynced after it, so the new name survives a
 // power loss (the rename lives in the directory, not in the file).
 func TestDurableWriteSyncsDirectory(t *testing.T) {
-	if p := os.Getenv("ATOMICFILE_TEST_WRITE"); p != "" {
+	if p := os.Getenv(testenv.StraceChild); p != "" {
 		// The child under strace: one durable write, nothing else.
 		if err := Write(p, []byte("durable"), 0o600, true); err != nil {
 			t.Fatal(err)
 		}
 		return
 	}
-	testenv.Need(t, "strace")
 	dir := t.TempDir()
 	target := filepath.Join(dir, "admin.token")
-	trace := filepath.Join(t.TempDir(), "trace")
-	cmd := exec.Command("strace", "-f", "-qq", "-o", trace, "-e", "trace=openat,fsync,fdatasync,rename,renameat,renameat2",
-		os.Args[0], "-test.run=^TestDurableWriteSyncsDirectory$", "-test.count=1")
-	cmd.Env = append(os.Environ(), "ATOMICFILE_TEST_WRITE="+target)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("strace: %v\n%s", err, out)
-	}
-	b, err := os.ReadFile(trace)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Each line: "<pid> <call>(<args>) = <result>".
-	call := regexp.MustCompile(`^\d+\s+(\w+)\((.*)\)\s+=\s+(-?\d+)`)
 	var events []string // in order: "fsync tmp", "rename", "open dir", "fsync dir"
 	fds := map[string]string{}
-	for _, line := range strings.Split(string(b), "\n") {
-		m := call.FindStringSubmatch(line)
-		if m == nil {
-			continue
-		}
-		name, args, res := m[1], m[2], m[3]
+	for _, c := range testenv.Strace(t, "TestDurableWriteSyncsDirectory", target, "openat", "fsync", "fdatasync", "rename", "renameat", "renameat2") {
 		switch {
-		case name == "openat" && strings.Contains(args, `"`+dir+`/.tmp-`):
-			fds[res] = "tmp"
-		case name == "openat" && strings.Contains(args, `"`+dir+`"`):
-			fds[res] = "dir"
+		case c.Name == "openat" && strings.Contains(c.Args, `"`+dir+`/.tmp-`):
+			fds[c.Result] = "tmp"
+		case c.Name == "openat" && strings.Contains(c.Args, `"`+dir+`"`):
+			fds[c.Result] = "dir"
 			events = append(events, "open dir")
-		case name == "fsync" || name == "fdatasync":
-			fd := strings.TrimSpace(args)
-			if what, ok := fds[fd]; ok {
+		case c.Name == "fsync" || c.Name == "fdatasync":
+			if what, ok := fds[strings.TrimSpace(c.Args)]; ok {
 				events = append(events, "fsync "+what)
 			}
-		case strings.HasPrefix(name, "rename") && strings.Contains(args, `"`+target+`"`):
+		case strings.HasPrefix(c.Name, "rename") && strings.Contains(c.Args, `"`+target+`"`):
 			events = append(events, "rename")
 		}
 	}
 	got := strings.Join(events, ", ")
 	if got != "fsync tmp, rename, open dir, fsync dir" {
-		t.Fatalf("durable Write made the calls %q, want %q\n%s", got, "fsync tmp, rename, open dir, fsync dir", b)
+		t.Fatalf("durable Write made the calls %q, want %q", got, "fsync tmp, rename, open dir, fsync dir")
 	}
 	if data, _ := os.ReadFile(target); string(data) != "durable" {
 		t.Fatalf("content %q", data)
