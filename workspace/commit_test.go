@@ -28,9 +28,13 @@ func isContentPut(r *http.Request) bool {
 // workspace finds the server holding exactly that content and re-bases
 // onto it, instead of reporting that someone else moved the base.
 func TestCommitResponseLost(t *testing.T) {
-	var armed, dropped atomic.Bool
+	var armed, dropped, down atomic.Bool
 	h := servertest.Start(t, servertest.Options{Wrap: func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if down.Load() {
+				http.Error(w, "down", http.StatusServiceUnavailable)
+				return
+			}
 			if isContentPut(r) && armed.CompareAndSwap(true, false) {
 				rec := httptest.NewRecorder()
 				next.ServeHTTP(rec, r) // the upload commits...
@@ -75,6 +79,16 @@ func TestCommitResponseLost(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(st.Dir, "commit.out")); err != nil {
 		t.Errorf("the repacked file should be kept for the recovery: %v", err)
 	}
+	// While the server cannot say whether the commit landed, --exec
+	// refuses: the recovery would take the new changes for committed ones.
+	down.Store(true)
+	if _, err := m.Edit(ctx, "node", EditOptions{Exec: "echo later > /etc/later"}); !errors.Is(err, errdefs.ErrUnavailable) || !strings.Contains(err.Error(), "may have landed") {
+		t.Fatalf("--exec with an undecided commit and the server down: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(st.Dir, "root", "etc", "later")); err == nil {
+		t.Fatal("--exec ran with an undecided commit")
+	}
+	down.Store(false)
 	// The next run finishes the commit: current, clean, on the new content,
 	// from the kept file (no download).
 	st, err = m.Show(ctx, "node")

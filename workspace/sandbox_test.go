@@ -8,12 +8,14 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 
 	"github.com/depot-images/depot/cache"
 	"github.com/depot-images/depot/client"
+	"github.com/depot-images/depot/errdefs"
 	"github.com/depot-images/depot/server/servertest"
 )
 
@@ -296,10 +298,64 @@ func TestExecSandbox(t *testing.T) {
 	if out := run(false, "busybox cat /proc/sys/kernel/hostname > /proc/sys/kernel/hostname; echo rc=$?"); !strings.Contains(out, "Read-only file system") || strings.Contains(out, "rc=0") {
 		t.Errorf("/proc/sys is writable in the sandbox: %s", out)
 	}
+	// Root keeps exactly the allowlisted capabilities, and cannot gain more
+	// by exec (no_new_privs).
+	status := run(false, "busybox cat /proc/self/status")
+	var want uint64
+	for _, c := range sandboxCaps {
+		bit, ok := capBits[c]
+		if !ok {
+			t.Fatalf("unknown capability %s", c)
+		}
+		want |= 1 << bit
+	}
+	for _, field := range []string{"CapEff", "CapPrm"} {
+		var got uint64
+		for _, l := range strings.Split(status, "\n") {
+			if v, ok := strings.CutPrefix(l, field+":"); ok {
+				got, _ = strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+			}
+		}
+		if got != want {
+			t.Errorf("%s in the sandbox = %x, want %x (%v)", field, got, want, sandboxCaps)
+		}
+		for _, c := range []string{"CAP_SYS_ADMIN", "CAP_DAC_READ_SEARCH", "CAP_MKNOD", "CAP_SYS_MODULE", "CAP_NET_ADMIN"} {
+			if got&(1<<capBits[c]) != 0 {
+				t.Errorf("%s holds %s", field, c)
+			}
+		}
+	}
+	if !strings.Contains(status, "NoNewPrivs:\t1") {
+		t.Errorf("no_new_privs is not set in the sandbox:\n%s", status)
+	}
 	// Mount points the sandbox needed are not left in the image.
 	for _, d := range []string{"proc", "dev"} {
 		if _, err := os.Lstat(filepath.Join(root, d)); err == nil {
 			t.Errorf("--exec left /%s in a root that had none", d)
 		}
+	}
+}
+
+// capBits are the capability numbers of linux/capability.h that the
+// sandbox test looks at.
+var capBits = map[string]uint{
+	"CAP_CHOWN": 0, "CAP_DAC_OVERRIDE": 1, "CAP_DAC_READ_SEARCH": 2, "CAP_FOWNER": 3, "CAP_FSETID": 4,
+	"CAP_KILL": 5, "CAP_SETGID": 6, "CAP_SETUID": 7, "CAP_NET_ADMIN": 12, "CAP_SYS_MODULE": 16,
+	"CAP_SYS_CHROOT": 18, "CAP_SYS_ADMIN": 21, "CAP_MKNOD": 27, "CAP_AUDIT_WRITE": 29, "CAP_SETFCAP": 31,
+}
+
+// TestExecRefusesLinkedMountPoint: an image whose /proc is a symlink is
+// refused before bwrap would follow it to mount there.
+func TestExecRefusesLinkedMountPoint(t *testing.T) {
+	m, root := sandboxed(t)
+	if err := os.Symlink("/etc", filepath.Join(root, "proc")); err != nil {
+		t.Fatal(err)
+	}
+	_, err := m.Edit(ctx, "box", EditOptions{Exec: "echo ran > /ran"})
+	if !errors.Is(err, errdefs.ErrInvalidArgument) || !strings.Contains(err.Error(), "/proc") {
+		t.Fatalf("a symlinked /proc: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(root, "ran")); err == nil {
+		t.Fatal("the command ran")
 	}
 }
