@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"text/tabwriter"
@@ -46,22 +47,37 @@ func printStatus(w io.Writer, st workspace.Status) {
 func newEditCmd(g *globals) *cobra.Command {
 	o := &cacheOptions{}
 	var execCmd string
+	var network bool
 	cmd := &cobra.Command{
-		Use:   "edit NAME|UID [--exec CMD]",
+		Use:   "edit NAME|UID [--exec CMD [--network]]",
 		Short: "Check an image out into a workspace (or continue the existing one)",
 		Long: `Check an image out of the server into a workspace bound to its UID and base
 digest (the name is for display only). squashfs and tar images are unpacked
 into <workspace>/root; qcow2 and raw images get a qcow2 overlay on the verified
 cached base, which is never modified. Running edit again continues the same
-workspace with its staged changes. --exec runs CMD chroot'ed in the root (the
-image needs /bin/sh), or for a disk image on the host with $DEPOT_DISK set.`,
+workspace with its staged changes. Workspaces (<cache>/work) are private
+(0700) to the user depot runs as, root on a node: a checkout keeps the
+image's setuid binaries.
+
+For an unpacked image, --exec runs /bin/sh -c CMD (the image needs /bin/sh)
+as root in a bubblewrap sandbox (bwrap; Debian/Ubuntu package bubblewrap;
+without it --exec refuses, it never falls back to chroot): the image root is
+/, with its own PID, IPC, UTS and mount namespaces, a fresh /proc, a minimal
+/dev, a clean environment, and fewer capabilities than host root. It has no
+network unless --network is given: installing packages (apt-get, dnf) needs
+--network, which shares the host's network, loopback services included.
+For a qcow2 or raw image, --exec runs CMD on the host, as you, with
+$DEPOT_DISK set to the workspace's overlay (for qemu-io, guestfish and such).`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if network && execCmd == "" {
+				return usageError{errors.New("--network only applies to --exec")}
+			}
 			m, err := o.workspaces(g)
 			if err != nil {
 				return err
 			}
-			st, err := m.Edit(cmd.Context(), args[0], workspace.EditOptions{Exec: execCmd, Stdout: g.stdout, Stderr: g.stderr})
+			st, err := m.Edit(cmd.Context(), args[0], workspace.EditOptions{Exec: execCmd, Network: network, Stdout: g.stdout, Stderr: g.stderr})
 			if err != nil {
 				return err
 			}
@@ -69,7 +85,8 @@ image needs /bin/sh), or for a disk image on the host with $DEPOT_DISK set.`,
 		},
 	}
 	o.addDirFlag(cmd.Flags())
-	cmd.Flags().StringVar(&execCmd, "exec", "", "command to run in the working copy")
+	cmd.Flags().StringVar(&execCmd, "exec", "", "command to run in the working copy (in a bubblewrap sandbox for an unpacked image)")
+	cmd.Flags().BoolVar(&network, "network", false, "give the --exec sandbox the host's network (needed to install packages)")
 	return cmd
 }
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs whatever depot's tests need that is missing (qemu-utils,
-# squashfs-tools, busybox-static, etcd-server, zstd, strace, staticcheck, the distribution
+# squashfs-tools, busybox-static, bubblewrap, etcd-server, zstd, strace, staticcheck, the distribution
 # registry, MinIO), then runs every test:
 # formatting, vet, staticcheck, the race-enabled test suite, and a short
 # pass of every fuzz target. Under CI=true a test whose tool is missing fails
@@ -18,6 +18,7 @@ need_apt=()
 command -v qemu-img   >/dev/null || need_apt+=(qemu-utils)
 command -v mksquashfs >/dev/null || need_apt+=(squashfs-tools)
 command -v busybox    >/dev/null || need_apt+=(busybox-static)
+command -v bwrap      >/dev/null || need_apt+=(bubblewrap)
 command -v etcd       >/dev/null || need_apt+=(etcd-server)
 command -v zstd       >/dev/null || need_apt+=(zstd)
 command -v strace     >/dev/null || need_apt+=(strace) # atomicfile's durability test

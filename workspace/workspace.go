@@ -10,6 +10,11 @@
 // uploads with If-Match on the base digest, verifies end to end, and
 // re-bases the workspace onto the new content. Workspaces live under
 // <cache>/work/<uid>/, where prune sees them and never evicts their base.
+//
+// A checkout keeps the image's setuid binaries and device nodes, so
+// <cache>/work and every workspace in it are private to their owner
+// (0700), and `--exec` runs a tree's command in a bubblewrap sandbox
+// (sandbox.go), never in a plain chroot.
 package workspace
 
 import (
@@ -26,6 +31,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -127,16 +133,59 @@ func save(dir string, meta Meta) error {
 	return atomicfile.Write(filepath.Join(dir, "workspace.json"), b, 0o644, true)
 }
 
-// all lists every workspace's meta.
+// private is the mode of <cache>/work and of every workspace in it: a
+// checkout holds the image's setuid-root binaries, which no other user of
+// the host may reach.
+const private fs.FileMode = 0o700
+
+// makePrivate sets dir's permissions to private unless they already are.
+func makePrivate(dir string) error {
+	fi, err := os.Lstat(dir)
+	if err != nil {
+		return err
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("%s is not a directory: %w", dir, errdefs.ErrCorrupt)
+	}
+	if fi.Mode().Perm() == private {
+		return nil
+	}
+	if err := os.Chmod(dir, private); err != nil {
+		return fmt.Errorf("make %s private (0700): %w", dir, err)
+	}
+	return nil
+}
+
+// workRoot creates <cache>/work as a private directory, or makes an
+// existing one (from an older depot, which made it 0755) private.
+func (m *Manager) workRoot() error {
+	if err := os.Mkdir(m.Cache.WorkDir(), private); err != nil && !errors.Is(err, fs.ErrExist) {
+		return err
+	}
+	return makePrivate(m.Cache.WorkDir())
+}
+
+// all lists every workspace's meta. It makes <cache>/work and every
+// workspace directory private on the way, so a cache from an older depot
+// is tightened the first time any workspace command opens it.
 func (m *Manager) all() ([]Meta, error) {
-	ents, err := os.ReadDir(m.Cache.WorkDir())
-	if errors.Is(err, fs.ErrNotExist) {
+	if _, err := os.Lstat(m.Cache.WorkDir()); errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
-	} else if err != nil {
+	}
+	if err := m.workRoot(); err != nil {
+		return nil, err
+	}
+	ents, err := os.ReadDir(m.Cache.WorkDir())
+	if err != nil {
 		return nil, err
 	}
 	var out []Meta
 	for _, e := range ents {
+		if e.IsDir() {
+			if err := makePrivate(filepath.Join(m.Cache.WorkDir(), e.Name())); err != nil {
+				return nil, err
+			}
+		}
 		if meta, err := load(filepath.Join(m.Cache.WorkDir(), e.Name())); err == nil {
 			out = append(out, meta)
 		}
@@ -311,12 +360,19 @@ func (m *Manager) Discard(ctx context.Context, ref string) error {
 
 // EditOptions tune Edit.
 type EditOptions struct {
-	// Exec runs a command in the working copy: chroot'ed into root/ for a
-	// tree (the image needs /bin/sh), or on the host with DEPOT_DISK set to
-	// the overlay for a disk image.
-	Exec   string
-	Stdout io.Writer
-	Stderr io.Writer
+	// Exec runs a command in the working copy. For a tree it is
+	// `/bin/sh -c Exec` (the image needs /bin/sh) in a bubblewrap sandbox
+	// with root/ as / (see sandboxCommand); without bwrap it is refused
+	// (ErrNoSandbox). For a disk image (qcow2, raw) it runs on the host,
+	// as the caller, with DEPOT_DISK set to the overlay: there the command
+	// is the caller's own tool (qemu-io, guestfish) and the image is only
+	// data to it.
+	Exec string
+	// Network shares the host's network with the sandbox (to install
+	// packages); by default it has only a loopback of its own.
+	Network bool
+	Stdout  io.Writer
+	Stderr  io.Writer
 }
 
 // Edit checks ref out (or continues the existing workspace for its UID)
@@ -353,6 +409,17 @@ func (m *Manager) Edit(ctx context.Context, ref string, o EditOptions) (Status, 
 		}
 	}
 	if o.Exec != "" {
+		if st.Pending != "" {
+			// A commit's upload may have landed, and the server cannot say
+			// now. Its recovery re-bases onto the committed content, which
+			// would take changes made meanwhile for committed ones.
+			why := ""
+			if st.Detail != "" {
+				why = " (" + st.Detail + ")"
+			}
+			return st, fmt.Errorf("a commit of workspace %s (%s) may have landed on the server and is not finished yet%s; "+
+				"run again when the server answers, so that the commit is finished or forgotten first: %w", st.Name, st.Pending, why, errdefs.ErrUnavailable)
+		}
 		if err := m.exec(ctx, st.Meta, o); err != nil {
 			return st, err
 		}
@@ -371,8 +438,11 @@ func (m *Manager) checkout(ctx context.Context, img api.Image) (Status, error) {
 	}
 	dir := m.dir(img.UID)
 	tmp := dir + ".checkout"
+	if err := m.workRoot(); err != nil {
+		return Status{}, err
+	}
 	os.RemoveAll(tmp)
-	if err := os.MkdirAll(tmp, 0o755); err != nil {
+	if err := os.Mkdir(tmp, private); err != nil {
 		return Status{}, err
 	}
 	meta := Meta{Server: m.Client.Server(), UID: img.UID, Name: img.Name, Base: base.Digest, BaseFormat: base.Format, Created: time.Now().UTC()}
@@ -398,7 +468,6 @@ func (m *Manager) checkout(ctx context.Context, img api.Image) (Status, error) {
 		os.RemoveAll(tmp)
 		return Status{}, err
 	}
-	os.MkdirAll(m.Cache.WorkDir(), 0o755)
 	if err := os.Rename(tmp, dir); err != nil { // the workspace appears whole or not at all
 		os.RemoveAll(tmp)
 		return Status{}, err
@@ -426,10 +495,26 @@ func (m *Manager) exec(ctx context.Context, meta Meta, o EditOptions) error {
 	var cmd *exec.Cmd
 	if meta.Kind == Tree {
 		root := filepath.Join(dir, "root")
-		if _, err := os.Stat(filepath.Join(root, "bin", "sh")); err != nil {
+		// Lstat: a symlink (/bin/sh -> busybox) is resolved by the sandbox
+		// inside the root, not here against the host's.
+		if _, err := os.Lstat(filepath.Join(root, "bin", "sh")); err != nil {
 			return fmt.Errorf("--exec needs /bin/sh inside the image root %s: %w", root, errdefs.ErrInvalidArgument)
 		}
-		cmd = exec.CommandContext(ctx, "chroot", root, "/bin/sh", "-c", o.Exec)
+		var err error
+		if cmd, err = sandboxCommand(ctx, root, o.Exec, o.Network); err != nil {
+			return err
+		}
+		created, err := mountPoints(root)
+		if err != nil {
+			return err
+		}
+		// bwrap creates the mount points it needs in the root; an image
+		// that had none does not get them (they are empty underneath).
+		defer func() {
+			for _, p := range created {
+				os.Remove(p)
+			}
+		}()
 	} else {
 		cmd = exec.CommandContext(ctx, "/bin/sh", "-c", o.Exec)
 		cmd.Dir = dir
@@ -555,9 +640,16 @@ func (m *Manager) Commit(ctx context.Context, ref string, o CommitOptions) (Comm
 		return CommitResult{UID: meta.UID, Name: meta.Name, Digest: meta.Base, Format: meta.BaseFormat, Base: meta.Base, Unchanged: true}, nil
 	}
 	// Repack into a file beside the cache (same filesystem: adopted by rename).
+	// It is kept only when the upload may have landed: the recovery then
+	// adopts it instead of downloading what was just sent.
 	out := filepath.Join(dir, "commit.out")
 	os.Remove(out)
-	defer os.Remove(out)
+	keepOut := false
+	defer func() {
+		if !keepOut {
+			os.Remove(out)
+		}
+	}()
 	if err := m.repack(ctx, dir, meta, out); err != nil {
 		return CommitResult{}, err
 	}
@@ -573,7 +665,11 @@ func (m *Manager) Commit(ctx context.Context, ref string, o CommitOptions) (Comm
 		f.Close()
 		return CommitResult{}, err
 	}
-	fi, _ := f.Stat()
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return CommitResult{}, err
+	}
 	meta.Pending, meta.PendingUID = h.Digest(), target
 	if err := save(dir, meta); err != nil {
 		f.Close()
@@ -585,13 +681,23 @@ func (m *Manager) Commit(ctx context.Context, ref string, o CommitOptions) (Comm
 	}
 	var body io.Reader = f
 	if o.Progress != nil {
-		body = &progressReader{r: body, total: fi.Size(), fn: o.Progress}
+		body = &progressReader{f: f, total: fi.Size(), fn: o.Progress}
 	}
 	info, err := m.Client.PushContent(ctx, target, body, fi.Size(), client.PushOptions{Digest: h.Digest(), IfMatch: ifMatch, Message: o.Message})
 	f.Close()
+	if err != nil && !refused(err) {
+		// The server may have committed before the answer was lost: keep
+		// the pending record and the repacked file, and let the next look
+		// at the workspace ask the server and finish or forget the commit.
+		keepOut = true
+		return CommitResult{}, fmt.Errorf("%w; the upload of %s may have landed: the next depot commit, edit or workspace show finishes or forgets it",
+			err, h.Digest())
+	}
 	if err != nil {
 		meta.Pending, meta.PendingUID = "", ""
-		save(dir, meta)
+		if serr := save(dir, meta); serr != nil {
+			return CommitResult{}, errors.Join(err, serr)
+		}
 		var pe *errdefs.PreconditionError
 		if errors.As(err, &pe) { // it moved between our check and the upload
 			st = m.check(ctx, meta)
@@ -675,16 +781,55 @@ func (m *Manager) rebase(ctx context.Context, meta Meta, uid, name string, base 
 	return nil
 }
 
+// refused reports whether the server definitely did not store an upload:
+// it answered with a refusal that is final for the request (a precondition
+// or conflict, auth, a digest mismatch, a bad or oversized request, no
+// such image). Anything else (a dropped connection, a 5xx, a cancelled
+// context) may come after the server, or an earlier head the client failed
+// over from, committed; keeping the pending record then is always safe,
+// as the recovery asks the server what it holds.
+func refused(err error) bool {
+	for _, class := range []error{
+		errdefs.ErrPrecondition, errdefs.ErrConflict, errdefs.ErrForbidden, errdefs.ErrUnauthorized,
+		errdefs.ErrVerification, errdefs.ErrInvalidArgument, errdefs.ErrTooLarge, errdefs.ErrNotFound,
+	} {
+		if errors.Is(err, class) {
+			return true
+		}
+	}
+	return false
+}
+
+// progressReader reports the reads of f to fn, and keeps f's ReadAt and
+// Seek: PushContent resends an upload a head dropped to the next head,
+// through a fresh section reader, and the progress then starts over too.
+// Calls to fn are serialized (an attempt the transport has not quite let
+// go of may still read while the next one starts).
 type progressReader struct {
-	r     io.Reader
-	done  int64
+	f     *os.File
 	total int64
 	fn    func(done, total int64)
+
+	mu   sync.Mutex
+	done int64
 }
 
 func (p *progressReader) Read(b []byte) (int, error) {
-	n, err := p.r.Read(b)
+	n, err := p.f.Read(b)
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	p.done += int64(n)
 	p.fn(p.done, p.total)
 	return n, err
 }
+
+func (p *progressReader) ReadAt(b []byte, off int64) (int, error) {
+	n, err := p.f.ReadAt(b, off)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.done = off + int64(n)
+	p.fn(p.done, p.total)
+	return n, err
+}
+
+func (p *progressReader) Seek(off int64, whence int) (int64, error) { return p.f.Seek(off, whence) }

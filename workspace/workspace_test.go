@@ -42,7 +42,7 @@ func newManager(t *testing.T, c *client.Client) *Manager {
 // rootfs builds a small root with a static busybox as /bin/sh.
 func rootfs(t *testing.T) string {
 	t.Helper()
-	need(t, "busybox", "mksquashfs", "unsquashfs", "chroot")
+	need(t, "busybox", "mksquashfs", "unsquashfs", "bwrap")
 	root := t.TempDir()
 	os.MkdirAll(filepath.Join(root, "bin"), 0o755)
 	os.MkdirAll(filepath.Join(root, "etc"), 0o755)

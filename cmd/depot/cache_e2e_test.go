@@ -364,7 +364,7 @@ func TestCLIVerifyLeasePruneAgent(t *testing.T) {
 // its old content (or, once the upload landed, on exactly the new content)
 // and the workspace with its staged changes; the next commit completes.
 func TestKillDuringCommit(t *testing.T) {
-	testenv.Need(t, "mksquashfs", "unsquashfs", "busybox", "chroot")
+	testenv.Need(t, "mksquashfs", "unsquashfs", "busybox", "bwrap")
 	root := t.TempDir()
 	os.MkdirAll(filepath.Join(root, "bin"), 0o755)
 	os.MkdirAll(filepath.Join(root, "etc"), 0o755)
