@@ -773,6 +773,11 @@ func (c *Cache) commit(p *partial, src source.Source) (Image, error) {
 		return Image{}, fmt.Errorf("%s sent content that is not %s: %w", src, d, &errdefs.VerificationError{Want: d, Got: got})
 	}
 	f := p.f
+	// Content that names host files never becomes a visible blob.
+	if _, err := c.inspect(f, p.sniff.Format(), d); err != nil {
+		p.discard()
+		return Image{}, err
+	}
 	if err := f.Sync(); err != nil {
 		return Image{}, c.diskErr(err)
 	}
@@ -823,31 +828,20 @@ const maxChain = 16
 // is (qcow2.Resolve). It fetches missing links by digest when the source
 // can. Anything else is an *errdefs.UnsafeContentError, never a path.
 func (c *Cache) ensureChain(ctx context.Context, parent ref.Ref, img Image, src source.Source, o EnsureOptions, depth int) ([]Link, error) {
-	if img.Format != format.QCOW2 {
-		return nil, nil
-	}
 	if depth >= maxChain {
 		return nil, fmt.Errorf("qcow2 backing chain of %s is deeper than %d (a cycle?): %w", img.Digest, maxChain, errdefs.ErrCorrupt)
+	}
+	if img.Format != format.QCOW2 && img.Format != format.Raw { // nothing to read
+		return nil, unsafeIn(format.RefuseNamesFiles(img.Format), img.Digest)
 	}
 	f, err := os.Open(img.Path)
 	if err != nil {
 		return nil, c.diskErr(err)
 	}
-	h, err := qcow2.ReadHeader(f)
+	b, err := c.inspect(f, img.Format, img.Digest)
 	f.Close()
-	if err != nil {
-		return nil, fmt.Errorf("qcow2 header of %s: %v: %w", img.Digest, err, errdefs.ErrCorrupt)
-	}
-	b, err := qcow2.Resolve(h, filepath.Dir(img.Path))
-	if err != nil {
-		var ue *errdefs.UnsafeContentError
-		if errors.As(err, &ue) {
-			ue.Digest = img.Digest
-		}
+	if err != nil || b.Digest == "" {
 		return nil, err
-	}
-	if b.Digest == "" {
-		return nil, nil
 	}
 	base, ok, err := c.local(b.Digest)
 	if err != nil {
@@ -881,6 +875,45 @@ func (c *Cache) ensureChain(ctx context.Context, parent ref.Ref, img Image, src 
 		return nil, err
 	}
 	return append([]Link{link}, rest...), nil
+}
+
+// inspect applies depot's content rules to a blob read through r (a
+// committed one, or one about to be committed): no format whose images
+// name other files, and a qcow2 only with a backing reference that
+// qcow2.Resolve accepts in this cache's blob directory. It returns that
+// reference (zero when there is none). A "raw" format is looked at again,
+// since records written before depot knew qcow v1, qed and vmdk
+// descriptors called them raw; that costs one 4 KiB read.
+func (c *Cache) inspect(r io.ReaderAt, fmtName string, d digest.Digest) (qcow2.Backing, error) {
+	if fmtName == format.Raw {
+		head := make([]byte, 4096)
+		n, err := r.ReadAt(head, 0)
+		if err != nil && err != io.EOF {
+			return qcow2.Backing{}, c.diskErr(err)
+		}
+		fmtName = format.Detect(head[:n])
+	}
+	if err := format.RefuseNamesFiles(fmtName); err != nil {
+		return qcow2.Backing{}, unsafeIn(err, d)
+	}
+	if fmtName != format.QCOW2 {
+		return qcow2.Backing{}, nil
+	}
+	h, err := qcow2.ReadHeader(r)
+	if err != nil {
+		return qcow2.Backing{}, fmt.Errorf("qcow2 header of %s: %v: %w", d, err, errdefs.ErrCorrupt)
+	}
+	b, err := qcow2.Resolve(h, filepath.Dir(c.BlobPath(d)))
+	return b, unsafeIn(err, d)
+}
+
+// unsafeIn names the image in an unsafe-content error.
+func unsafeIn(err error, d digest.Digest) error {
+	var ue *errdefs.UnsafeContentError
+	if errors.As(err, &ue) {
+		ue.Digest = d
+	}
+	return err
 }
 
 type eofReader struct{}

@@ -59,8 +59,8 @@ var (
 // Error() quotes it, so it prints inert.
 type UnsafeContentError struct {
 	Digest digest.Digest // the image that names it; empty before it is stored
-	What   string        // "backing file", "external data file", …
-	Name   string        // the name as the image writes it
+	What   string        // "backing file", "external data file", "a vmdk image", …
+	Name   string        // the name as the image writes it; empty when the format itself is refused
 	Reason string        // why it is refused
 	Fix    string        // a command that makes the image acceptable
 }
@@ -71,6 +71,9 @@ func (e *UnsafeContentError) Error() string {
 		who = "image " + e.Digest.String()
 	}
 	msg := fmt.Sprintf("%s names %s %q: %s", who, e.What, e.Name, e.Reason)
+	if e.Name == "" {
+		msg = fmt.Sprintf("%s is %s: %s", who, e.What, e.Reason)
+	}
 	if e.Fix != "" {
 		msg += "; fix the image with: " + e.Fix
 	}

@@ -77,6 +77,22 @@ func TestDetectSynthetic(t *testing.T) {
 		Raw:     bytes.Repeat([]byte{0}, 4096),
 		VMDK:    []byte("KDMV\x01\x00\x00\x00"),
 	}
+	// What qemu probes as a format that names other files, whatever
+	// depot called it before: qcow v1, qed, vmdk's other magic and its
+	// text descriptor (comments and spaces first, as qemu allows).
+	for head, want := range map[string]string{
+		"QFI\xfb\x00\x00\x00\x01":                         QCOW,
+		"QED\x00\x01\x00\x00\x00":                         QED,
+		"COWD\x01\x00\x00\x00":                            VMDK,
+		"# Disk DescriptorFile\nversion=1\nCID=fffffffe":  VMDK,
+		"#c\n   version=3\r\nRW 1 FLAT \"/etc/shadow\" 0": VMDK,
+		"\nversion=1\n":                                   Raw, // qemu's probe allows no blank line first
+		"version=4\n":                                     Raw,
+	} {
+		if got := Detect([]byte(head)); got != want {
+			t.Errorf("Detect(%q) = %s, want %s", head, got, want)
+		}
+	}
 	// A qcow2 magic with a bogus version is not qcow2.
 	if got := Detect([]byte("QFI\xfb\x00\x00\x00\x09")); got != Raw {
 		t.Errorf("Detect(qcow2 v9) = %s, want raw", got)

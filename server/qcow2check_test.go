@@ -24,7 +24,10 @@ func TestUploadRefusesHostBackedQcow2(t *testing.T) {
 	mk := func(args ...string) []byte {
 		p := filepath.Join(dir, "x.qcow2")
 		os.Remove(p)
-		args = append(append([]string{"create", "-q", "-f", "qcow2"}, args...), p, "64M")
+		if args[0] != "-f" {
+			args = append([]string{"-f", "qcow2"}, args...)
+		}
+		args = append(append([]string{"create", "-q"}, args...), p, "64M")
 		if out, err := exec.Command("qemu-img", args...).CombinedOutput(); err != nil {
 			t.Fatalf("qemu-img %v: %v %s", args, err, out)
 		}
@@ -40,6 +43,9 @@ func TestUploadRefusesHostBackedQcow2(t *testing.T) {
 		"digest.qcow2":       {"-u", "-b", hex + ".qcow2", "-F", "qcow2"},
 		"json":               {"-u", "-b", `json:{"driver":"file","filename":"/etc/shadow"}`, "-F", "raw"},
 		"external data file": {"-o", "data_file=/etc/shadow"},
+		"qcow v1":            {"-f", "qcow", "-b", "/etc/shadow", "-F", "raw"},
+		"qed":                {"-f", "qed", "-b", "/etc/shadow", "-F", "raw"},
+		"vmdk":               {"-f", "vmdk"},
 	} {
 		before := e.blobCount()
 		resp, env, _ := e.raw("PUT", "/api/v1/image/img/content", "writer", mk(args...), nil)

@@ -49,6 +49,28 @@ func virtualSize(base cache.Image) (uint64, error) {
 	return 0, fmt.Errorf("a %s image cannot back a disk overlay: %w", base.Format, errdefs.ErrInvalidArgument)
 }
 
+// checkOverlay refuses an overlay whose header now makes qemu read guest
+// data from another file: the pinned spec fixes every backing link, but
+// qemu takes an external data file from the overlay's own header, and the
+// edit (or anyone with access to the workspace) may have written one.
+func checkOverlay(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	h, err := qcow2.ReadHeader(f)
+	if err != nil {
+		return fmt.Errorf("overlay %s: %v: %w", path, err, errdefs.ErrCorrupt)
+	}
+	if h.ExternalData() {
+		return &errdefs.UnsafeContentError{What: "an external data file", Name: h.DataFile,
+			Reason: "the workspace's overlay was changed to read guest data from a file outside it; depot will not flatten that into an image",
+			Fix:    "depot workspace discard NAME, then edit again"}
+	}
+	return nil
+}
+
 // pinnedSpec is a qemu "json:" filename that opens the overlay at path on
 // exactly base and its verified chain: every file and driver is given, so
 // qemu reads no backing name or format from any header.

@@ -78,6 +78,33 @@ func TestDiskCommitPinsChain(t *testing.T) {
 	}
 }
 
+// TestDiskCommitRefusesDataFile: the edit re-creates the overlay with an
+// external data file that is a host file. The pinned chain cannot pin
+// that (qemu reads it from the overlay's header), so the commit refuses
+// before qemu-img runs, and the server keeps its content.
+func TestDiskCommitRefusesDataFile(t *testing.T) {
+	need(t, "qemu-img", "qemu-io")
+	c, _ := newServer(t)
+	p := filepath.Join(t.TempDir(), "disk.qcow2")
+	qemu(t, "qemu-img", "create", "-q", "-f", "qcow2", p, "64M")
+	data, _ := os.ReadFile(p)
+	base := servertest.Push(t, c, "disk", data)
+	host := filepath.Join(t.TempDir(), "secret.raw")
+	os.WriteFile(host, bytes.Repeat([]byte("HOSTMARKER"), 64<<20/10), 0o600)
+	m := newManager(t, c)
+	st, err := m.Edit(ctx, "disk", EditOptions{Exec: `qemu-img create -q -f qcow2 -o data_file=` + host + ` -o data_file_raw=on "$DEPOT_DISK" 64M`})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = m.Commit(ctx, "disk", CommitOptions{})
+	if !errors.Is(err, errdefs.ErrUnsafeContent) || !strings.Contains(err.Error(), host) {
+		t.Fatalf("commit of an overlay with a host data file: %v (workspace %+v)", err, st)
+	}
+	if info, _ := c.ContentInfo(ctx, "disk"); info.Chksum != base.String() {
+		t.Fatalf("the server's content moved to %s", info.Chksum)
+	}
+}
+
 // TestPushRefusesHostBackedImage: the server refuses an image whose header
 // names a host file, and the client reports the typed error (exit 12).
 func TestPushRefusesHostBackedImage(t *testing.T) {

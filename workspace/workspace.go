@@ -733,6 +733,9 @@ func (m *Manager) repack(ctx context.Context, dir string, meta Meta, out string)
 		if err != nil {
 			return fmt.Errorf("the workspace's base %s: %w", meta.Base, err)
 		}
+		if err := checkOverlay(filepath.Join(dir, meta.Overlay)); err != nil {
+			return err
+		}
 		spec, err := pinnedSpec(filepath.Join(dir, meta.Overlay), base)
 		if err != nil {
 			return err
