@@ -130,11 +130,10 @@ func TestGCKeepsBlobsWithDamagedRecords(t *testing.T) {
 // once per blob: it pauses the walk at the at-th blob until resume closes.
 type walkGate struct {
 	catalog.Catalog
-	at      int64
-	n       atomic.Int64
-	paused  chan struct{}
-	resume  chan struct{}
-	stopped atomic.Bool
+	at     int64
+	n      atomic.Int64
+	paused chan struct{}
+	resume chan struct{}
 }
 
 func (g *walkGate) Ref(c context.Context, d digest.Digest) (catalog.BlobRef, error) {
