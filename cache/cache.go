@@ -11,13 +11,16 @@
 //	blobs/sha256/<hex>        committed, read-only, verified blobs
 //	ingest/<hex>.part         resumable partial download of <hex>
 //	ingest/<hex>.json         its source validator (ETag)
-//	locks/<hex>.lock          flock: one transfer per digest across processes
+//	locks/<hex>.lock          flock per digest: its transfer, deletion and record updates
+//	leases/<h>.json           who uses which digest (lease.go); unreadable: nothing is deleted
 //	index/pointers/<h>.json   pointer key → digest, resolved_at (h = sha256(key))
 //	index/blobs/<hex>.json    size, BLAKE3, format, verified_at, last_used, stat fingerprint
 //
 // Many processes share one cache: index files are replaced by atomic rename,
 // blobs appear only by rename after verification, and a per-digest flock
 // makes concurrent callers wait for one transfer instead of repeating it.
+// The same lock covers every deletion of the digest and every rewrite of
+// its record (locks.go), so a lookup never returns a path being deleted.
 // The cache never modifies a committed blob.
 package cache
 
