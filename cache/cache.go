@@ -11,16 +11,18 @@
 //	blobs/sha256/<hex>        committed, read-only, verified blobs
 //	ingest/<hex>.part         resumable partial download of <hex>
 //	ingest/<hex>.json         its source validator (ETag)
-//	locks/<hex>.lock          flock: one transfer per digest across processes
+//	locks/<hex>.lock          flock per digest: its transfer, deletion and record updates
+//	leases/<h>.json           who uses which digest (lease.go); unreadable: nothing is deleted
 //	index/pointers/<h>.json   pointer key → digest, resolved_at (h = sha256(key))
 //	index/blobs/<hex>.json    size, BLAKE3, format, verified_at, last_used, stat fingerprint
-//	leases/<h>.json           a holder's lease on a digest (h from holder and digest)
 //	quarantine/<hex>.<time>   a blob that failed verification, kept for forensics
 //	work/<uid>/               edit workspaces (package workspace)
 //
 // Many processes share one cache: index files are replaced by atomic rename,
 // blobs appear only by rename after verification, and a per-digest flock
 // makes concurrent callers wait for one transfer instead of repeating it.
+// The same lock covers every deletion of the digest and every rewrite of
+// its record (locks.go), so a lookup never returns a path being deleted.
 // The cache never modifies a committed blob.
 package cache
 
@@ -102,10 +104,24 @@ type EnsureOptions struct {
 	// when unknown).
 	Progress func(done, total int64)
 	// Lease, when set, leases the image and its backing chain to this
-	// holder (for LeaseTTL; 0 until removed), so prune and quarantine
-	// leave them alone.
+	// holder (for LeaseTTL; 0 until removed), so prune and rm leave them
+	// alone. Each digest is leased before it is looked up or fetched, so
+	// no prune can delete it between its commit and its lease; leases
+	// taken for a failed Ensure are given back.
 	Lease    string
 	LeaseTTL time.Duration
+
+	// hold, set by Ensure from Lease, leases a digest before Ensure looks
+	// it up or fetches it.
+	hold func(digest.Digest) error
+}
+
+// take leases d when the Ensure has a lease (see Lease).
+func (o EnsureOptions) take(d digest.Digest) error {
+	if o.hold == nil {
+		return nil
+	}
+	return o.hold(d)
 }
 
 // Link is one element of a qcow2 backing chain.
@@ -206,7 +222,7 @@ func (c *Cache) sourceFor(r ref.Ref, o EnsureOptions) (source.Source, error) {
 }
 
 // Ensure returns the verified local image for refStr.
-func (c *Cache) Ensure(ctx context.Context, refStr string, o EnsureOptions) (Image, error) {
+func (c *Cache) Ensure(ctx context.Context, refStr string, o EnsureOptions) (img Image, err error) {
 	r, err := ref.Parse(refStr)
 	if err != nil {
 		return Image{}, err
@@ -226,7 +242,15 @@ func (c *Cache) Ensure(ctx context.Context, refStr string, o EnsureOptions) (Ima
 	if err != nil {
 		return Image{}, err
 	}
-	img, err := c.ensure(ctx, r, src, o)
+	if o.Lease != "" {
+		if err := validHolder(o.Lease); err != nil {
+			return Image{}, err
+		}
+		ls := &ensureLeases{c: c, holder: o.Lease, ref: refStr, ttl: o.LeaseTTL}
+		o.hold = ls.hold
+		defer func() { ls.finish(img, err) }()
+	}
+	img, err = c.ensure(ctx, r, src, o)
 	if err != nil {
 		return Image{}, err
 	}
@@ -236,11 +260,6 @@ func (c *Cache) Ensure(ctx context.Context, refStr string, o EnsureOptions) (Ima
 		return Image{}, err
 	}
 	img.Chain = chain
-	if o.Lease != "" {
-		if err := c.leaseImage(ctx, img, o.Lease, o.LeaseTTL); err != nil {
-			return Image{}, err
-		}
-	}
 	return img, nil
 }
 
@@ -252,8 +271,11 @@ func (c *Cache) ensure(ctx context.Context, r ref.Ref, src source.Source, o Ensu
 		want = o.Checksum
 	}
 	if want != "" && r.Kind != ref.OCI {
+		if err := o.take(want); err != nil {
+			return Image{}, err
+		}
 		if !o.Force {
-			if img, ok, err := c.local(want); err != nil || ok {
+			if img, ok, err := c.localLocked(ctx, want); err != nil || ok {
 				return img, err // present and valid: no network at all
 			}
 		}
@@ -273,7 +295,10 @@ func (c *Cache) ensure(ctx context.Context, r ref.Ref, src source.Source, o Ensu
 		if !havePtr {
 			return Image{}, false, nil
 		}
-		img, ok, err := c.local(ptr.Digest)
+		if err := o.take(ptr.Digest); err != nil {
+			return Image{}, false, err
+		}
+		img, ok, err := c.localLocked(ctx, ptr.Digest)
 		img.Offline = offline && ok
 		return img, ok, err
 	}
@@ -309,10 +334,13 @@ func (c *Cache) ensure(ctx context.Context, r ref.Ref, src source.Source, o Ensu
 		}
 		return Image{}, err
 	}
+	if err := o.take(desc.Digest); err != nil {
+		return Image{}, err
+	}
 	var img Image
 	if !o.Force {
 		var ok bool
-		img, ok, err = c.local(desc.Digest)
+		img, ok, err = c.localLocked(ctx, desc.Digest)
 		if err != nil {
 			return Image{}, err
 		}
@@ -328,14 +356,15 @@ func (c *Cache) ensure(ctx context.Context, r ref.Ref, src source.Source, o Ensu
 	p := Pointer{Key: key, Ref: r.String(), Digest: img.Digest, Size: img.Size, ResolvedAt: time.Now().UTC(), Validator: desc.Validator,
 		Source: src.String(), UID: desc.Identity, Upstream: "current", CheckedAt: time.Now().UTC()}
 	if err := writeJSON(c.pointerPath(key), p, true); err != nil {
-		return Image{}, fmt.Errorf("cache index: %w", err)
+		return Image{}, c.diskErr(fmt.Errorf("cache index: %w", err))
 	}
 	return img, nil
 }
 
 // local returns the committed blob d if it is present and its fingerprint
 // matches the verified record. A changed fingerprint, or a blob without a
-// record (a crash between rename and record), is re-hashed first.
+// record (a crash between rename and record), is re-hashed first. The
+// caller holds d's lock (lockDigest): local rewrites d's record.
 func (c *Cache) local(d digest.Digest) (Image, bool, error) {
 	path := c.BlobPath(d)
 	fi, err := os.Stat(path)
@@ -345,6 +374,9 @@ func (c *Cache) local(d digest.Digest) (Image, bool, error) {
 		return Image{}, false, err
 	}
 	rec, ok, err := readJSON[BlobRecord](c.recordPath(d))
+	if testHookRecordRead != nil {
+		testHookRecordRead(d)
+	}
 	if err != nil || !ok || rec.Stat != fingerprint(fi) || rec.Digest != d {
 		rec, err = c.reverify(d, path, rec)
 		if err != nil {
@@ -366,7 +398,8 @@ func (c *Cache) local(d digest.Digest) (Image, bool, error) {
 }
 
 // reverify re-hashes a committed blob. A blob that no longer matches its
-// digest is moved to quarantine/ and reported as absent.
+// digest is moved to quarantine/ and reported as absent. The caller holds
+// d's lock.
 func (c *Cache) reverify(d digest.Digest, path string, old BlobRecord) (BlobRecord, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -389,12 +422,17 @@ func (c *Cache) reverify(d digest.Digest, path string, old BlobRecord) (BlobReco
 		return BlobRecord{}, err
 	}
 	rec := BlobRecord{Digest: d, Size: h.Size(), BLAKE3: h.BLAKE3(), Format: sniff.Format(), VerifiedAt: time.Now().UTC(), Stat: fingerprint(fi), Source: old.Source, Ref: old.Ref, LastUsed: old.LastUsed}
-	return rec, writeJSON(c.recordPath(d), rec, true)
+	if err := writeJSON(c.recordPath(d), rec, true); err != nil {
+		return BlobRecord{}, c.diskErr(fmt.Errorf("cache index: %w", err))
+	}
+	return rec, nil
 }
 
 // quarantine moves a corrupt blob aside, for forensics, and forgets it. A
 // holder that has it open keeps reading the same inode (a rename does not
 // disturb open files); the next Ensure fetches a good copy at the path.
+// The caller holds d's lock, so the Quarantined mark cannot be lost to a
+// concurrent record update.
 func (c *Cache) quarantine(d digest.Digest) {
 	q := filepath.Join(c.dir, "quarantine", d.Encoded()+"."+time.Now().UTC().Format("20060102T150405.000000000"))
 	if err := os.Rename(c.BlobPath(d), q); err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -843,7 +881,10 @@ func (c *Cache) ensureChain(ctx context.Context, parent ref.Ref, img Image, src 
 	if err != nil || b.Digest == "" {
 		return nil, err
 	}
-	base, ok, err := c.local(b.Digest)
+	if err := o.take(b.Digest); err != nil {
+		return nil, err
+	}
+	base, ok, err := c.localLocked(ctx, b.Digest)
 	if err != nil {
 		return nil, err
 	}

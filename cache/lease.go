@@ -1,12 +1,14 @@
 package cache
 
 import (
-	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -16,8 +18,14 @@ import (
 	"github.com/depot-images/depot/errdefs"
 )
 
-// Lease says a holder (a VM, a job) is using a blob. Prune never deletes a
-// leased blob and verification never takes one away from its holder.
+// Lease says a holder (a VM, a job) is using a blob. Prune and rm never
+// delete a leased blob and verification never takes one away from its
+// holder.
+//
+// Leases fail closed: when any lease cannot be read (an I/O error, a file
+// that does not decode, something other than a regular file in leases/),
+// Leases returns an error matching ErrCorrupt and prune and rm delete
+// nothing, since they cannot tell what is in use.
 type Lease struct {
 	Holder  string        `json:"holder"`
 	Digest  digest.Digest `json:"digest"`
@@ -53,24 +61,46 @@ func (c *Cache) AddLease(holder string, d digest.Digest, refStr string, ttl time
 	if ttl > 0 {
 		l.Expires = now.Add(ttl)
 	}
-	return l, writeJSON(c.leasePath(holder, d), l, true)
+	if err := writeJSON(c.leasePath(holder, d), l, true); err != nil {
+		return Lease{}, c.diskErr(fmt.Errorf("lease: %w", err))
+	}
+	return l, nil
 }
 
-// Leases lists the leases, including expired ones not reaped yet.
+// unreadableLease is the error for a lease prune and rm cannot read.
+func unreadableLease(path string, err error) error {
+	return fmt.Errorf("lease %s cannot be read (%v): prune and rm delete nothing until it is repaired or removed: %w", path, err, errdefs.ErrCorrupt)
+}
+
+// Leases lists the leases, including expired ones not reaped yet. Any
+// lease it cannot read is an error matching ErrCorrupt (see Lease).
 func (c *Cache) Leases() ([]Lease, error) {
 	dir := filepath.Join(c.dir, "leases")
 	ents, err := os.ReadDir(dir)
 	if err != nil {
-		return nil, err
+		return nil, unreadableLease(dir, err)
 	}
 	var out []Lease
 	for _, e := range ents {
 		if strings.HasPrefix(e.Name(), ".") {
-			continue
+			continue // atomicfile's temporary files
 		}
-		if l, ok, err := readJSON[Lease](filepath.Join(dir, e.Name())); err == nil && ok {
-			out = append(out, l)
+		path := filepath.Join(dir, e.Name())
+		if !e.Type().IsRegular() {
+			// Never opened: a FIFO would block the read forever.
+			return nil, unreadableLease(path, fmt.Errorf("not a regular file (%s)", e.Type()))
 		}
+		l, ok, err := readJSON[Lease](path)
+		if err != nil {
+			return nil, unreadableLease(path, err)
+		}
+		if !ok {
+			continue // released meanwhile
+		}
+		if l.Digest.Validate() != nil || validHolder(l.Holder) != nil {
+			return nil, unreadableLease(path, errors.New("no valid holder and digest"))
+		}
+		out = append(out, l)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Created.Before(out[j].Created) })
 	return out, nil
@@ -113,28 +143,81 @@ func (c *Cache) ReapLeases(now time.Time) (int, error) {
 }
 
 // leased is the set of digests with a live lease.
-func (c *Cache) leased(now time.Time) map[digest.Digest]bool {
+func (c *Cache) leased(now time.Time) (map[digest.Digest]bool, error) {
 	set := map[digest.Digest]bool{}
-	ls, _ := c.Leases()
+	ls, err := c.Leases()
+	if err != nil {
+		return nil, err
+	}
 	for _, l := range ls {
 		if !l.Expired(now) {
 			set[l.Digest] = true
 		}
 	}
-	return set
+	return set, nil
 }
 
-// leaseImage leases an ensured image and its backing chain.
-func (c *Cache) leaseImage(ctx context.Context, img Image, holder string, ttl time.Duration) error {
-	if _, err := c.AddLease(holder, img.Digest, img.Ref, ttl); err != nil {
-		return err
+// holders lists who holds a live lease on d, read afresh: a deletion asks
+// it under d's lock, just before it deletes.
+func (c *Cache) holders(d digest.Digest, now time.Time) ([]string, error) {
+	ls, err := c.Leases()
+	if err != nil {
+		return nil, err
 	}
-	for _, l := range img.Chain {
-		if l.Digest != "" {
-			if _, err := c.AddLease(holder, l.Digest, img.Ref, ttl); err != nil {
-				return err
-			}
+	var out []string
+	for _, l := range ls {
+		if l.Digest == d && !l.Expired(now) {
+			out = append(out, l.Holder)
 		}
 	}
+	return out, nil
+}
+
+// ensureLeases takes an Ensure's leases the way containerd's WithLease
+// does: each digest is leased before Ensure looks it up or fetches it, so
+// from the moment its blob is visible no prune can delete it. Leases it
+// created are given back if Ensure fails, or if the digest did not end up
+// in the image (a pointer that moved).
+type ensureLeases struct {
+	c       *Cache
+	holder  string
+	ref     string
+	ttl     time.Duration
+	created []digest.Digest // leases that did not exist before
+}
+
+// hold leases d.
+func (l *ensureLeases) hold(d digest.Digest) error {
+	if slices.Contains(l.created, d) {
+		return nil
+	}
+	_, err := os.Lstat(l.c.leasePath(l.holder, d))
+	existed := err == nil
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return unreadableLease(l.c.leasePath(l.holder, d), err)
+	}
+	if _, err := l.c.AddLease(l.holder, d, l.ref, l.ttl); err != nil {
+		return err
+	}
+	if !existed {
+		l.created = append(l.created, d)
+	}
 	return nil
+}
+
+// finish keeps the leases on the image's digests (all of them, when err is
+// nil) and removes the others it created.
+func (l *ensureLeases) finish(img Image, err error) {
+	keep := map[digest.Digest]bool{}
+	if err == nil {
+		keep[img.Digest] = true
+		for _, k := range img.Chain {
+			keep[k.Digest] = true
+		}
+	}
+	for _, d := range l.created {
+		if !keep[d] {
+			os.Remove(l.c.leasePath(l.holder, d))
+		}
+	}
 }

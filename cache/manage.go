@@ -7,11 +7,11 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"time"
 
-	"github.com/gofrs/flock"
 	"github.com/opencontainers/go-digest"
 
 	"github.com/depot-images/depot/atomicfile"
@@ -77,7 +77,10 @@ func (c *Cache) List(ctx context.Context) ([]Entry, error) {
 			e.Pointers = append(e.Pointers, p)
 		}
 	}
-	leases, _ := c.Leases()
+	leases, err := c.Leases()
+	if err != nil {
+		return nil, err
+	}
 	now := time.Now()
 	for _, l := range leases {
 		if e := byDigest[l.Digest]; e != nil && !l.Expired(now) {
@@ -111,21 +114,49 @@ func (c *Cache) pointers() ([]Pointer, error) {
 	return out, nil
 }
 
+// RemoveOptions tune Remove.
+type RemoveOptions struct {
+	// Force deletes a blob even when it is leased (the leases stay, and
+	// name a blob that is gone).
+	Force bool
+}
+
+// LeasedError says Remove refused to delete a leased blob.
+type LeasedError struct {
+	Digest  digest.Digest
+	Holders []string
+}
+
+func (e *LeasedError) Error() string {
+	return fmt.Sprintf("%s is leased by %s: release it (depot lease rm --holder ID) or remove it with --force", e.Digest, strings.Join(e.Holders, ", "))
+}
+
+// Is makes errors.Is(err, errdefs.ErrConflict) true.
+func (e *LeasedError) Is(target error) bool { return target == errdefs.ErrConflict }
+
 // Remove forgets refStr: a pointer reference drops its pointer, a pinned
-// reference its blob. A blob no pointer names any more is deleted. It
-// reports the digests whose bytes were deleted.
-func (c *Cache) Remove(ctx context.Context, refStr string) ([]digest.Digest, error) {
+// reference its blob. A blob no pointer names any more is deleted, under
+// its digest lock. A leased blob is not deleted unless o.Force: Remove
+// then changes nothing and returns a *LeasedError (ErrConflict) naming the
+// holders; when the leases cannot be read it changes nothing and returns
+// ErrCorrupt. It reports the digests whose bytes were deleted.
+func (c *Cache) Remove(ctx context.Context, refStr string, o RemoveOptions) ([]digest.Digest, error) {
 	r, err := ref.Parse(refStr)
 	if err != nil {
 		return nil, err
 	}
+	ptrs, err := c.pointers()
+	if err != nil {
+		return nil, err
+	}
+	// What goes: the pointers, and the blobs no other pointer names.
+	var drop []string // pointer keys
 	var candidates []digest.Digest
 	if r.Digest != "" && r.Kind != ref.OCI {
 		candidates = append(candidates, r.Digest)
-		ptrs, _ := c.pointers()
 		for _, p := range ptrs {
 			if p.Digest == r.Digest {
-				os.Remove(c.pointerPath(p.Key))
+				drop = append(drop, p.Key)
 			}
 		}
 	} else {
@@ -137,24 +168,45 @@ func (c *Cache) Remove(ctx context.Context, refStr string) ([]digest.Digest, err
 		if !ok {
 			return nil, fmt.Errorf("%s is not in the cache: %w", refStr, errdefs.ErrNotFound)
 		}
-		if err := os.Remove(c.pointerPath(key)); err != nil {
+		drop = append(drop, key)
+		named := false
+		for _, q := range ptrs {
+			named = named || (q.Digest == p.Digest && q.Key != key)
+		}
+		if !named {
+			candidates = append(candidates, p.Digest)
+		}
+	}
+	// Lock the blobs first (in digest order, so two removals cannot
+	// deadlock), then check their leases: nothing changes unless all of
+	// them may go.
+	slices.Sort(candidates)
+	for _, d := range candidates {
+		unlock, err := c.lockDigest(ctx, d)
+		if err != nil {
 			return nil, err
 		}
-		candidates = append(candidates, p.Digest)
+		defer unlock()
 	}
-	ptrs, err := c.pointers()
-	if err != nil {
-		return nil, err
+	now := time.Now()
+	for _, d := range candidates {
+		hs, err := c.holders(d, now)
+		if err != nil {
+			return nil, err
+		}
+		if len(hs) > 0 && !o.Force {
+			if _, err := os.Stat(c.BlobPath(d)); err == nil {
+				return nil, &LeasedError{Digest: d, Holders: hs}
+			}
+		}
+	}
+	for _, key := range drop {
+		if err := os.Remove(c.pointerPath(key)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, err
+		}
 	}
 	var deleted []digest.Digest
 	for _, d := range candidates {
-		named := false
-		for _, p := range ptrs {
-			named = named || p.Digest == d
-		}
-		if named {
-			continue
-		}
 		err := os.Remove(c.BlobPath(d))
 		if err != nil && !errors.Is(err, os.ErrNotExist) {
 			return deleted, err
@@ -164,10 +216,8 @@ func (c *Cache) Remove(ctx context.Context, refStr string) ([]digest.Digest, err
 			deleted = append(deleted, d)
 		}
 	}
-	if r.Digest != "" && len(deleted) == 0 {
-		if _, err := os.Stat(c.BlobPath(r.Digest)); errors.Is(err, os.ErrNotExist) {
-			return nil, fmt.Errorf("%s is not in the cache: %w", r.Digest, errdefs.ErrNotFound)
-		}
+	if r.Digest != "" && r.Kind != ref.OCI && len(deleted) == 0 {
+		return nil, fmt.Errorf("%s is not in the cache: %w", r.Digest, errdefs.ErrNotFound)
 	}
 	return deleted, nil
 }
@@ -213,11 +263,11 @@ func (c *Cache) Adopt(ctx context.Context, path string, d digest.Digest, blake3H
 	if err := d.Validate(); err != nil {
 		return Image{}, fmt.Errorf("adopt: %v: %w", err, errdefs.ErrInvalidArgument)
 	}
-	lock := flock.New(filepath.Join(c.dir, "locks", d.Encoded()+".lock"))
-	if _, err := lock.TryLockContext(ctx, 20*time.Millisecond); err != nil {
+	unlock, err := c.lockDigest(ctx, d)
+	if err != nil {
 		return Image{}, err
 	}
-	defer lock.Unlock()
+	defer unlock()
 	if img, ok, err := c.local(d); err != nil || ok {
 		os.Remove(path)
 		return img, err

@@ -77,7 +77,10 @@ func (c *Cache) HasWorkspace(uid string) bool {
 // Prune applies the rules in order: reap expired leases, seed 000's rule
 // (and orphan detection), orphans (when allowed), the size budget, then
 // abandoned partials. Leased blobs and entries with a workspace are never
-// deleted.
+// deleted. Each blob is deleted under its digest lock after its leases are
+// read again, so a lease an Ensure takes while Prune runs is honoured.
+// When any lease cannot be read, Prune deletes nothing and returns an
+// error matching ErrCorrupt.
 func (c *Cache) Prune(ctx context.Context, o PruneOptions) (PruneReport, error) {
 	if o.MaxAge == 0 {
 		o.MaxAge = time.Hour
@@ -94,7 +97,10 @@ func (c *Cache) Prune(ctx context.Context, o PruneOptions) (PruneReport, error) 
 		}
 		rep.LeasesReaped = n
 	}
-	leased := c.leased(now)
+	leased, err := c.leased(now)
+	if err != nil {
+		return rep, err
+	}
 	recs, err := c.records()
 	if err != nil {
 		return rep, err
@@ -113,16 +119,25 @@ func (c *Cache) Prune(ctx context.Context, o PruneOptions) (PruneReport, error) 
 	}
 	deleted := map[digest.Digest]bool{}
 	protected := map[digest.Digest]bool{} // workspace-bound or orphaned without --orphans
+	var delErr error                      // the first failure stops every later deletion
 	del := func(res *RuleResult, d digest.Digest) {
-		if deleted[d] || leased[d] || protected[d] {
+		if delErr != nil || deleted[d] || leased[d] || protected[d] {
 			return
 		}
 		deleted[d] = true
+		if !o.DryRun {
+			kept, err := c.deleteBlob(ctx, d, named[d], now)
+			if err != nil {
+				delErr = err
+				return
+			}
+			if kept != "" {
+				rep.Kept = append(rep.Kept, kept)
+				return
+			}
+		}
 		res.Blobs = append(res.Blobs, d)
 		res.Bytes += byDigest[d].Size
-		if !o.DryRun {
-			c.deleteBlob(d, named[d])
-		}
 	}
 
 	identical := RuleResult{Rule: RuleIdentical}
@@ -202,6 +217,10 @@ func (c *Cache) Prune(ctx context.Context, o PruneOptions) (PruneReport, error) 
 		}
 	}
 
+	if delErr != nil {
+		rep.Rules = []RuleResult{identical, orphans, size}
+		return rep, delErr
+	}
 	parts := RuleResult{Rule: RulePartials}
 	if err := c.sweepPartials(&parts, now.Add(-o.PartAge), o.DryRun); err != nil {
 		return rep, err
@@ -242,14 +261,29 @@ func (c *Cache) sweepPartials(res *RuleResult, cutoff time.Time, dryRun bool) er
 	return nil
 }
 
-// deleteBlob removes a blob, its record and the pointers naming it.
-func (c *Cache) deleteBlob(d digest.Digest, named []Pointer) {
+// deleteBlob removes a blob, its record and the pointers naming it, under
+// d's lock, unless a lease on it has appeared since Prune read the leases:
+// then it deletes nothing and says why in kept.
+func (c *Cache) deleteBlob(ctx context.Context, d digest.Digest, named []Pointer, now time.Time) (kept string, err error) {
+	unlock, err := c.lockDigest(ctx, d)
+	if err != nil {
+		return "", err
+	}
+	defer unlock()
+	hs, err := c.holders(d, now)
+	if err != nil {
+		return "", err
+	}
+	if len(hs) > 0 {
+		return fmt.Sprintf("%s: leased by %s", d, strings.Join(hs, ", ")), nil
+	}
 	for _, p := range named {
 		os.Remove(c.pointerPath(p.Key))
 	}
 	os.Remove(c.recordPath(d))
 	os.Remove(c.BlobPath(d))
 	c.log.Info("pruned", "digest", d)
+	return "", nil
 }
 
 // ownsPointer reports whether a depot pointer was resolved against the

@@ -93,7 +93,11 @@ func (c *Cache) Verify(ctx context.Context, o VerifyOptions) ([]VerifyResult, er
 	if o.RateLimit > 0 {
 		lim = rate.NewLimiter(rate.Limit(o.RateLimit), max(int(o.RateLimit), 1<<20))
 	}
-	leased := c.leased(time.Now())
+	leased, err := c.leased(time.Now())
+	if err != nil {
+		// Only reported here (verify deletes nothing), but not guessed.
+		c.log.Warn("leases unreadable; verify reports no blob as leased", "err", err)
+	}
 	refs := c.refsByDigest()
 	workers := o.Workers
 	if workers <= 0 {
@@ -153,7 +157,12 @@ func (c *Cache) verifyOne(ctx context.Context, rec BlobRecord, o VerifyOptions, 
 	if fingerprint(fi) != rec.Stat {
 		// Modified in place (e.g. qemu-img amend): only a full re-hash can
 		// tell; reverify quarantines it when it is wrong.
-		nrec, err := c.reverify(rec.Digest, path, rec)
+		var nrec BlobRecord
+		unlock, err := c.lockDigest(ctx, rec.Digest)
+		if err == nil {
+			nrec, err = c.reverify(rec.Digest, path, rec)
+			unlock()
+		}
 		switch {
 		case err != nil:
 			res.Status, res.Detail = StatusCorrupt, err.Error()
@@ -197,6 +206,12 @@ func (c *Cache) verifyOne(ctx context.Context, rec BlobRecord, o VerifyOptions, 
 		}
 	}
 	if got := hex.EncodeToString(h.Sum(nil)); got != want {
+		unlock, err := c.lockDigest(ctx, rec.Digest)
+		if err != nil {
+			res.Status, res.Detail = StatusCorrupt, "content does not match its digest; not quarantined: "+err.Error()
+			return res
+		}
+		defer unlock()
 		c.log.Error("cached blob is corrupt; quarantined", "digest", rec.Digest)
 		c.quarantine(rec.Digest)
 		res.Status, res.Detail = StatusCorrupt, "content does not match its digest; quarantined"

@@ -6,6 +6,10 @@
 // Backends (catalog/bolt, one head; catalog/etcd, several heads) implement
 // Catalog and run the conformance suite in catalog/catalogtest.
 //
+// A record that does not decode is ErrCorrupt, never a default: a damaged
+// reference count read as zero would let GC delete a referenced blob. Every
+// operation that needs such a record refuses, naming it.
+//
 // All multi-key changes go through Images.Update, an atomic read-modify-write:
 // the backend maintains the name index and adjusts reference counts from the
 // image's before/after digest sets (RefDiff) inside the same transaction.
@@ -15,7 +19,9 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -104,6 +110,55 @@ func errClaimed(d digest.Digest) error {
 	return fmt.Errorf("blob %s is being garbage-collected: %w", d, errdefs.ErrConflict)
 }
 
+// DecodeRef decodes the stored reference record of d. Bytes that are not
+// a record of d (bad JSON, another digest, a negative count) are
+// ErrCorrupt: nobody can tell how many images reference d.
+func DecodeRef(d digest.Digest, v []byte) (BlobRef, error) {
+	r := BlobRef{Digest: d}
+	if err := json.Unmarshal(v, &r); err != nil {
+		return BlobRef{}, corruptRef(d, err.Error())
+	}
+	if r.Digest != d {
+		return BlobRef{}, corruptRef(d, fmt.Sprintf("the record names %q", r.Digest))
+	}
+	if r.Refs < 0 {
+		return BlobRef{}, corruptRef(d, fmt.Sprintf("negative reference count %d", r.Refs))
+	}
+	return r, nil
+}
+
+func corruptRef(d digest.Digest, why string) error {
+	return fmt.Errorf("reference record of blob %s is damaged (%s); it is kept and nothing that depends on its count proceeds until the record is repaired: %w", d, why, errdefs.ErrCorrupt)
+}
+
+// CorruptRefsError is what Collectable returns beside the intact candidates
+// when some reference records do not decode. It matches ErrCorrupt.
+type CorruptRefsError struct {
+	Digests []string // the damaged records' keys (digests, as stored)
+}
+
+func (e *CorruptRefsError) Error() string {
+	const show = 5
+	names := e.Digests
+	more := ""
+	if len(names) > show {
+		names, more = names[:show], fmt.Sprintf(" and %d more", len(e.Digests)-show)
+	}
+	return fmt.Sprintf("%d damaged blob reference records (%s%s): their blobs are kept: %v", len(e.Digests), strings.Join(names, ", "), more, errdefs.ErrCorrupt)
+}
+
+// Is makes errors.Is(err, ErrCorrupt) true.
+func (e *CorruptRefsError) Is(target error) bool { return target == errdefs.ErrCorrupt }
+
+// DecodeToken decodes a stored token record; damage is ErrCorrupt.
+func DecodeToken(id string, v []byte) (Token, error) {
+	var t Token
+	if err := json.Unmarshal(v, &t); err != nil {
+		return Token{}, fmt.Errorf("token record %q is damaged: %v: %w", id, err, errdefs.ErrCorrupt)
+	}
+	return t, nil
+}
+
 // Touch applies Refs.Touch to the record r of a blob that is in the store
 // (or about to be committed to it): its grace period restarts at now. A
 // claimed blob is ErrConflict.
@@ -180,6 +235,10 @@ type Refs interface {
 	Touch(ctx context.Context, dgst digest.Digest, now time.Time) error
 	// Collectable lists blobs with zero references since before cutoff,
 	// claimed ones included (a collector may have died before Forget).
+	// Damaged records are never candidates: when there are any, the intact
+	// candidates come back together with a *CorruptRefsError (matching
+	// ErrCorrupt) that names the damaged digests, so one damaged record
+	// neither stops collection nor lets its blob be deleted.
 	Collectable(ctx context.Context, cutoff time.Time) ([]BlobRef, error)
 	// Claim marks dgst as being collected if it still has zero references
 	// since before cutoff; otherwise it returns ErrConflict and the blob
@@ -289,12 +348,15 @@ func (img *Image) Clone() *Image {
 // the image gains gets one more reference and leaves its grace period; each
 // it loses gets one fewer, and starts its grace period at now on reaching
 // zero. Backends supply get (a missing record is the zero BlobRef with the
-// digest set) and put. Keeping this in one place keeps GC's rules identical
+// digest set; a damaged one is ErrCorrupt, which aborts the change) and put. Keeping this in one place keeps GC's rules identical
 // on every backend.
-func ApplyRefDiff(before, after *Image, now time.Time, get func(digest.Digest) BlobRef, put func(BlobRef) error) error {
+func ApplyRefDiff(before, after *Image, now time.Time, get func(digest.Digest) (BlobRef, error), put func(BlobRef) error) error {
 	inc, dec := RefDiff(before, after)
 	for _, d := range inc {
-		r := get(d)
+		r, err := get(d)
+		if err != nil {
+			return err
+		}
 		if !r.Claimed.IsZero() {
 			return errClaimed(d)
 		}
@@ -305,7 +367,10 @@ func ApplyRefDiff(before, after *Image, now time.Time, get func(digest.Digest) B
 		}
 	}
 	for _, d := range dec {
-		r := get(d)
+		r, err := get(d)
+		if err != nil {
+			return err
+		}
 		if r.Refs > 0 {
 			r.Refs--
 		}

@@ -233,16 +233,19 @@ func newCacheCmd(g *globals) *cobra.Command {
 
 func newRmCmd(g *globals) *cobra.Command {
 	o := &cacheOptions{}
+	var force bool
 	cmd := &cobra.Command{
 		Use:   "rm REF",
 		Short: "Remove REF from the node cache (a pointer, or a pinned blob)",
-		Args:  cobra.ExactArgs(1),
+		Long: "Remove REF from the node cache (a pointer, or a pinned blob). A blob no pointer names any more is deleted.\n" +
+			"A leased blob is refused (exit 4, naming the holders) unless --force; when the leases cannot be read, nothing is removed (exit 9).",
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := o.open(g)
 			if err != nil {
 				return err
 			}
-			deleted, err := c.Remove(cmd.Context(), args[0])
+			deleted, err := c.Remove(cmd.Context(), args[0], cache.RemoveOptions{Force: force})
 			if err != nil {
 				return err
 			}
@@ -251,6 +254,7 @@ func newRmCmd(g *globals) *cobra.Command {
 			})
 		},
 	}
+	cmd.Flags().BoolVar(&force, "force", false, "delete the blob even if it is leased")
 	o.addDirFlag(cmd.Flags())
 	return cmd
 }

@@ -205,10 +205,10 @@ type writer struct {
 	cur      []byte // the chunk being filled
 	closed   bool
 
-	queue chan []byte // full chunks for fileLoop, closed by finish
-	free  chan []byte // recycled chunks
-	done  chan struct{}
-	ioErr error // set by fileLoop before done closes
+	queue chan []byte   // full chunks for fileLoop, closed by finish
+	free  chan []byte   // recycled chunks
+	done  chan struct{} // closed when fileLoop returns: at finish, or on its first error
+	ioErr error         // set by fileLoop before done closes
 }
 
 const writeChunk = 1 << 20
@@ -221,28 +221,29 @@ func newChunk() []byte {
 	return b[off : off : off+writeChunk]
 }
 
+// fileLoop writes the queued chunks in order. On the first I/O error it
+// records it and stops: done closes at once, so the next Write (or Commit)
+// fails with that error instead of the upload being read to its end.
 func (w *writer) fileLoop() {
 	defer close(w.done)
 	var written, flushed int64
 	for b := range w.queue {
-		if w.ioErr == nil {
-			if w.direct && len(b)%directAlign != 0 {
-				// The short last chunk: O_DIRECT needs aligned lengths.
-				if err := clearDirect(w.f); err != nil {
-					w.ioErr = err
-				}
-				w.direct = false
+		if w.direct && len(b)%directAlign != 0 {
+			// The short last chunk: O_DIRECT needs aligned lengths.
+			if err := clearDirect(w.f); err != nil {
+				w.ioErr = err
+				return
 			}
-			if w.ioErr == nil {
-				if _, err := w.f.Write(b); err != nil {
-					w.ioErr = err
-				}
-			}
-			written += int64(len(b))
-			if !w.direct && written-flushed >= writebackChunk {
-				startWriteback(w.f, flushed, written-flushed)
-				flushed = written
-			}
+			w.direct = false
+		}
+		if _, err := w.f.Write(b); err != nil {
+			w.ioErr = err
+			return
+		}
+		written += int64(len(b))
+		if !w.direct && written-flushed >= writebackChunk {
+			startWriteback(w.f, flushed, written-flushed)
+			flushed = written
 		}
 		select {
 		case w.free <- b[:0]:
@@ -251,8 +252,23 @@ func (w *writer) fileLoop() {
 	}
 }
 
-// send queues a chunk for the file goroutine.
+// failed returns the file goroutine's error once it has stopped on one.
+func (w *writer) failed() error {
+	select {
+	case <-w.done:
+		if w.ioErr != nil {
+			return fmt.Errorf("ingest write: %w", classify(w.ioErr))
+		}
+	default:
+	}
+	return nil
+}
+
+// send queues a chunk for the file goroutine, unless it has failed.
 func (w *writer) send(b []byte) error {
+	if err := w.failed(); err != nil {
+		return err
+	}
 	select {
 	case w.queue <- b:
 		return nil
@@ -284,6 +300,9 @@ func (w *writer) finish() error {
 func (w *writer) Write(p []byte) (int, error) {
 	if w.closed {
 		return 0, errors.New("write to closed blob writer")
+	}
+	if err := w.failed(); err != nil {
+		return 0, err
 	}
 	n := 0
 	for len(p) > 0 {

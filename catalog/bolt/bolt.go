@@ -96,16 +96,17 @@ func putImage(tx *bbolt.Tx, img *catalog.Image) error {
 func adjustRefs(tx *bbolt.Tx, before, after *catalog.Image, now time.Time) error {
 	b := tx.Bucket(bBlobs)
 	return catalog.ApplyRefDiff(before, after, now,
-		func(d digest.Digest) catalog.BlobRef { return getRef(b, d) },
+		func(d digest.Digest) (catalog.BlobRef, error) { return getRef(b, d) },
 		func(r catalog.BlobRef) error { return putRef(b, r) })
 }
 
-func getRef(b *bbolt.Bucket, d digest.Digest) catalog.BlobRef {
-	r := catalog.BlobRef{Digest: d}
+// getRef reads the record of d: the zero record when there is none,
+// ErrCorrupt when it does not decode.
+func getRef(b *bbolt.Bucket, d digest.Digest) (catalog.BlobRef, error) {
 	if v := b.Get([]byte(d)); v != nil {
-		json.Unmarshal(v, &r)
+		return catalog.DecodeRef(d, v)
 	}
-	return r
+	return catalog.BlobRef{Digest: d}, nil
 }
 
 func putRef(b *bbolt.Bucket, r catalog.BlobRef) error {
@@ -253,8 +254,9 @@ func (c *Catalog) Ref(ctx context.Context, dgst digest.Digest) (catalog.BlobRef,
 		if b.Get([]byte(dgst)) == nil {
 			return fmt.Errorf("blob %s: %w", dgst, errdefs.ErrNotFound)
 		}
-		r = getRef(b, dgst)
-		return nil
+		var err error
+		r, err = getRef(b, dgst)
+		return err
 	})
 	return r, err
 }
@@ -263,7 +265,10 @@ func (c *Catalog) Ref(ctx context.Context, dgst digest.Digest) (catalog.BlobRef,
 func (c *Catalog) Touch(ctx context.Context, dgst digest.Digest, now time.Time) error {
 	return c.db.Update(func(tx *bbolt.Tx) error {
 		b := tx.Bucket(bBlobs)
-		r := getRef(b, dgst)
+		r, err := getRef(b, dgst)
+		if err != nil {
+			return err
+		}
 		if r.Refs > 0 {
 			return nil
 		}
@@ -277,10 +282,12 @@ func (c *Catalog) Touch(ctx context.Context, dgst digest.Digest, now time.Time) 
 // Collectable implements catalog.Refs.
 func (c *Catalog) Collectable(ctx context.Context, cutoff time.Time) ([]catalog.BlobRef, error) {
 	var out []catalog.BlobRef
+	var damaged []string
 	err := c.db.View(func(tx *bbolt.Tx) error {
 		return tx.Bucket(bBlobs).ForEach(func(k, v []byte) error {
-			var r catalog.BlobRef
-			if err := json.Unmarshal(v, &r); err != nil {
+			r, err := catalog.DecodeRef(digest.Digest(k), v)
+			if err != nil {
+				damaged = append(damaged, string(k))
 				return nil
 			}
 			if r.Collectable(cutoff) {
@@ -289,6 +296,9 @@ func (c *Catalog) Collectable(ctx context.Context, cutoff time.Time) ([]catalog.
 			return nil
 		})
 	})
+	if err == nil && len(damaged) > 0 {
+		err = &catalog.CorruptRefsError{Digests: damaged}
+	}
 	return out, err
 }
 
@@ -296,7 +306,10 @@ func (c *Catalog) Collectable(ctx context.Context, cutoff time.Time) ([]catalog.
 func (c *Catalog) Claim(ctx context.Context, dgst digest.Digest, cutoff, now time.Time) error {
 	return c.db.Update(func(tx *bbolt.Tx) error {
 		b := tx.Bucket(bBlobs)
-		r := getRef(b, dgst)
+		r, err := getRef(b, dgst)
+		if err != nil {
+			return err
+		}
 		if err := r.Claim(cutoff, now); err != nil {
 			return err
 		}
@@ -308,7 +321,11 @@ func (c *Catalog) Claim(ctx context.Context, dgst digest.Digest, cutoff, now tim
 func (c *Catalog) Forget(ctx context.Context, dgst digest.Digest) error {
 	return c.db.Update(func(tx *bbolt.Tx) error {
 		b := tx.Bucket(bBlobs)
-		if err := getRef(b, dgst).CheckForget(); err != nil {
+		r, err := getRef(b, dgst)
+		if err != nil {
+			return err
+		}
+		if err := r.CheckForget(); err != nil {
 			return err
 		}
 		return b.Delete([]byte(dgst))
@@ -332,7 +349,9 @@ func (c *Catalog) GetToken(ctx context.Context, id string) (catalog.Token, error
 		if v == nil {
 			return fmt.Errorf("token %s: %w", id, errdefs.ErrNotFound)
 		}
-		return json.Unmarshal(v, &t)
+		var err error
+		t, err = catalog.DecodeToken(id, v)
+		return err
 	})
 	return t, err
 }
@@ -342,8 +361,8 @@ func (c *Catalog) ListTokens(ctx context.Context) ([]catalog.Token, error) {
 	var out []catalog.Token
 	err := c.db.View(func(tx *bbolt.Tx) error {
 		return tx.Bucket(bTokens).ForEach(func(k, v []byte) error {
-			var t catalog.Token
-			if err := json.Unmarshal(v, &t); err != nil {
+			t, err := catalog.DecodeToken(string(k), v)
+			if err != nil {
 				return err
 			}
 			out = append(out, t)

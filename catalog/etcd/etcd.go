@@ -111,17 +111,18 @@ func (c *Catalog) putJSON(s concurrency.STM, key string, v any) error {
 	return nil
 }
 
-func (c *Catalog) getRef(s concurrency.STM, d digest.Digest) catalog.BlobRef {
-	r := catalog.BlobRef{Digest: d}
+// getRef reads the record of d: the zero record when there is none,
+// ErrCorrupt when it does not decode.
+func (c *Catalog) getRef(s concurrency.STM, d digest.Digest) (catalog.BlobRef, error) {
 	if v := s.Get(c.k("blobs", d.String())); v != "" {
-		json.Unmarshal([]byte(v), &r)
+		return catalog.DecodeRef(d, []byte(v))
 	}
-	return r
+	return catalog.BlobRef{Digest: d}, nil
 }
 
 func (c *Catalog) adjustRefs(s concurrency.STM, before, after *catalog.Image, now time.Time) error {
 	return catalog.ApplyRefDiff(before, after, now,
-		func(d digest.Digest) catalog.BlobRef { return c.getRef(s, d) },
+		func(d digest.Digest) (catalog.BlobRef, error) { return c.getRef(s, d) },
 		func(r catalog.BlobRef) error { return c.putJSON(s, c.k("blobs", r.Digest.String()), r) })
 }
 
@@ -249,17 +250,16 @@ func (c *Catalog) Ref(ctx context.Context, d digest.Digest) (catalog.BlobRef, er
 	if len(resp.Kvs) == 0 {
 		return catalog.BlobRef{}, fmt.Errorf("blob %s: %w", d, errdefs.ErrNotFound)
 	}
-	r := catalog.BlobRef{Digest: d}
-	if err := json.Unmarshal(resp.Kvs[0].Value, &r); err != nil {
-		return catalog.BlobRef{}, fmt.Errorf("blob %s: %v: %w", d, err, errdefs.ErrCorrupt)
-	}
-	return r, nil
+	return catalog.DecodeRef(d, resp.Kvs[0].Value)
 }
 
 // Touch implements catalog.Refs.
 func (c *Catalog) Touch(ctx context.Context, d digest.Digest, now time.Time) error {
 	return c.stm(ctx, func(s concurrency.STM) error {
-		r := c.getRef(s, d)
+		r, err := c.getRef(s, d)
+		if err != nil {
+			return err
+		}
 		if r.Refs > 0 {
 			return nil
 		}
@@ -277,11 +277,20 @@ func (c *Catalog) Collectable(ctx context.Context, cutoff time.Time) ([]catalog.
 		return nil, fmt.Errorf("etcd: %v: %w", err, errdefs.ErrUnavailable)
 	}
 	var out []catalog.BlobRef
+	var damaged []string
 	for _, kv := range resp.Kvs {
-		var r catalog.BlobRef
-		if json.Unmarshal(kv.Value, &r) == nil && r.Collectable(cutoff) {
+		key := strings.TrimPrefix(string(kv.Key), c.k("blobs", ""))
+		r, err := catalog.DecodeRef(digest.Digest(key), kv.Value)
+		if err != nil {
+			damaged = append(damaged, key)
+			continue
+		}
+		if r.Collectable(cutoff) {
 			out = append(out, r)
 		}
+	}
+	if len(damaged) > 0 {
+		return out, &catalog.CorruptRefsError{Digests: damaged}
 	}
 	return out, nil
 }
@@ -289,7 +298,10 @@ func (c *Catalog) Collectable(ctx context.Context, cutoff time.Time) ([]catalog.
 // Claim implements catalog.Refs.
 func (c *Catalog) Claim(ctx context.Context, d digest.Digest, cutoff, now time.Time) error {
 	return c.stm(ctx, func(s concurrency.STM) error {
-		r := c.getRef(s, d)
+		r, err := c.getRef(s, d)
+		if err != nil {
+			return err
+		}
 		if err := r.Claim(cutoff, now); err != nil {
 			return err
 		}
@@ -300,7 +312,11 @@ func (c *Catalog) Claim(ctx context.Context, d digest.Digest, cutoff, now time.T
 // Forget implements catalog.Refs.
 func (c *Catalog) Forget(ctx context.Context, d digest.Digest) error {
 	return c.stm(ctx, func(s concurrency.STM) error {
-		if err := c.getRef(s, d).CheckForget(); err != nil {
+		r, err := c.getRef(s, d)
+		if err != nil {
+			return err
+		}
+		if err := r.CheckForget(); err != nil {
 			return err
 		}
 		s.Del(c.k("blobs", d.String()))
@@ -329,8 +345,7 @@ func (c *Catalog) GetToken(ctx context.Context, id string) (catalog.Token, error
 	if len(resp.Kvs) == 0 {
 		return catalog.Token{}, fmt.Errorf("token %s: %w", id, errdefs.ErrNotFound)
 	}
-	var t catalog.Token
-	return t, json.Unmarshal(resp.Kvs[0].Value, &t)
+	return catalog.DecodeToken(id, resp.Kvs[0].Value)
 }
 
 // ListTokens implements catalog.Tokens.
@@ -341,8 +356,8 @@ func (c *Catalog) ListTokens(ctx context.Context) ([]catalog.Token, error) {
 	}
 	var out []catalog.Token
 	for _, kv := range resp.Kvs {
-		var t catalog.Token
-		if err := json.Unmarshal(kv.Value, &t); err != nil {
+		t, err := catalog.DecodeToken(strings.TrimPrefix(string(kv.Key), c.k("tokens", "")), kv.Value)
+		if err != nil {
 			return nil, err
 		}
 		out = append(out, t)

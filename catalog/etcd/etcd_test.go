@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/opencontainers/go-digest"
+
 	"github.com/depot-images/depot/catalog"
 	"github.com/depot-images/depot/catalog/catalogtest"
 	"github.com/depot-images/depot/errdefs"
@@ -18,7 +20,7 @@ import (
 
 func TestConformance(t *testing.T) {
 	ep := testenv.Etcd(t)
-	catalogtest.Run(t, func(t *testing.T) catalog.Catalog {
+	newCatalog := func(t *testing.T) catalog.Catalog {
 		b := make([]byte, 8)
 		rand.Read(b)
 		c, err := Open(context.Background(), []string{ep}, "/depot-test-"+hex.EncodeToString(b)+"/", nil)
@@ -26,6 +28,14 @@ func TestConformance(t *testing.T) {
 			t.Fatal(err)
 		}
 		return c
+	}
+	catalogtest.Run(t, newCatalog)
+	// Damaged records, written to the real etcd with the etcd client.
+	catalogtest.RunDamaged(t, newCatalog, func(t *testing.T, c catalog.Catalog, d digest.Digest, value []byte) {
+		ec := c.(*Catalog)
+		if _, err := ec.Client().Put(context.Background(), ec.k("blobs", d.String()), string(value)); err != nil {
+			t.Fatal(err)
+		}
 	})
 }
 

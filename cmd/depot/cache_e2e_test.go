@@ -445,3 +445,42 @@ func uidOf(t *testing.T, c *client.Client, name string) string {
 	}
 	return img.UID
 }
+
+// TestCLILeaseGuards: depot rm refuses a leased blob (exit 4, naming the
+// holder) unless --force; an unreadable lease stops prune and rm (exit 9)
+// until it is removed.
+func TestCLILeaseGuards(t *testing.T) {
+	data := t.TempDir()
+	h := startServe(t, data)
+	c, _ := client.New(h.url, adminToken(t, data))
+	_, d := pushRandom(t, c, "node-img", 1<<20)
+	cacheDir := t.TempDir()
+	env := []string{"DEPOT_SERVER=" + h.url, "DEPOT_TOKEN=" + adminToken(t, data), "DEPOT_CACHE=" + cacheDir}
+	if out, errs, code := run(t, env, "lease", "add", "node-img", "--holder", "vm-1"); code != 0 {
+		t.Fatalf("lease add: %d %s %s", code, out, errs)
+	}
+	path := filepath.Join(cacheDir, "blobs", "sha256", d.Encoded())
+	if _, errs, code := run(t, env, "rm", "node-img"); code != cli.ExitConflict || !strings.Contains(errs, "vm-1") || !strings.Contains(errs, "--force") {
+		t.Fatalf("rm of a leased blob: exit %d %q; want %d naming vm-1 and --force", code, errs, cli.ExitConflict)
+	}
+	if _, err := os.Stat(path); err != nil {
+		t.Fatal("the refused rm deleted the blob")
+	}
+	bad := filepath.Join(cacheDir, "leases", "damaged.json")
+	os.WriteFile(bad, []byte("{not json"), 0o600)
+	for _, args := range [][]string{{"prune", "--max-size", "1", "--max-age", "1ns"}, {"rm", "--force", "node-img"}} {
+		if _, errs, code := run(t, env, args...); code != cli.ExitCorrupt || !strings.Contains(errs, "damaged.json") {
+			t.Errorf("%v with an unreadable lease: exit %d %q; want %d naming the file", args, code, errs, cli.ExitCorrupt)
+		}
+		if _, err := os.Stat(path); err != nil {
+			t.Fatalf("%v deleted the blob although it could not read the leases", args)
+		}
+	}
+	os.Remove(bad)
+	if _, errs, code := run(t, env, "rm", "--force", "node-img"); code != 0 {
+		t.Fatalf("rm --force: exit %d %s", code, errs)
+	}
+	if _, err := os.Stat(path); !os.IsNotExist(err) {
+		t.Fatal("rm --force kept the blob")
+	}
+}
