@@ -45,6 +45,7 @@ type serveOptions struct {
 	gcInterval     time.Duration
 	gcGrace        time.Duration
 	maxContentSize int64
+	bodyIdle       time.Duration
 	logFormat      string
 	etcdCA         string
 	etcdCert       string
@@ -67,7 +68,8 @@ func (o *serveOptions) AddFlags(f *pflag.FlagSet) {
 	f.IntVar(&o.keepRevisions, "keep-revisions", 3, "content revisions retained per image (current included)")
 	f.DurationVar(&o.gcInterval, "gc-interval", time.Minute, "how often unreferenced blobs are collected")
 	f.DurationVar(&o.gcGrace, "gc-grace", 15*time.Minute, "how long an unreferenced blob is kept so in-flight downloads finish")
-	f.Int64Var(&o.maxContentSize, "max-content-size", 1<<40, "largest accepted content upload, bytes")
+	f.Int64Var(&o.maxContentSize, "max-content-size", 1<<40, "largest accepted content upload, bytes; a larger declared size is refused (413) before the body is read")
+	f.DurationVar(&o.bodyIdle, "body-idle-timeout", server.DefaultBodyIdleTimeout, "abort a request whose body sends nothing for this long (its partial upload is removed)")
 	f.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
 }
 
@@ -82,6 +84,8 @@ func (o *serveOptions) Validate() error {
 		return usageError{errors.New("--gc-interval must be positive and --gc-grace not negative")}
 	case o.maxContentSize <= 0:
 		return usageError{errors.New("--max-content-size must be positive")}
+	case o.bodyIdle < time.Second:
+		return usageError{errors.New("--body-idle-timeout must be at least 1s")}
 	case o.logFormat != "text" && o.logFormat != "json":
 		return usageError{errors.New("--log-format is text or json")}
 	case o.redirect && !strings.HasPrefix(o.blobsDir, "s3://"):
@@ -178,6 +182,7 @@ func runServe(ctx context.Context, g *globals, o *serveOptions) error {
 		Catalog:  cat, Blobs: blobs, Auth: authority, Logger: log,
 		AllowAnonymousRead: o.anonRead, KeepRevisions: o.keepRevisions,
 		GCInterval: o.gcInterval, GCGrace: graceFor(o.gcGrace), MaxContentSize: o.maxContentSize,
+		BodyIdleTimeout: o.bodyIdle,
 		RedirectContent: redirectFor(o),
 	})
 	if err != nil {

@@ -49,8 +49,14 @@ type Config struct {
 	// IngestTTL is the age after which an abandoned partial upload is
 	// removed. Default 1h.
 	IngestTTL time.Duration
-	// MaxContentSize bounds one content upload. Default 1 TiB.
+	// MaxContentSize bounds one content upload. Default 1 TiB. A declared
+	// size above it (Content-Length or X-Depot-Size) is refused before
+	// any byte of the body is read.
 	MaxContentSize int64
+	// BodyIdleTimeout is how long a request body may send nothing before
+	// the request is aborted (an upload's partial file is removed).
+	// Default 60s; negative means no limit.
+	BodyIdleTimeout time.Duration
 	// GCLeader, when set, makes garbage collection run only while it
 	// reports leadership (several heads on one catalog elect one collector).
 	GCLeader interface{ IsLeader() bool }
@@ -79,6 +85,9 @@ func (c *Config) setDefaults() {
 	if c.MaxContentSize == 0 {
 		c.MaxContentSize = 1 << 40
 	}
+	if c.BodyIdleTimeout == 0 {
+		c.BodyIdleTimeout = DefaultBodyIdleTimeout
+	}
 }
 
 // Server serves the API. Create it with New.
@@ -97,6 +106,9 @@ type Server struct {
 	// finish with the blob it is about to commit (tests shorten it).
 	claimWait time.Duration
 }
+
+// DefaultBodyIdleTimeout is Config.BodyIdleTimeout's default.
+const DefaultBodyIdleTimeout = 60 * time.Second
 
 // maxJSONBody bounds every JSON request body.
 const maxJSONBody = 64 << 10
@@ -185,7 +197,9 @@ func (s *Server) handle(pattern string, role auth.Role, h http.HandlerFunc) {
 	route := pattern
 	s.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
-		rw := &respWriter{ResponseWriter: w, status: http.StatusOK}
+		ctx, body := wrapBody(r.Context(), w, r, max(s.cfg.BodyIdleTimeout, 0))
+		defer body.abandon(w)
+		rw := &respWriter{ResponseWriter: w, status: http.StatusOK, body: body}
 		var p auth.Principal
 		if role != auth.RoleNone {
 			var err error
@@ -199,7 +213,11 @@ func (s *Server) handle(pattern string, role auth.Role, h http.HandlerFunc) {
 				return
 			}
 		}
-		h(rw, r.WithContext(context.WithValue(r.Context(), principalKey{}, p)))
+		r2 := r.WithContext(context.WithValue(ctx, principalKey{}, p))
+		if body != nil {
+			r2.Body = body
+		}
+		h(rw, r2)
 		s.observe(r, route, rw, start, p)
 	})
 }
