@@ -18,6 +18,7 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/depot-images/depot/atomicfile"
 	"github.com/depot-images/depot/auth"
@@ -171,11 +172,19 @@ func runServe(ctx context.Context, g *globals, o *serveOptions) error {
 	if err := bootstrapAdmin(ctx, g, cat, authority, o.data); err != nil {
 		return err
 	}
+	// Shutdown order: Run stops accepting, drains the requests in flight
+	// and stops garbage collection; then the election resigns; then (the
+	// deferred Close above) the catalog closes. Every goroutine is joined.
+	var bg errgroup.Group
+	electCtx, stopElection := context.WithCancel(context.WithoutCancel(ctx))
+	defer func() { stopElection(); bg.Wait() }()
 	var leader interface{ IsLeader() bool }
 	if ec, ok := cat.(*etcdcat.Catalog); ok {
 		// Several heads share this catalog: one at a time collects garbage.
 		host, _ := os.Hostname()
-		leader = ec.Campaign(ctx, "gc", fmt.Sprintf("%s/%d", host, os.Getpid()), 5)
+		el := ec.Election("gc", fmt.Sprintf("%s/%d", host, os.Getpid()), 5)
+		bg.Go(func() error { return el.Run(electCtx) })
+		leader = el
 	}
 	srv, err := server.New(server.Config{
 		GCLeader: leader,
@@ -194,7 +203,7 @@ func runServe(ctx context.Context, g *globals, o *serveOptions) error {
 	}
 	log.Info("depot serve listening", "url", "http://"+ln.Addr().String(), "data", o.data, "blobs", fmt.Sprint(blobs), "anonymous_read", o.anonRead, "redirect_content", o.redirect)
 	hs := &http.Server{ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
-	if err := srv.Run(ctx, ln, hs); err != nil && !errors.Is(err, http.ErrServerClosed) {
+	if err := srv.Run(ctx, ln, hs); err != nil {
 		return err
 	}
 	log.Info("depot serve stopped")

@@ -80,8 +80,10 @@ func (e *env) auth(role string) string {
 
 // ingestFiles lists ingest/ and counts this process's descriptors open on
 // files in it.
-func (e *env) ingestFiles() (files, fds int) {
-	dir := filepath.Join(e.dir, "ingest")
+func (e *env) ingestFiles() (files, fds int) { return ingestFilesIn(e.dir) }
+
+func ingestFilesIn(root string) (files, fds int) {
+	dir := filepath.Join(root, "ingest")
 	ents, _ := os.ReadDir(dir)
 	fdEnts, _ := os.ReadDir("/proc/self/fd")
 	for _, f := range fdEnts {
