@@ -22,6 +22,7 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/depot-images/depot/atomicfile"
 	"github.com/depot-images/depot/auth"
@@ -50,6 +51,7 @@ type serveOptions struct {
 	gcInterval     time.Duration
 	gcGrace        time.Duration
 	maxContentSize size.Bytes
+	bodyIdle       time.Duration
 	logFormat      string
 	etcdCA         string
 	etcdCert       string
@@ -73,7 +75,8 @@ func (o *serveOptions) AddFlags(f *pflag.FlagSet) {
 	f.DurationVar(&o.gcInterval, "gc-interval", time.Minute, "how often unreferenced blobs are collected")
 	f.DurationVar(&o.gcGrace, "gc-grace", 15*time.Minute, "how long an unreferenced blob is kept so in-flight downloads finish")
 	o.maxContentSize = 1 << 40
-	f.Var(&o.maxContentSize, "max-content-size", "largest accepted content upload, e.g. 500G (binary units)")
+	f.Var(&o.maxContentSize, "max-content-size", "largest accepted content upload, e.g. 500G (binary units); a larger declared size is refused (413) before the body is read")
+	f.DurationVar(&o.bodyIdle, "body-idle-timeout", server.DefaultBodyIdleTimeout, "abort a request whose body sends nothing for this long (its partial upload is removed)")
 	f.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
 }
 
@@ -88,6 +91,8 @@ func (o *serveOptions) Validate() error {
 		return usageError{errors.New("--gc-interval must be positive and --gc-grace not negative")}
 	case o.maxContentSize <= 0:
 		return usageError{errors.New("--max-content-size must be positive")}
+	case o.bodyIdle < time.Second:
+		return usageError{errors.New("--body-idle-timeout must be at least 1s")}
 	case o.logFormat != "text" && o.logFormat != "json":
 		return usageError{errors.New("--log-format is text or json")}
 	case o.redirect && !strings.HasPrefix(o.blobsDir, "s3://"):
@@ -215,17 +220,26 @@ func runServe(ctx context.Context, g *globals, o *serveOptions) error {
 	if err := bootstrapAdmin(ctx, g, cat, authority, o.data); err != nil {
 		return err
 	}
+	// Shutdown order: Run stops accepting, drains the requests in flight
+	// and stops garbage collection; then the election resigns; then (the
+	// deferred Close above) the catalog closes. Every goroutine is joined.
+	var bg errgroup.Group
+	electCtx, stopElection := context.WithCancel(context.WithoutCancel(ctx))
+	defer func() { stopElection(); bg.Wait() }()
 	var leader interface{ IsLeader() bool }
 	if ec, ok := cat.(*etcdcat.Catalog); ok {
 		// Several heads share this catalog: one at a time collects garbage.
 		host, _ := os.Hostname()
-		leader = ec.Campaign(ctx, "gc", fmt.Sprintf("%s/%d", host, os.Getpid()), 5)
+		el := ec.Election("gc", fmt.Sprintf("%s/%d", host, os.Getpid()), 5)
+		bg.Go(func() error { return el.Run(electCtx) })
+		leader = el
 	}
 	srv, err := server.New(server.Config{
 		GCLeader: leader,
 		Catalog:  cat, Blobs: blobs, Auth: authority, Logger: log,
 		AllowAnonymousRead: o.anonRead, KeepRevisions: o.keepRevisions,
 		GCInterval: o.gcInterval, GCGrace: graceFor(o.gcGrace), MaxContentSize: int64(o.maxContentSize),
+		BodyIdleTimeout: o.bodyIdle,
 		RedirectContent: redirectFor(o),
 	})
 	if err != nil {
@@ -237,7 +251,7 @@ func runServe(ctx context.Context, g *globals, o *serveOptions) error {
 	}
 	log.Info("depot serve listening", "url", "http://"+ln.Addr().String(), "data", o.data, "blobs", fmt.Sprint(blobs), "anonymous_read", o.anonRead, "redirect_content", o.redirect)
 	hs := &http.Server{ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
-	if err := srv.Run(ctx, ln, hs); err != nil && !errors.Is(err, http.ErrServerClosed) {
+	if err := srv.Run(ctx, ln, hs); err != nil {
 		return err
 	}
 	log.Info("depot serve stopped")

@@ -63,6 +63,17 @@ func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request, d digest.Dige
 	if rw != nil {
 		before = rw.bytes
 	}
+	size, err := rs.Seek(0, io.SeekEnd)
+	if err == nil {
+		_, err = rs.Seek(0, io.SeekStart)
+	}
+	if err != nil {
+		s.fail(w, r, fmt.Errorf("blob %s: %w", d, err))
+		return
+	}
+	if r = applyRanges(w, r, size); r == nil {
+		return
+	}
 	http.ServeContent(w, r, "", mtime, rs)
 	if rw != nil {
 		s.metrics.bytesSent.Add(float64(rw.bytes - before))
@@ -188,23 +199,6 @@ func (s *Server) getBlob(w http.ResponseWriter, r *http.Request) {
 	s.serveBlob(w, r, d, info.Committed, "")
 }
 
-// declaredDigest reads the digest a PUT declares, from the header or the
-// ?digest= query; "" when none.
-func declaredDigest(r *http.Request) (digest.Digest, error) {
-	v := r.Header.Get(api.HeaderDigest)
-	if q := r.URL.Query().Get("digest"); q != "" {
-		if v != "" && v != q {
-			return "", fmt.Errorf("the %s header and ?digest= disagree: %w", api.HeaderDigest, errdefs.ErrInvalidArgument)
-		}
-		v = q
-	}
-	if v == "" {
-		return "", nil
-	}
-	d := digest.Digest(v)
-	return d, blob.Validate(d)
-}
-
 // ifMatch parses If-Match: one quoted digest, or *. It returns ("", false)
 // when absent.
 func ifMatch(r *http.Request) (digest.Digest, bool, error) {
@@ -257,13 +251,39 @@ func (b bodyReader) Read(p []byte) (int, error) {
 		if errors.As(err, &mb) {
 			return n, fmt.Errorf("content is over the %d-byte limit: %w", mb.Limit, errdefs.ErrTooLarge)
 		}
+		if errors.Is(err, errdefs.ErrInvalidArgument) { // the body idle timeout
+			return n, err
+		}
 		return n, fmt.Errorf("reading the upload: %v (body cut short?): %w", err, errdefs.ErrInvalidArgument)
 	}
 	return n, err
 }
 
+// declaredSize reads the size a PUT declares: Content-Length, or
+// X-Depot-Size for a chunked body; -1 when neither. A size over the limit
+// is refused here, before any byte of the body is read.
+func (s *Server) declaredSize(r *http.Request) (int64, error) {
+	size := r.ContentLength // -1 when chunked; then X-Depot-Size may say
+	if v := r.Header.Get("X-Depot-Size"); v != "" {
+		hint, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || hint < 0 || (size >= 0 && hint != size) {
+			return 0, fmt.Errorf("X-Depot-Size %q is not the byte count of the body: %w", v, errdefs.ErrInvalidArgument)
+		}
+		size = hint
+	}
+	if size > s.cfg.MaxContentSize {
+		return 0, fmt.Errorf("the declared size, %d bytes, is over the server's %d-byte limit (--max-content-size): %w", size, s.cfg.MaxContentSize, errdefs.ErrTooLarge)
+	}
+	return size, nil
+}
+
 func (s *Server) putContent(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
+	size, err := s.declaredSize(r)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
 	img, err := s.lookup(r)
 	if err != nil {
 		s.fail(w, r, err)
@@ -288,15 +308,6 @@ func (s *Server) putContent(w http.ResponseWriter, r *http.Request) {
 			s.fail(w, r, err)
 			return
 		}
-	}
-	size := r.ContentLength // -1 when chunked; then X-Depot-Size may say
-	if v := r.Header.Get("X-Depot-Size"); v != "" {
-		hint, err := strconv.ParseInt(v, 10, 64)
-		if err != nil || hint < 0 || (size >= 0 && hint != size) {
-			s.fail(w, r, fmt.Errorf("X-Depot-Size %q is not the byte count of the body: %w", v, errdefs.ErrInvalidArgument))
-			return
-		}
-		size = hint
 	}
 	msg := r.Header.Get(api.HeaderMessage)
 	if len(msg) > maxStringField {
@@ -326,17 +337,13 @@ func (s *Server) putContent(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, fmt.Errorf("upload aborted: %w", errdefs.ErrInvalidArgument))
 		return
 	}
-	if want == "" {
-		// A streaming client declares the digest in a trailer, readable
-		// now that the body is consumed.
-		if v := r.Trailer.Get(api.HeaderDigest); v != "" {
-			want = digest.Digest(v)
-			if err := blob.Validate(want); err != nil {
-				bw.Close()
-				s.fail(w, r, err)
-				return
-			}
-		}
+	// A streaming client declares the digest in a trailer, readable now
+	// that the body is consumed, announced or not. One declared up front
+	// as well must agree with it.
+	if want, err = trailerDigest(bodyOfRequest(r).Trailer(), want); err != nil {
+		bw.Close()
+		s.fail(w, r, err)
+		return
 	}
 	if err := checkPortable(sniff.Format(), &qhead); err != nil {
 		bw.Close()

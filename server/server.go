@@ -20,6 +20,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/depot-images/depot/api"
 	"github.com/depot-images/depot/auth"
@@ -49,8 +50,14 @@ type Config struct {
 	// IngestTTL is the age after which an abandoned partial upload is
 	// removed. Default 1h.
 	IngestTTL time.Duration
-	// MaxContentSize bounds one content upload. Default 1 TiB.
+	// MaxContentSize bounds one content upload. Default 1 TiB. A declared
+	// size above it (Content-Length or X-Depot-Size) is refused before
+	// any byte of the body is read.
 	MaxContentSize int64
+	// BodyIdleTimeout is how long a request body may send nothing before
+	// the request is aborted (an upload's partial file is removed).
+	// Default 60s; negative means no limit.
+	BodyIdleTimeout time.Duration
 	// GCLeader, when set, makes garbage collection run only while it
 	// reports leadership (several heads on one catalog elect one collector).
 	GCLeader interface{ IsLeader() bool }
@@ -79,6 +86,9 @@ func (c *Config) setDefaults() {
 	if c.MaxContentSize == 0 {
 		c.MaxContentSize = 1 << 40
 	}
+	if c.BodyIdleTimeout == 0 {
+		c.BodyIdleTimeout = DefaultBodyIdleTimeout
+	}
 }
 
 // Server serves the API. Create it with New.
@@ -93,10 +103,16 @@ type Server struct {
 	// holds it shared from the blob commit until the catalog references the
 	// blob; GC holds it exclusively while it deletes.
 	commitMu sync.RWMutex
+	// inflight counts the handlers running, so a shutdown can wait for
+	// all of them before the catalog closes.
+	inflight sync.WaitGroup
 	// claimWait is how long an upload waits for a garbage collector to
 	// finish with the blob it is about to commit (tests shorten it).
 	claimWait time.Duration
 }
+
+// DefaultBodyIdleTimeout is Config.BodyIdleTimeout's default.
+const DefaultBodyIdleTimeout = 60 * time.Second
 
 // maxJSONBody bounds every JSON request body.
 const maxJSONBody = 64 << 10
@@ -154,22 +170,55 @@ func (s *Server) routes() {
 func (s *Server) Handler() http.Handler { return s.mux }
 
 // Run serves on ln until ctx ends, running garbage collection alongside,
-// then shuts down gracefully (in-flight requests get 10 s).
+// then shuts down in order: stop accepting and drain the requests in
+// flight (they get ShutdownGrace, then their connections are closed and
+// they are waited for), then stop garbage collection and wait for it. When
+// Run returns, nothing the server started touches the catalog or the blob
+// store any more: the caller may close them.
 func (s *Server) Run(ctx context.Context, ln net.Listener, srv *http.Server) error {
 	srv.Handler = s.Handler()
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
-	if s.cfg.GCInterval > 0 {
-		go s.gcLoop(ctx)
-	}
-	select {
-	case err := <-errc:
+	var g errgroup.Group
+	serveErr := make(chan error, 1)
+	g.Go(func() error {
+		err := srv.Serve(ln)
+		if errors.Is(err, http.ErrServerClosed) {
+			err = nil
+		}
+		serveErr <- err
 		return err
+	})
+	// GC outlives the run context: it stops after the drain, not before.
+	gcCtx, stopGC := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopGC()
+	if s.cfg.GCInterval > 0 {
+		g.Go(func() error { s.gcLoop(gcCtx); return nil })
+	}
+	var err error
+	select {
+	case err = <-serveErr: // the listener failed: drain what is in flight all the same
 	case <-ctx.Done():
 	}
-	shut, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	s.drain(srv)
+	stopGC()
+	return errors.Join(err, g.Wait())
+}
+
+// ShutdownGrace is how long requests in flight get to finish when the
+// server stops, before their connections are closed.
+const ShutdownGrace = 10 * time.Second
+
+// drain stops srv accepting, lets the requests in flight finish, and
+// waits for every handler to return.
+func (s *Server) drain(srv *http.Server) {
+	shut, cancel := context.WithTimeout(context.Background(), ShutdownGrace)
 	defer cancel()
-	return srv.Shutdown(shut)
+	if err := srv.Shutdown(shut); err != nil {
+		s.log.Warn("requests still running at shutdown; closing their connections", "err", err)
+		srv.Close()
+	}
+	// Shutdown does not wait for handlers whose connections it closed (or
+	// that hijacked theirs); with their connections gone they end soon.
+	s.inflight.Wait()
 }
 
 type principalKey struct{}
@@ -184,8 +233,12 @@ func principal(r *http.Request) auth.Principal {
 func (s *Server) handle(pattern string, role auth.Role, h http.HandlerFunc) {
 	route := pattern
 	s.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
+		s.inflight.Add(1)
+		defer s.inflight.Done()
 		start := time.Now()
-		rw := &respWriter{ResponseWriter: w, status: http.StatusOK}
+		ctx, body := wrapBody(r.Context(), w, r, max(s.cfg.BodyIdleTimeout, 0))
+		defer body.abandon(w)
+		rw := &respWriter{ResponseWriter: w, status: http.StatusOK, body: body}
 		var p auth.Principal
 		if role != auth.RoleNone {
 			var err error
@@ -199,7 +252,11 @@ func (s *Server) handle(pattern string, role auth.Role, h http.HandlerFunc) {
 				return
 			}
 		}
-		h(rw, r.WithContext(context.WithValue(r.Context(), principalKey{}, p)))
+		r2 := r.WithContext(context.WithValue(ctx, principalKey{}, p))
+		if body != nil {
+			r2.Body = body
+		}
+		h(rw, r2)
 		s.observe(r, route, rw, start, p)
 	})
 }
