@@ -22,6 +22,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/depot-images/depot/errdefs"
+	"github.com/depot-images/depot/source"
 	"github.com/depot-images/depot/ref"
 )
 
@@ -222,7 +223,7 @@ func (c *Cache) repair(ctx context.Context, rec BlobRecord, res VerifyResult) Ve
 	}
 	src, err := c.sourceFor(r, o)
 	if err == nil {
-		_, err = c.fetch(ctx, r, src, rec.Digest, "", o)
+		_, err = c.fetch(ctx, r, src, source.Descriptor{Digest: rec.Digest, Size: -1}, o)
 	}
 	if err != nil {
 		res.Detail += "; repair failed: " + err.Error()
