@@ -42,6 +42,7 @@ import (
 
 	"github.com/gofrs/flock"
 	"github.com/opencontainers/go-digest"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/depot-images/depot/atomicfile"
 	"github.com/depot-images/depot/blob"
@@ -79,8 +80,14 @@ type Options struct {
 	// Depot is the client used for depot references (name, UID). Nil means
 	// depot references fail with ErrInvalidArgument.
 	Depot *client.Client
-	// HTTPClient fetches URL and OCI sources; nil is http.DefaultClient.
+	// HTTPClient fetches URL and OCI sources; nil is a client with
+	// depot's default timeouts and redirect policy (client.NewHTTPClient).
 	HTTPClient *http.Client
+	// MaxDownloadSize, when > 0, bounds what one download may claim: a
+	// source declaring more fails with ErrTooLarge before any body byte is
+	// requested. Every download is also bounded by the free space of the
+	// cache (ErrNoSpace).
+	MaxDownloadSize int64
 	// Connections is how many parallel ranged requests fetch one large blob
 	// (default 1: a single stream).
 	Connections int
@@ -173,6 +180,9 @@ func Open(dir string, opts Options) (*Cache, error) {
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
+	}
+	if opts.HTTPClient == nil {
+		opts.HTTPClient = client.NewHTTPClient(client.Timeouts{})
 	}
 	return &Cache{dir: dir, opts: opts, log: log}, nil
 }
@@ -282,7 +292,7 @@ func (c *Cache) ensure(ctx context.Context, r ref.Ref, src source.Source, o Ensu
 		if o.Policy == Never {
 			return Image{}, fmt.Errorf("%s is not in the cache and the pull policy is Never: %w", want, errdefs.ErrNotFound)
 		}
-		return c.fetch(ctx, r, src, want, "", o)
+		return c.fetch(ctx, r, src, source.Descriptor{Digest: want, Size: -1}, o)
 	}
 
 	key := r.Key(c.server())
@@ -345,10 +355,10 @@ func (c *Cache) ensure(ctx context.Context, r ref.Ref, src source.Source, o Ensu
 			return Image{}, err
 		}
 		if !ok {
-			img, err = c.fetch(ctx, r, src, desc.Digest, desc.Validator, o)
+			img, err = c.fetch(ctx, r, src, desc, o)
 		}
 	} else {
-		img, err = c.fetch(ctx, r, src, desc.Digest, desc.Validator, o)
+		img, err = c.fetch(ctx, r, src, desc, o)
 	}
 	if err != nil {
 		return Image{}, err
@@ -446,9 +456,11 @@ func (c *Cache) quarantine(d digest.Digest) {
 	writeJSON(c.recordPath(d), rec, true)
 }
 
-// fetch transfers d from src (once across processes), verifies it and
-// commits it.
-func (c *Cache) fetch(ctx context.Context, r ref.Ref, src source.Source, d digest.Digest, validator string, o EnsureOptions) (Image, error) {
+// fetch transfers want.Digest from src (once across processes), verifies it
+// and commits it. want.Size, when known (>= 0), is the size the source
+// declared when it resolved; want.Validator makes a resume conditional.
+func (c *Cache) fetch(ctx context.Context, r ref.Ref, src source.Source, want source.Descriptor, o EnsureOptions) (Image, error) {
+	d := want.Digest
 	if err := blob.Validate(d); err != nil {
 		return Image{}, err
 	}
@@ -462,16 +474,21 @@ func (c *Cache) fetch(ctx context.Context, r ref.Ref, src source.Source, d diges
 			return img, err // another process fetched it while we waited
 		}
 	}
-	img, err := c.transfer(ctx, r, src, d, validator, o)
+	img, err := c.transfer(ctx, r, src, want, o)
 	// An interrupted transfer (a head died, the network dropped) resumes
-	// from what it has: by Range, on the next head of a cluster.
+	// from what it has: by Range, on the next head of a cluster. A source
+	// that stalled is asked again only when it has another head to go to:
+	// waiting out the same silent peer again helps nobody.
 	for attempt := 1; attempt <= 3 && err != nil && errors.Is(err, errdefs.ErrUnavailable) && ctx.Err() == nil; attempt++ {
+		if client.IsStall(err) && source.Heads(src) < 2 {
+			break
+		}
 		c.log.Warn("transfer interrupted; resuming", "digest", d, "attempt", attempt, "err", err)
 		select {
 		case <-ctx.Done():
 		case <-time.After(time.Duration(attempt) * 200 * time.Millisecond):
 		}
-		img, err = c.transfer(ctx, r, src, d, validator, o)
+		img, err = c.transfer(ctx, r, src, want, o)
 	}
 	if err != nil && errors.Is(err, errdefs.ErrNotFound) {
 		return Image{}, c.unavailable(ctx, r, src, d)
@@ -550,7 +567,8 @@ func (p *partial) saveState() error {
 	return writeJSON(p.statePath, p.st, false)
 }
 
-func (c *Cache) transfer(ctx context.Context, r ref.Ref, src source.Source, d digest.Digest, validator string, o EnsureOptions) (Image, error) {
+func (c *Cache) transfer(ctx context.Context, r ref.Ref, src source.Source, want source.Descriptor, o EnsureOptions) (Image, error) {
+	d, validator := want.Digest, want.Validator
 	p := &partial{c: c, d: d, ref: r.String(), path: filepath.Join(c.dir, "ingest", d.Encoded()+".part"),
 		statePath: filepath.Join(c.dir, "ingest", d.Encoded()+".json"), h: blob.NewDualHasher(), sniff: &format.Sniffer{}}
 	defer func() { p.h.Close() }()
@@ -590,6 +608,13 @@ func (c *Cache) transfer(ctx context.Context, r ref.Ref, src source.Source, d di
 		}
 	}
 	off := p.done
+	// A size the source declared on resolving is claimed before any
+	// request for the body: a manifest that says 64 TiB fails here.
+	if want.Size >= 0 {
+		if err := c.claim(p, src, want.Size); err != nil {
+			return Image{}, err
+		}
+	}
 	var body source.Body
 	if off > 0 && p.h.Digest() == d {
 		// A run killed between the last byte and the rename left the whole
@@ -618,8 +643,22 @@ func (c *Cache) transfer(ctx context.Context, r ref.Ref, src source.Source, d di
 		return Image{}, err
 	}
 	p.st.Validator = body.Validator
+	// The expected size: what the body declares, else what the source
+	// declared on resolving. Two declarations that disagree are a lie.
+	size := body.Size
+	if size < 0 {
+		size = want.Size
+	} else if want.Size >= 0 && want.Size != size {
+		return Image{}, fmt.Errorf("%s declared %d bytes for %s, then sent a body of %d: %w", src, want.Size, d, size,
+			&errdefs.VerificationError{Want: d, WantSize: want.Size, GotSize: size})
+	}
+	if size >= 0 && size != want.Size {
+		if err := c.claim(p, src, size); err != nil {
+			return Image{}, err
+		}
+	}
 	conns := max(c.opts.Connections, 1)
-	if conns > 1 && body.Ranges && body.Size-p.done > parallelMin {
+	if conns > 1 && body.Ranges && body.Size >= 0 && body.Size-p.done > parallelMin {
 		body.Close()
 		err = c.parallel(ctx, p, src, body.Size, body.Validator, conns, o)
 	} else {
@@ -627,10 +666,14 @@ func (c *Cache) transfer(ctx context.Context, r ref.Ref, src source.Source, d di
 		if err := p.saveState(); err != nil {
 			return Image{}, c.diskErr(err)
 		}
-		err = c.sequential(p, src, body, buf, o)
+		lim, lerr := c.limit(p, size)
+		if lerr != nil {
+			return Image{}, lerr
+		}
+		err = c.sequential(p, src, body, buf, lim, o)
 	}
 	if err != nil {
-		if errors.Is(err, syscall.ENOSPC) {
+		if errors.Is(err, syscall.ENOSPC) || errors.Is(err, errOverlong) {
 			p.discard()
 		}
 		if ctx.Err() != nil {
@@ -638,8 +681,8 @@ func (c *Cache) transfer(ctx context.Context, r ref.Ref, src source.Source, d di
 		}
 		return Image{}, err
 	}
-	if body.Size >= 0 && p.done != body.Size {
-		return Image{}, fmt.Errorf("download of %s from %s ended at %d of %d bytes (it resumes next time): %w", d, src, p.done, body.Size, errdefs.ErrUnavailable)
+	if size >= 0 && p.done != size {
+		return Image{}, fmt.Errorf("download of %s from %s ended at %d of %d bytes (it resumes next time): %w", d, src, p.done, size, errdefs.ErrUnavailable)
 	}
 	return c.commit(p, src)
 }
@@ -648,7 +691,11 @@ func (c *Cache) transfer(ctx context.Context, r ref.Ref, src source.Source, d di
 // Three stages overlap: a goroutine reads the next chunks from the network
 // while this one hashes the current chunk and a helper writes it to the
 // file. Memory is bounded by seqBuffers chunks of len(buf).
-func (c *Cache) sequential(p *partial, src source.Source, body source.Body, buf []byte, o EnsureOptions) error {
+//
+// The body is read through a limit of lim.max-p.done+1 bytes: one byte past
+// the bound is proof enough that the body is too long, and nothing after it
+// is read.
+func (c *Cache) sequential(p *partial, src source.Source, body source.Body, buf []byte, lim bound, o EnsureOptions) error {
 	type chunk struct {
 		b   []byte
 		err error
@@ -660,8 +707,15 @@ func (c *Cache) sequential(p *partial, src source.Source, body source.Body, buf 
 	}
 	full := make(chan chunk, seqBuffers)
 	stop := make(chan struct{})
-	defer close(stop) // the reader exits; a Read it is blocked in ends when body closes
+	readerDone := make(chan struct{})
+	defer func() {
+		close(stop)
+		body.Close() // ends a Read the reader is blocked in
+		<-readerDone
+	}()
+	in := io.LimitReader(body, lim.max-p.done+1)
 	go func() {
+		defer close(readerDone)
 		for {
 			var b []byte
 			select {
@@ -669,7 +723,7 @@ func (c *Cache) sequential(p *partial, src source.Source, body source.Body, buf 
 			case <-stop:
 				return
 			}
-			n, err := io.ReadFull(body, b)
+			n, err := io.ReadFull(in, b)
 			select {
 			case full <- chunk{b[:n], err}:
 			case <-stop:
@@ -682,6 +736,9 @@ func (c *Cache) sequential(p *partial, src source.Source, body source.Body, buf 
 	}()
 	werr := make(chan error, 1)
 	for ch := range full {
+		if p.done+int64(len(ch.b)) > lim.max {
+			return lim.err()
+		}
 		if len(ch.b) > 0 {
 			go func() { _, err := p.f.Write(ch.b); werr <- err }()
 			p.hash(ch.b)
@@ -697,6 +754,9 @@ func (c *Cache) sequential(p *partial, src source.Source, body source.Body, buf 
 			return nil
 		}
 		if ch.err != nil {
+			if errors.Is(ch.err, errdefs.ErrUnavailable) { // a stall keeps its type
+				return fmt.Errorf("download of %s from %s interrupted after %d bytes (it resumes next time): %w", p.d, src, p.done, ch.err)
+			}
 			return fmt.Errorf("download of %s from %s interrupted after %d bytes (it resumes next time): %v: %w", p.d, src, p.done, ch.err, errdefs.ErrUnavailable)
 		}
 	}
@@ -712,9 +772,12 @@ const seqBuffers = 3
 // order as they complete, reading them back from the page cache, so the
 // content is verified without a second transfer. The state file records the
 // in-order prefix, so an interrupted run resumes cleanly.
+//
+// Segments are scheduled lazily: at most parallelAhead(conns) are handed
+// out beyond the one being hashed, so memory does not grow with size (a
+// source may declare any size). Every worker has returned before parallel
+// does, so none writes to the part file after transfer closes it.
 func (c *Cache) parallel(ctx context.Context, p *partial, src source.Source, size int64, validator string, conns int, o EnsureOptions) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	start := p.done
 	// Record the in-order prefix before any out-of-order write, so a crash
 	// from here on never lets a later run hash a hole.
@@ -722,56 +785,83 @@ func (c *Cache) parallel(ctx context.Context, p *partial, src source.Source, siz
 	if err := p.saveState(); err != nil {
 		return c.diskErr(err)
 	}
-	nseg := int((size - start + segmentSize - 1) / segmentSize)
-	ready := make([]chan error, nseg)
-	for i := range ready {
-		ready[i] = make(chan error, 1)
+	nseg := (size - start + segmentSize - 1) / segmentSize
+	type segment struct {
+		off, n int64
+		done   chan error // buffered: a worker never waits for the hasher
 	}
-	next := make(chan int, nseg)
-	for i := range nseg {
-		next <- i
-	}
-	close(next)
-	for range min(conns, nseg) {
-		go func() {
-			buf := make([]byte, 1<<20)
-			for i := range next {
-				if ctx.Err() != nil {
-					ready[i] <- ctx.Err()
-					continue
-				}
-				off := start + int64(i)*segmentSize
-				n := min(segmentSize, size-off)
-				ready[i] <- c.fetchSegment(ctx, p, src, off, n, validator, buf)
+	g, gctx := errgroup.WithContext(ctx)
+	jobs := make(chan segment)                       // to the workers
+	order := make(chan segment, conns*parallelAhead) // to the hasher, in order; its capacity is the look-ahead
+	g.Go(func() error {                              // the scheduler
+		defer close(jobs)
+		defer close(order)
+		for i := range nseg {
+			off := start + i*segmentSize
+			sg := segment{off: off, n: min(segmentSize, size-off), done: make(chan error, 1)}
+			select {
+			case order <- sg:
+			case <-gctx.Done():
+				return nil
 			}
-		}()
-	}
-	buf := make([]byte, 1<<20)
-	for i := range nseg {
-		if err := <-ready[i]; err != nil {
-			cancel()
-			return err
+			select {
+			case jobs <- sg:
+			case <-gctx.Done():
+				return nil
+			}
 		}
-		off := start + int64(i)*segmentSize
-		end := min(off+segmentSize, size)
-		for pos := off; pos < end; {
-			n, err := p.f.ReadAt(buf[:min(int64(len(buf)), end-pos)], pos)
-			if err != nil && !(err == io.EOF && pos+int64(n) == end) {
+		return nil
+	})
+	for range int(min(int64(conns), nseg)) {
+		g.Go(func() error {
+			buf := make([]byte, 1<<20)
+			// A failed segment is reported to the hasher, which stops at
+			// it after hashing the good ones before it; the other
+			// workers go on until then, so the kept prefix is as long
+			// as it can be.
+			for sg := range jobs {
+				sg.done <- c.fetchSegment(gctx, p, src, sg.off, sg.n, validator, buf)
+			}
+			return nil
+		})
+	}
+	g.Go(func() error { // the hasher, in order
+		buf := make([]byte, 1<<20)
+		for sg := range order {
+			var err error
+			select {
+			case err = <-sg.done:
+			case <-gctx.Done(): // the caller gave up
+				return gctx.Err()
+			}
+			if err != nil {
 				return err
 			}
-			p.hash(buf[:n])
-			pos += int64(n)
+			end := sg.off + sg.n
+			for pos := sg.off; pos < end; {
+				n, err := p.f.ReadAt(buf[:min(int64(len(buf)), end-pos)], pos)
+				if err != nil && !(err == io.EOF && pos+int64(n) == end) {
+					return err
+				}
+				p.hash(buf[:n])
+				pos += int64(n)
+			}
+			p.st.Prefix = p.done
+			if err := p.saveState(); err != nil {
+				return c.diskErr(err)
+			}
+			if o.Progress != nil {
+				o.Progress(p.done, size)
+			}
 		}
-		p.st.Prefix = p.done
-		if err := p.saveState(); err != nil {
-			return c.diskErr(err)
-		}
-		if o.Progress != nil {
-			o.Progress(p.done, size)
-		}
-	}
-	return nil
+		return nil
+	})
+	return g.Wait()
 }
+
+// parallelAhead is how many segments per connection may be fetched ahead of
+// the one being hashed.
+const parallelAhead = 2
 
 func (c *Cache) fetchSegment(ctx context.Context, p *partial, src source.Source, off, n int64, validator string, buf []byte) error {
 	body, err := src.Open(ctx, p.d, off, n, validator)
@@ -893,7 +983,7 @@ func (c *Cache) ensureChain(ctx context.Context, parent ref.Ref, img Image, src 
 			return nil, fmt.Errorf("%s needs backing file %s: %w", img.Digest, b.Digest,
 				&errdefs.DigestUnavailableError{Ref: src.String(), Want: b.Digest})
 		}
-		if base, err = c.fetch(ctx, parent, src, b.Digest, "", o); err != nil {
+		if base, err = c.fetch(ctx, parent, src, source.Descriptor{Digest: b.Digest, Size: -1}, o); err != nil {
 			var du *errdefs.DigestUnavailableError
 			if errors.As(err, &du) {
 				return nil, fmt.Errorf("%s needs backing file %s: %w", img.Digest, b.Digest,

@@ -39,19 +39,25 @@ type head struct {
 	blobGets atomic.Int64
 	infoGets atomic.Int64
 	down     atomic.Bool
+	// hostile, when set, sees every request first and answers it when it
+	// returns true (func(http.ResponseWriter, *http.Request) bool).
+	hostile atomic.Value
 }
 
 func newHead(t *testing.T) *head {
 	t.Helper()
 	h := &head{}
 	hs := servertest.Start(t, servertest.Options{
-		Config: func(c *server.Config) { c.GCGrace, c.KeepRevisions = -time.Second, 2 },
+		Config: func(c *server.Config) { c.GCGrace, c.KeepRevisions, c.AllowAnonymousRead = -time.Second, 2, true },
 		Wrap: func(next http.Handler) http.Handler {
 			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				if h.down.Load() {
 					hj, _ := w.(http.Hijacker)
 					conn, _, _ := hj.Hijack()
 					conn.Close()
+					return
+				}
+				if f, ok := h.hostile.Load().(func(http.ResponseWriter, *http.Request) bool); ok && f(w, r) {
 					return
 				}
 				if strings.HasPrefix(r.URL.Path, "/api/v1/blob/") && r.Method == http.MethodGet {

@@ -23,6 +23,7 @@ import (
 
 	"github.com/depot-images/depot/errdefs"
 	"github.com/depot-images/depot/ref"
+	"github.com/depot-images/depot/source"
 )
 
 // Verification outcomes.
@@ -237,7 +238,7 @@ func (c *Cache) repair(ctx context.Context, rec BlobRecord, res VerifyResult) Ve
 	}
 	src, err := c.sourceFor(r, o)
 	if err == nil {
-		_, err = c.fetch(ctx, r, src, rec.Digest, "", o)
+		_, err = c.fetch(ctx, r, src, source.Descriptor{Digest: rec.Digest, Size: -1}, o)
 	}
 	if err != nil {
 		res.Detail += "; repair failed: " + err.Error()

@@ -67,16 +67,22 @@ func Parse(r io.Reader) ([]Entry, error) {
 	return out, nil
 }
 
-// Find returns the digest a checksum file gives for file name. A file with a
-// single bare digest applies to any name. No entry is ErrNotFound; entries
-// for name that disagree are ErrInvalidArgument (ambiguous).
-func Find(r io.Reader, name string) (digest.Digest, error) {
+// Find returns the digest a checksum file gives for file name. A bare digest
+// (no file name) counts only when sidecar is true, that is when the file is
+// name's own checksum file (<name>.sha256), and then only as the file's
+// single entry: a bare line in a directory-level SHA256SUMS could be about
+// any file. No entry is ErrNotFound; entries for name that disagree are
+// ErrInvalidArgument (ambiguous).
+func Find(r io.Reader, name string, sidecar bool) (digest.Digest, error) {
 	entries, err := Parse(r)
 	if err != nil {
 		return "", err
 	}
 	if len(entries) == 1 && entries[0].Name == "" {
-		return entries[0].Digest, nil
+		if sidecar {
+			return entries[0].Digest, nil
+		}
+		return "", fmt.Errorf("checksum file holds a bare digest with no file name; only %s.sha256 beside the file may: %w", name, errdefs.ErrNotFound)
 	}
 	var found digest.Digest
 	for _, e := range entries {

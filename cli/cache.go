@@ -27,6 +27,7 @@ type cacheOptions struct {
 	checksumURL string
 	printChain  bool
 	connections int
+	maxDownload budgetValue
 }
 
 func (o *cacheOptions) addDirFlag(f *pflag.FlagSet) {
@@ -41,6 +42,11 @@ func (o *cacheOptions) addEnsureFlags(f *pflag.FlagSet, defPolicy string) {
 	f.StringVar(&o.checksum, "checksum", "", "pin an http(s) reference to sha256:<hex>")
 	f.StringVar(&o.checksumURL, "checksum-url", "", "checksum file of an http(s) reference (default: <url>.sha256, SHA256SUMS, CHECKSUM)")
 	f.IntVar(&o.connections, "connections", 4, "parallel ranged connections for blobs over 64 MiB (1: one stream)")
+	o.addMaxDownloadFlag(f)
+}
+
+func (o *cacheOptions) addMaxDownloadFlag(f *pflag.FlagSet) {
+	f.Var(&o.maxDownload, "max-download-size", "refuse a download whose source declares more than this, e.g. 200G (binary units; not 0; default: only the cache's free space bounds it)")
 }
 
 func defaultCacheDir() string {
@@ -63,7 +69,7 @@ func (o *cacheOptions) open(g *globals) (*cache.Cache, error) {
 	}
 	var dc *client.Client
 	if g.server != "" {
-		if dc, err = client.New(g.server, tok); err != nil {
+		if dc, err = client.New(g.server, tok, client.WithTimeouts(g.timeouts)); err != nil {
 			return nil, err
 		}
 	}
@@ -75,7 +81,8 @@ func (o *cacheOptions) open(g *globals) (*cache.Cache, error) {
 	if err != nil {
 		return nil, err
 	}
-	return cache.Open(o.dir, cache.Options{Depot: dc, Logger: log, Connections: o.connections})
+	return cache.Open(o.dir, cache.Options{Depot: dc, Logger: log, Connections: o.connections,
+		HTTPClient: client.NewHTTPClient(g.timeouts), MaxDownloadSize: int64(o.maxDownload)})
 }
 
 func (o *cacheOptions) ensureOptions(g *globals, label string) (cache.EnsureOptions, func(), error) {

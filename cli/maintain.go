@@ -236,9 +236,10 @@ func (o *pruneFlags) options() (cache.PruneOptions, error) {
 	return cache.PruneOptions{DryRun: o.dryRun, MaxAge: o.maxAge, Orphans: o.orphans, PartAge: o.partAge, MaxSize: int64(o.maxSize)}, nil
 }
 
-// budgetValue is --max-size. 0 is refused: cache.PruneOptions reads 0 as
-// "no budget", and an operator who writes 0 means either that or an empty
-// cache; which one is not for depot to guess. No budget is the flag left out.
+// budgetValue is a size limit whose zero means "no limit" to the code that
+// takes it (--max-size, --max-download-size). 0 is refused: an operator who
+// writes 0 means either no limit or nothing at all, and which one is not for
+// depot to guess. No limit is the flag left out.
 type budgetValue size.Bytes
 
 func (b *budgetValue) Set(s string) error {
@@ -247,7 +248,7 @@ func (b *budgetValue) Set(s string) error {
 		return err
 	}
 	if n == 0 {
-		return fmt.Errorf("0 is not a budget: leave --max-size out for no size budget, or give the space cached blobs may use, like 200G: %w", errdefs.ErrInvalidArgument)
+		return fmt.Errorf("0 is not a limit: leave the flag out for none, or give a size like 200G: %w", errdefs.ErrInvalidArgument)
 	}
 	*b = budgetValue(n)
 	return nil
@@ -338,6 +339,7 @@ func newAgentCmd(g *globals) *cobra.Command {
 		},
 	}
 	o.addDirFlag(cmd.Flags())
+	o.addMaxDownloadFlag(cmd.Flags())
 	o.pruneFlags.add(cmd)
 	f := cmd.Flags()
 	f.DurationVar(&o.scrubEvery, "scrub-interval", 24*time.Hour, "how often every blob is scrubbed (BLAKE3)")
@@ -381,9 +383,18 @@ func runAgent(ctx context.Context, g *globals, o *agentOptions) error {
 		if err != nil {
 			return fmt.Errorf("--metrics-addr: %v: %w", err, errdefs.ErrUnavailable)
 		}
-		srv := &http.Server{Handler: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}), ReadHeaderTimeout: 5 * time.Second}
-		go srv.Serve(ln)
-		defer srv.Close()
+		srv := &http.Server{Handler: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}), ReadHeaderTimeout: 5 * time.Second,
+			ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second, IdleTimeout: time.Minute}
+		served := make(chan error, 1)
+		go func() { served <- srv.Serve(ln) }()
+		defer func() { // joined: the server is gone when runAgent returns
+			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if srv.Shutdown(sctx) != nil {
+				srv.Close()
+			}
+			<-served
+		}()
 		log.Info("agent metrics", "url", "http://"+ln.Addr().String()+"/metrics")
 	}
 	count := func(task string, err error) {
@@ -394,12 +405,15 @@ func runAgent(ctx context.Context, g *globals, o *agentOptions) error {
 		}
 		m.runs.WithLabelValues(task, res).Inc()
 	}
+	// Every task run is bounded by its interval, and every request by the
+	// HTTP timeouts (--stall-timeout), so one stalled source cannot stop
+	// the other entries, nor the next scrub or prune.
 	tasks := []struct {
 		name  string
 		every time.Duration
-		run   func() error
+		run   func(ctx context.Context) error
 	}{
-		{"scrub", o.scrubEvery, func() error {
+		{"scrub", o.scrubEvery, func(ctx context.Context) error {
 			res, err := c.Verify(ctx, cache.VerifyOptions{Repair: true, RateLimit: rate})
 			for _, r := range res {
 				outcome := map[string]string{cache.StatusOK: "verified", cache.StatusFingerprint: "verified", cache.StatusCorrupt: "corrupt", cache.StatusMissing: "missing", cache.StatusRepaired: "repaired"}[r.Status]
@@ -412,12 +426,12 @@ func runAgent(ctx context.Context, g *globals, o *agentOptions) error {
 			log.Info("scrub done", "blobs", len(res))
 			return err
 		}},
-		{"revalidate", o.sourcesEvery, func() error {
+		{"revalidate", o.sourcesEvery, func(ctx context.Context) error {
 			res, err := c.CheckSources(ctx, true)
 			log.Info("revalidation done", "entries", len(res))
 			return err
 		}},
-		{"prune", o.pruneEvery, func() error {
+		{"prune", o.pruneEvery, func(ctx context.Context) error {
 			rep, err := c.Prune(ctx, po)
 			for _, r := range rep.Rules {
 				m.blobs.WithLabelValues("pruned").Add(float64(len(r.Blobs)))
@@ -437,12 +451,21 @@ func runAgent(ctx context.Context, g *globals, o *agentOptions) error {
 			if o.cycles > 0 && runs[i] >= o.cycles {
 				continue
 			}
-			done = false
 			if !now.Before(next[i]) {
-				count(t.name, t.run())
+				tctx, cancel := context.WithTimeout(ctx, t.every)
+				err := t.run(tctx)
+				if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+					err = fmt.Errorf("%s did not finish within its interval of %s; it runs again next time: %w", t.name, t.every, errdefs.ErrUnavailable)
+				}
+				cancel()
+				count(t.name, err)
 				runs[i]++
 				next[i] = time.Now().Add(t.every)
+				if o.cycles > 0 && runs[i] >= o.cycles {
+					continue // finished: its next run is not waited for
+				}
 			}
+			done = false
 			if next[i].Before(soonest) {
 				soonest = next[i]
 			}

@@ -12,6 +12,7 @@ import (
 	"io"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -90,8 +91,11 @@ type globals struct {
 	tokenFile string
 	json      bool
 	logLevel  string
-	stdout    io.Writer
-	stderr    io.Writer
+	stall     string
+	// timeouts bound every HTTP client (from --stall-timeout).
+	timeouts client.Timeouts
+	stdout   io.Writer
+	stderr   io.Writer
 }
 
 // NewRoot builds the depot command tree.
@@ -112,6 +116,16 @@ func NewRoot(stdout, stderr io.Writer) *cobra.Command {
 	pf.StringVar(&g.tokenFile, "token-file", os.Getenv("DEPOT_TOKEN_FILE"), "file holding the bearer token (env DEPOT_TOKEN_FILE)")
 	pf.BoolVar(&g.json, "json", false, "print machine-readable JSON")
 	pf.StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	pf.StringVar(&g.stall, "stall-timeout", envOr("DEPOT_STALL_TIMEOUT", client.DefaultStall.String()),
+		"fail a transfer (exit 8), or move to the next head, when a server sends nothing for this long; slow transfers that keep moving are never cut (env DEPOT_STALL_TIMEOUT)")
+	root.PersistentPreRunE = func(*cobra.Command, []string) error {
+		d, err := time.ParseDuration(g.stall)
+		if err != nil || d <= 0 {
+			return usageError{fmt.Errorf("--stall-timeout / DEPOT_STALL_TIMEOUT %q: want a positive duration like 60s", g.stall)}
+		}
+		g.timeouts = client.Timeouts{Stall: d}
+		return nil
+	}
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError{err} })
 	root.AddCommand(newServeCmd(g), newImageCmd(g), newTokenCmd(g), newPullCmd(g), newEnsureCmd(g), newCacheCmd(g), newRmCmd(g),
 		newVerifyCmd(g), newLeaseCmd(g), newPruneCmd(g), newAgentCmd(g),
@@ -147,7 +161,7 @@ func (g *globals) client() (*client.Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	return client.New(g.server, tok)
+	return client.New(g.server, tok, client.WithTimeouts(g.timeouts))
 }
 
 // emit prints v as JSON under --json, else calls human.

@@ -22,7 +22,7 @@ func (o *cacheOptions) workspaces(g *globals) (*workspace.Manager, error) {
 	if err != nil {
 		return nil, err
 	}
-	cl, err := client.New(g.server, tok)
+	cl, err := client.New(g.server, tok, client.WithTimeouts(g.timeouts))
 	if err != nil {
 		return nil, err
 	}

@@ -39,11 +39,23 @@ type Client struct {
 	hc    *http.Client
 }
 
+// Option configures a Client.
+type Option func(*Client)
+
+// WithTimeouts sets the connect, TLS, header and stall timeouts (default:
+// the package defaults, DefaultStall and so on).
+func WithTimeouts(t Timeouts) Option {
+	return func(c *Client) { c.hc.Transport = NewTransport(t) }
+}
+
 // New returns a client for server: one URL (e.g. "http://127.0.0.1:8484")
 // or a comma-separated list of a cluster's heads. token may be empty for
 // anonymous reads.
-func New(server, token string) (*Client, error) {
-	c := &Client{token: token, hc: &http.Client{CheckRedirect: checkRedirect}}
+func New(server, token string, opts ...Option) (*Client, error) {
+	c := &Client{token: token, hc: &http.Client{CheckRedirect: checkRedirect, Transport: NewTransport(Timeouts{})}}
+	for _, o := range opts {
+		o(c)
+	}
 	for _, s := range strings.Split(server, ",") {
 		s = strings.TrimSpace(s)
 		if s == "" {
@@ -119,14 +131,14 @@ func (c *Client) headOf(req *http.Request) int {
 	return 0
 }
 
-// checkRedirect follows up to 10 redirects and never sends the depot token to
+// checkRedirect applies CheckRedirect and never sends the depot token to
 // another origin: a head started with --redirect-content answers downloads
 // with a presigned object-store URL, which carries its own authorization.
 // (Go's own rule compares host names only, so it would forward the token to
 // an object store on the same host but another port.)
 func checkRedirect(req *http.Request, via []*http.Request) error {
-	if len(via) >= 10 {
-		return errors.New("stopped after 10 redirects")
+	if err := CheckRedirect(req, via); err != nil {
+		return err
 	}
 	if req.URL.Scheme != via[0].URL.Scheme || req.URL.Host != via[0].URL.Host {
 		req.Header.Del("Authorization")
@@ -187,7 +199,15 @@ func (c *Client) send(req *http.Request, what string) (*http.Response, error) {
 			if ctxErr := req.Context().Err(); ctxErr != nil {
 				return nil, ctxErr
 			}
-			lastErr = fmt.Errorf("%s: %s: %v: %w", what, c.bases[head].Host, err, errdefs.ErrUnavailable)
+			var re *RedirectError
+			if errors.As(err, &re) { // every head would redirect alike
+				return nil, fmt.Errorf("%s: %w", what, re)
+			}
+			if IsStall(err) {
+				lastErr = fmt.Errorf("%s: %s: %w", what, c.bases[head].Host, err)
+			} else {
+				lastErr = fmt.Errorf("%s: %s: %v: %w", what, c.bases[head].Host, err, errdefs.ErrUnavailable)
+			}
 			resp = nil
 			continue
 		}
@@ -550,7 +570,12 @@ func (c *Client) open(ctx context.Context, path string, offset, length int64, wh
 	if err != nil {
 		return nil, err
 	}
-	out := &Content{ReadCloser: resp.Body, Digest: digest.Digest(headerOf(resp, api.HeaderDigest)),
+	first := resp.Request // the request sent to a head, before any redirect
+	for first.Response != nil && first.Response.Request != nil {
+		first = first.Response.Request
+	}
+	body := &headBody{ReadCloser: resp.Body, c: c, head: c.headOf(first), ctx: ctx}
+	out := &Content{ReadCloser: body, Digest: digest.Digest(headerOf(resp, api.HeaderDigest)),
 		Size: resp.ContentLength, Format: headerOf(resp, api.HeaderFormat)}
 	if resp.StatusCode == http.StatusPartialContent {
 		out.Offset = offset
@@ -561,6 +586,27 @@ func (c *Client) open(ctx context.Context, path string, offset, length int64, wh
 	out.Ranges = resp.Header.Get("Accept-Ranges") == "bytes" || resp.StatusCode == http.StatusPartialContent
 	return out, nil
 }
+
+// headBody is a download from one head. When it breaks off (the head died,
+// or stalled: StallError), the next request goes to the next head first, so
+// a resume by Range does not return to the head that just failed.
+type headBody struct {
+	io.ReadCloser
+	c    *Client
+	head int
+	ctx  context.Context
+}
+
+func (b *headBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err != nil && err != io.EOF && b.ctx.Err() == nil && len(b.c.bases) > 1 {
+		b.c.cur.CompareAndSwap(int32(b.head), int32((b.head+1)%len(b.c.bases)))
+	}
+	return n, err
+}
+
+// Heads is how many heads the client fails over between.
+func (c *Client) Heads() int { return len(c.bases) }
 
 // CreateToken mints a token; the answer carries the secret once.
 func (c *Client) CreateToken(ctx context.Context, req api.TokenRequest) (api.Token, error) {

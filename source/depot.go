@@ -40,6 +40,9 @@ func (d *Depot) Open(ctx context.Context, dg digest.Digest, offset, length int64
 	return Body{ReadCloser: c, Offset: c.Offset, Size: c.Total, Ranges: c.Ranges}, nil
 }
 
+// Heads is how many heads the client fails over between.
+func (d *Depot) Heads() int { return d.Client.Heads() }
+
 // ByDigest implements Source.
 func (d *Depot) ByDigest() bool { return true }
 

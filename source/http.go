@@ -32,8 +32,11 @@ func (h *HTTP) client() *http.Client {
 	if h.Client != nil {
 		return h.Client
 	}
-	return http.DefaultClient
+	return defaultClient
 }
+
+// defaultClient has depot's timeouts and redirect policy.
+var defaultClient = client.NewHTTPClient(client.Timeouts{})
 
 // ChecksumCandidates lists the checksum-file URLs tried, in order.
 func (h *HTTP) ChecksumCandidates() []string {
@@ -55,6 +58,14 @@ func (h *HTTP) ChecksumCandidates() []string {
 	return out
 }
 
+func urlPath(s string) string {
+	u, err := url.Parse(s)
+	if err != nil {
+		return ""
+	}
+	return u.Path
+}
+
 func (h *HTTP) fileName() string {
 	u, err := url.Parse(h.URL)
 	if err != nil {
@@ -63,7 +74,17 @@ func (h *HTTP) fileName() string {
 	return path.Base(u.Path)
 }
 
+// unreachable wraps a transport error: a refused redirect and a stall keep
+// their types; anything else is ErrUnavailable.
 func unreachable(what string, err error) error {
+	var re *client.RedirectError
+	if errors.As(err, &re) {
+		return fmt.Errorf("%s: %w", what, re)
+	}
+	var se *client.StallError
+	if errors.As(err, &se) {
+		return fmt.Errorf("%s: %w", what, se)
+	}
 	return fmt.Errorf("%s: %v: %w", what, err, errdefs.ErrUnavailable)
 }
 
@@ -74,7 +95,7 @@ func (h *HTTP) Resolve(ctx context.Context) (Descriptor, error) {
 	}
 	name := h.fileName()
 	var tried []string
-	for _, cu := range h.ChecksumCandidates() {
+	for i, cu := range h.ChecksumCandidates() {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, cu, nil)
 		if err != nil {
 			return Descriptor{}, fmt.Errorf("checksum URL %q: %v: %w", cu, err, errdefs.ErrInvalidArgument)
@@ -96,7 +117,11 @@ func (h *HTTP) Resolve(ctx context.Context) (Descriptor, error) {
 			}
 			return Descriptor{}, fmt.Errorf("%v: %w", err, errdefs.ErrNotFound)
 		}
-		d, err := checksum.Find(resp.Body, name)
+		// Only the file's own sidecar (<url>.sha256, or an explicit
+		// --checksum-url of that name) may hold a bare digest: a bare line
+		// in a directory's SHA256SUMS says nothing about which file.
+		sidecar := (h.ChecksumURL == "" && i == 0) || path.Base(urlPath(cu)) == name+".sha256"
+		d, err := checksum.Find(resp.Body, name, sidecar)
 		resp.Body.Close()
 		if errors.Is(err, errdefs.ErrNotFound) && h.ChecksumURL == "" {
 			tried = append(tried, cu+" (no entry for "+name+")")

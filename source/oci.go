@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 
@@ -18,6 +20,7 @@ import (
 	"oras.land/oras-go/v2/registry/remote"
 	"oras.land/oras-go/v2/registry/remote/auth"
 
+	"github.com/depot-images/depot/client"
 	"github.com/depot-images/depot/errdefs"
 	"github.com/depot-images/depot/ref"
 )
@@ -36,6 +39,15 @@ type OCI struct {
 
 var _ Source = (*OCI)(nil)
 
+// LayerMediaTypes are the layer media types depot verifies and uses: the
+// layer is the disk image itself, byte for byte (raw or qcow2; the format is
+// sniffed from the verified bytes). Compressed or tar layers are not disk
+// images and are refused.
+var LayerMediaTypes = map[string]bool{
+	"application/vnd.depot.disk.v1": true,
+	"application/octet-stream":      true,
+}
+
 // NewOCI returns the OCI registry source for r. Loopback registries are
 // spoken to over plain HTTP; everything else over HTTPS.
 func NewOCI(r ref.Ref, hc *http.Client) (Source, error) {
@@ -44,7 +56,7 @@ func NewOCI(r ref.Ref, hc *http.Client) (Source, error) {
 		return nil, fmt.Errorf("%s: %v: %w", r, err, errdefs.ErrInvalidArgument)
 	}
 	if hc == nil {
-		hc = http.DefaultClient
+		hc = defaultClient
 	}
 	repo.Client = &auth.Client{Client: hc, Cache: auth.NewCache()}
 	repo.PlainHTTP = isLoopback(r.Registry)
@@ -70,6 +82,11 @@ func (o *OCI) ociErr(what string, err error) error {
 		return fmt.Errorf("%s %s: %v: %w", o.r, what, err, errdefs.ErrNotFound)
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return err
+	}
+	var re *client.RedirectError
+	var se *client.StallError
+	if errors.As(err, &re) || errors.As(err, &se) {
+		return fmt.Errorf("%s %s: %w", o.r, what, err)
 	}
 	var ne net.Error
 	var oe *net.OpError
@@ -104,6 +121,17 @@ func (o *OCI) Resolve(ctx context.Context) (Descriptor, error) {
 		return Descriptor{}, fmt.Errorf("%s: the manifest has %d layers; a disk-image artifact has exactly one: %w", o.r, len(m.Layers), errdefs.ErrInvalidArgument)
 	}
 	l := m.Layers[0]
+	if !LayerMediaTypes[l.MediaType] {
+		return Descriptor{}, fmt.Errorf("%s: the layer's media type is %q; depot uses only a raw disk-image layer (%s): %w",
+			o.r, l.MediaType, strings.Join(slices.Sorted(maps.Keys(LayerMediaTypes)), ", "), errdefs.ErrInvalidArgument)
+	}
+	if len(l.URLs) > 0 {
+		return Descriptor{}, fmt.Errorf("%s: the layer is a foreign layer (urls: %q); depot fetches layers from the registry only: %w",
+			o.r, l.URLs, errdefs.ErrInvalidArgument)
+	}
+	if l.Size < 0 {
+		return Descriptor{}, fmt.Errorf("%s: the layer declares size %d: %w", o.r, l.Size, errdefs.ErrInvalidArgument)
+	}
 	if l.Digest.Algorithm() != digest.SHA256 {
 		return Descriptor{}, fmt.Errorf("%s: layer digest %s is not sha256: %w", o.r, l.Digest, errdefs.ErrInvalidArgument)
 	}

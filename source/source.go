@@ -58,3 +58,13 @@ type Source interface {
 	// String names the origin for messages.
 	String() string
 }
+
+// Heads is how many origins s fails over between: a depot cluster's heads,
+// 1 for anything else. A transfer that stalled is retried only when there is
+// another head to go to.
+func Heads(s Source) int {
+	if h, ok := s.(interface{ Heads() int }); ok {
+		return h.Heads()
+	}
+	return 1
+}

@@ -1,0 +1,552 @@
+package cache
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"oras.land/oras-go/v2"
+	"oras.land/oras-go/v2/registry/remote"
+
+	"github.com/depot-images/depot/blob"
+	"github.com/depot-images/depot/client"
+	"github.com/depot-images/depot/errdefs"
+	"github.com/depot-images/depot/format"
+	"github.com/depot-images/depot/ref"
+	"github.com/depot-images/depot/testenv"
+)
+
+// The hostile-source suite: real HTTP servers (httptest, or raw TCP where
+// net/http would not misbehave) that redirect, lie about sizes and stall,
+// and a real registry. Nothing a source says may make the cache downgrade
+// to plain HTTP, allocate in proportion to a declared size, read past a
+// declared end, or wait forever.
+
+// rawServer accepts TCP connections, reads one request from each and hands
+// both to handle. Every goroutine and connection is gone when the test ends.
+func rawServer(t *testing.T, handle func(c net.Conn, r *http.Request)) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var conns []net.Conn
+	done := make(chan struct{})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				br := bufio.NewReader(c)
+				for {
+					req, err := http.ReadRequest(br)
+					if err != nil {
+						return
+					}
+					select {
+					case <-done:
+						return
+					default:
+					}
+					handle(c, req)
+				}
+			}()
+		}
+	}()
+	t.Cleanup(func() {
+		close(done)
+		l.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	return "http://" + l.Addr().String()
+}
+
+// stallClient is the cache's HTTP client with a short stall timeout.
+func stallClient(stall time.Duration) *http.Client {
+	return client.NewHTTPClient(client.Timeouts{Stall: stall})
+}
+
+func TestHostileRedirectDowngrade(t *testing.T) {
+	data := randBytes(64 << 10)
+	d := digest.FromBytes(data)
+	plain := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/disk.img":
+			w.Write(data)
+		case "/disk.img.sha256":
+			fmt.Fprintf(w, "%s  disk.img\n", d.Encoded())
+		default:
+			http.NotFound(w, r)
+		}
+	}))
+	defer plain.Close()
+	secure := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/down/disk.img", "/down/disk.img.sha256":
+			http.Redirect(w, r, plain.URL+strings.TrimPrefix(r.URL.Path, "/down"), http.StatusFound)
+		case "/sumdown/disk.img":
+			w.Write(data)
+		case "/sumdown/disk.img.sha256":
+			http.Redirect(w, r, plain.URL+"/disk.img.sha256", http.StatusFound)
+		case "/ftp/disk.img":
+			http.Redirect(w, r, "ftp://"+strings.TrimPrefix(plain.URL, "http://")+"/disk.img", http.StatusFound)
+		case "/ok/disk.img":
+			http.Redirect(w, r, "/final/disk.img", http.StatusFound)
+		case "/final/disk.img":
+			w.Write(data)
+		default:
+			http.NotFound(w, r)
+		}
+	}))
+	defer secure.Close()
+	tc := secure.Client().Transport.(*http.Transport).TLSClientConfig
+	hc := client.NewHTTPClient(client.Timeouts{TLSConfig: tc})
+	defer hc.CloseIdleConnections()
+	for _, tc := range []struct {
+		name, url string
+		pin       bool
+	}{
+		{"body https to http", "/down/disk.img", true},
+		{"checksum file https to http", "/sumdown/disk.img", false},
+		{"body to ftp", "/ftp/disk.img", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, _ := Open(t.TempDir(), Options{HTTPClient: hc})
+			o := EnsureOptions{}
+			if tc.pin {
+				o.Checksum = d
+			}
+			_, err := c.Ensure(ctx, secure.URL+tc.url, o)
+			var re *client.RedirectError
+			if !errors.As(err, &re) || !errors.Is(err, errdefs.ErrInvalidArgument) {
+				t.Fatalf("Ensure = %v, want a RedirectError (ErrInvalidArgument)", err)
+			}
+		})
+	}
+	// https to https is followed.
+	c, _ := Open(t.TempDir(), Options{HTTPClient: hc})
+	if img, err := c.Ensure(ctx, secure.URL+"/ok/disk.img", EnsureOptions{Checksum: d}); err != nil || img.Digest != d {
+		t.Fatalf("https to https: %+v %v", img, err)
+	}
+}
+
+// lyingServer declares size bytes (Content-Length, or Content-Range for a
+// range), honours ranges on paper, and closes the connection after the
+// headers.
+func lyingServer(t *testing.T, size int64) string {
+	return rawServer(t, func(c net.Conn, r *http.Request) {
+		var a, b int64 = 0, size - 1
+		status := "200 OK"
+		extra := ""
+		if _, err := fmt.Sscanf(r.Header.Get("Range"), "bytes=%d-%d", &a, &b); err == nil || a > 0 {
+			status = "206 Partial Content"
+			extra = fmt.Sprintf("Content-Range: bytes %d-%d/%d\r\n", a, b, size)
+		}
+		fmt.Fprintf(c, "HTTP/1.1 %s\r\nAccept-Ranges: bytes\r\nContent-Length: %d\r\n%s\r\n", status, b-a+1, extra)
+		c.Write(make([]byte, 4096))
+		c.Close()
+	})
+}
+
+// allocated runs f and reports the bytes allocated meanwhile.
+func allocated(f func()) uint64 {
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	f()
+	runtime.ReadMemStats(&after)
+	return after.TotalAlloc - before.TotalAlloc
+}
+
+const allocBound = 64 << 20
+
+func TestHostileDeclaredSize(t *testing.T) {
+	for _, size := range []int64{64 << 40, 1 << 50} {
+		url := lyingServer(t, size) + "/disk.img"
+		pin := digest.FromString("never served")
+		t.Run(fmt.Sprintf("%d TiB over the free space", size>>40), func(t *testing.T) {
+			c, _ := Open(t.TempDir(), Options{Connections: 4})
+			cctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+			defer cancel()
+			var err error
+			n := allocated(func() { _, err = c.Ensure(cctx, url, EnsureOptions{Checksum: pin}) })
+			if !errors.Is(err, errdefs.ErrNoSpace) {
+				t.Errorf("Ensure = %v, want ErrNoSpace before any body", err)
+			}
+			if n > allocBound {
+				t.Errorf("Ensure allocated %d MiB for a declared %d TiB", n>>20, size>>40)
+			}
+		})
+		t.Run(fmt.Sprintf("%d TiB over --max-download-size", size>>40), func(t *testing.T) {
+			c, _ := Open(t.TempDir(), Options{Connections: 4, MaxDownloadSize: 1 << 30})
+			cctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+			defer cancel()
+			var err error
+			n := allocated(func() { _, err = c.Ensure(cctx, url, EnsureOptions{Checksum: pin}) })
+			if !errors.Is(err, errdefs.ErrTooLarge) {
+				t.Errorf("Ensure = %v, want ErrTooLarge", err)
+			}
+			if n > allocBound {
+				t.Errorf("Ensure allocated %d MiB for a declared %d TiB", n>>20, size>>40)
+			}
+		})
+	}
+}
+
+// TestParallelSchedulesLazily: the parallel path allocates per segment in
+// flight, not per segment of the declared size (a source may declare any
+// size, and the free-space check is the only thing in front of this).
+func TestParallelSchedulesLazily(t *testing.T) {
+	url := lyingServer(t, 64<<40) + "/disk.img"
+	c, _ := Open(t.TempDir(), Options{Connections: 4})
+	src, err := c.sourceFor(mustParse(t, url), EnsureOptions{Checksum: digest.FromString("x")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := newTestPartial(t, c, digest.FromString("x"))
+	n := allocated(func() { err = c.parallel(ctx, p, src, 64<<40, "", 4, EnsureOptions{}) })
+	if !errors.Is(err, errdefs.ErrUnavailable) {
+		t.Errorf("parallel = %v, want the first segment's ErrUnavailable", err)
+	}
+	if n > allocBound {
+		t.Errorf("parallel allocated %d MiB for a declared 64 TiB", n>>20)
+	}
+}
+
+func TestHostileOCIHugeLayer(t *testing.T) {
+	addr := testenv.Registry(t)
+	data := randBytes(1 << 20)
+	repo := plainRepo(t, addr, "vm/huge")
+	layer := ocispec.Descriptor{MediaType: "application/vnd.depot.disk.v1", Digest: digest.FromBytes(data), Size: int64(len(data))}
+	if err := repo.Push(ctx, layer, bytes.NewReader(data)); err != nil {
+		t.Fatal(err)
+	}
+	for _, size := range []int64{64 << 40, 1 << 50} {
+		layer.Size = size
+		tag := fmt.Sprintf("t%d", size>>40)
+		m, err := oras.PackManifest(ctx, repo, oras.PackManifestVersion1_1, "application/vnd.depot.image.v1", oras.PackManifestOptions{Layers: []ocispec.Descriptor{layer}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := repo.Tag(ctx, m, tag); err != nil {
+			t.Fatal(err)
+		}
+		for _, max := range []int64{0, 1 << 30} {
+			c, _ := Open(t.TempDir(), Options{Connections: 4, MaxDownloadSize: max})
+			cctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+			var err error
+			n := allocated(func() { _, err = c.Ensure(cctx, "oci://"+addr+"/vm/huge:"+tag, EnsureOptions{}) })
+			cancel()
+			want := errdefs.ErrNoSpace
+			if max > 0 {
+				want = errdefs.ErrTooLarge
+			}
+			if !errors.Is(err, want) {
+				t.Errorf("layer of %d TiB, max %d: Ensure = %v, want %v", size>>40, max, err, want)
+			}
+			if n > allocBound {
+				t.Errorf("layer of %d TiB: Ensure allocated %d MiB", size>>40, n>>20)
+			}
+		}
+	}
+}
+
+func plainRepo(t *testing.T, addr, name string) *remote.Repository {
+	t.Helper()
+	repo, err := remote.NewRepository(addr + "/" + name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	repo.PlainHTTP = true
+	return repo
+}
+
+func TestHostileOCILayers(t *testing.T) {
+	addr := testenv.Registry(t)
+	data := randBytes(1 << 20)
+	repo := plainRepo(t, addr, "vm/odd")
+	for _, tc := range []struct {
+		tag, mediaType string
+		urls           []string
+		want           string
+	}{
+		{"targz", ocispec.MediaTypeImageLayerGzip, nil, ocispec.MediaTypeImageLayerGzip},
+		{"zstd", ocispec.MediaTypeImageLayerZstd, nil, ocispec.MediaTypeImageLayerZstd},
+		{"foreign", "application/vnd.depot.disk.v1", []string{"https://elsewhere.example/disk.img"}, "https://elsewhere.example/disk.img"},
+	} {
+		t.Run(tc.tag, func(t *testing.T) {
+			layer := ocispec.Descriptor{MediaType: tc.mediaType, Digest: digest.FromBytes(data), Size: int64(len(data)), URLs: tc.urls}
+			if err := repo.Push(ctx, layer, bytes.NewReader(data)); err != nil && !strings.Contains(err.Error(), "exists") {
+				t.Fatal(err)
+			}
+			m, err := oras.PackManifest(ctx, repo, oras.PackManifestVersion1_1, "application/vnd.depot.image.v1", oras.PackManifestOptions{Layers: []ocispec.Descriptor{layer}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := repo.Tag(ctx, m, tc.tag); err != nil {
+				t.Fatal(err)
+			}
+			c, _ := Open(t.TempDir(), Options{})
+			_, err = c.Ensure(ctx, "oci://"+addr+"/vm/odd:"+tc.tag, EnsureOptions{})
+			if !errors.Is(err, errdefs.ErrInvalidArgument) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Ensure = %v, want ErrInvalidArgument naming %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// TestHostileBodyLonger: a depot head that declares the image's size, then
+// answers the blob without a Content-Length and never stops sending. The
+// cache stops one byte past the declared size.
+func TestHostileBodyLonger(t *testing.T) {
+	h := newHead(t)
+	data := randBytes(4 << 20)
+	h.push(t, "img", data)
+	var sent atomic.Int64
+	h.hostile.Store(func(w http.ResponseWriter, r *http.Request) bool {
+		if !strings.HasPrefix(r.URL.Path, "/api/v1/blob/") {
+			return false
+		}
+		conn, _, _ := w.(http.Hijacker).Hijack()
+		defer conn.Close()
+		io.WriteString(conn, "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")
+		n, _ := conn.Write(data)
+		sent.Add(int64(n))
+		junk := make([]byte, 1<<20)
+		for sent.Load() < 256<<20 { // the old code read all of it
+			n, err := conn.Write(junk)
+			sent.Add(int64(n))
+			if err != nil {
+				return true
+			}
+		}
+		return true
+	})
+	c := openCache(t, h)
+	_, err := c.Ensure(ctx, "img", EnsureOptions{})
+	if !errors.Is(err, errdefs.ErrVerification) || !strings.Contains(err.Error(), "past its declared") {
+		t.Fatalf("Ensure = %v, want a verification error for a body past its size", err)
+	}
+	// What the server got out before the cache closed: the socket buffers,
+	// a few MiB, never the 256 MiB on offer.
+	if s := sent.Load(); s > int64(len(data))+32<<20 {
+		t.Errorf("the server sent %d MiB before the cache stopped reading", s>>20)
+	}
+}
+
+// TestHostileUnsizedBodyBounded: a plain URL without a Content-Length that
+// never ends is cut at --max-download-size.
+func TestHostileUnsizedBodyBounded(t *testing.T) {
+	var sent atomic.Int64
+	url := rawServer(t, func(c net.Conn, r *http.Request) {
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")
+		junk := make([]byte, 1<<20)
+		for sent.Load() < 256<<20 {
+			n, err := c.Write(junk)
+			sent.Add(int64(n))
+			if err != nil {
+				break
+			}
+		}
+		c.Close()
+	})
+	c, _ := Open(t.TempDir(), Options{MaxDownloadSize: 8 << 20})
+	_, err := c.Ensure(ctx, url+"/disk.img", EnsureOptions{Checksum: digest.FromString("x")})
+	if !errors.Is(err, errdefs.ErrTooLarge) {
+		t.Fatalf("Ensure = %v, want ErrTooLarge", err)
+	}
+	if s := sent.Load(); s > 40<<20 {
+		t.Errorf("the server sent %d MiB past a bound of 8 MiB", s>>20)
+	}
+}
+
+func TestHostileBareDigestInSHA256SUMS(t *testing.T) {
+	data := randBytes(4096)
+	other := digest.FromString("another file")
+	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/a/disk.img", "/b/disk.img":
+			w.Write(data)
+		case "/a/SHA256SUMS": // a bare line: which file is it about?
+			fmt.Fprintln(w, other.Encoded())
+		case "/b/disk.img.sha256": // the file's own sidecar may be bare
+			fmt.Fprintln(w, digest.FromBytes(data).Encoded())
+		default:
+			http.NotFound(w, r)
+		}
+	}))
+	defer s.Close()
+	c, _ := Open(t.TempDir(), Options{})
+	if _, err := c.Ensure(ctx, s.URL+"/a/disk.img", EnsureOptions{}); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Errorf("bare digest in SHA256SUMS: Ensure = %v, want ErrNotFound (no checksum for the file)", err)
+	}
+	if img, err := c.Ensure(ctx, s.URL+"/b/disk.img", EnsureOptions{}); err != nil || img.Digest != digest.FromBytes(data) {
+		t.Errorf("bare digest in disk.img.sha256: %+v %v", img, err)
+	}
+}
+
+// stallAfter serves data with a Content-Length, sends the first n bytes and
+// then goes silent until the test ends.
+func stallAfter(t *testing.T, data []byte, n int) string {
+	return rawServer(t, func(c net.Conn, r *http.Request) {
+		fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n", len(data))
+		c.Write(data[:n])
+		io.Copy(io.Discard, c) // silent until the client or the test closes
+	})
+}
+
+func TestStall(t *testing.T) {
+	const stall = time.Second
+	data := randBytes(2 << 20)
+	d := digest.FromBytes(data)
+	for _, tc := range []struct {
+		name string
+		url  string
+	}{
+		{"mid-body", stallAfter(t, data, 1<<20) + "/disk.img"},
+		{"before headers", rawServer(t, func(c net.Conn, r *http.Request) { io.Copy(io.Discard, c) }) + "/disk.img"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, _ := Open(t.TempDir(), Options{HTTPClient: stallClient(stall)})
+			start := time.Now()
+			_, err := c.Ensure(ctx, tc.url, EnsureOptions{Checksum: d})
+			took := time.Since(start)
+			if !client.IsStall(err) || !errors.Is(err, errdefs.ErrUnavailable) {
+				t.Fatalf("Ensure = %v, want a StallError (ErrUnavailable)", err)
+			}
+			if took < stall || took > 3*stall {
+				t.Errorf("a stall of %s failed after %s", stall, took)
+			}
+		})
+	}
+}
+
+// TestSlowButMovingNotCut: a body that trickles (a byte every quarter of
+// the stall timeout) for longer than the stall timeout completes.
+func TestSlowButMovingNotCut(t *testing.T) {
+	const stall = 400 * time.Millisecond
+	data := randBytes(12)
+	url := rawServer(t, func(c net.Conn, r *http.Request) {
+		fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n", len(data))
+		for i := range data {
+			time.Sleep(stall / 4) // the fault under test is the pace itself
+			if _, err := c.Write(data[i : i+1]); err != nil {
+				return
+			}
+		}
+	})
+	c, _ := Open(t.TempDir(), Options{HTTPClient: stallClient(stall)})
+	start := time.Now()
+	img, err := c.Ensure(ctx, url+"/disk.img", EnsureOptions{Checksum: digest.FromBytes(data)})
+	if err != nil || img.Digest != digest.FromBytes(data) {
+		t.Fatalf("slow but moving: %+v %v", img, err)
+	}
+	if took := time.Since(start); took < 2*stall {
+		t.Fatalf("the trickle took %s, not longer than the stall timeout: the test proves nothing", took)
+	}
+}
+
+// TestStallFailsOverToNextHead: of two depot heads holding the same
+// content, the first stalls mid-body; the cache moves to the second and
+// resumes by Range, and the result is verified.
+func TestStallFailsOverToNextHead(t *testing.T) {
+	const stall = time.Second
+	a, b := newHead(t), newHead(t)
+	data := randBytes(8 << 20)
+	d := a.push(t, "img", data)
+	b.push(t, "img", data)
+	a.hostile.Store(func(w http.ResponseWriter, r *http.Request) bool {
+		if !strings.HasPrefix(r.URL.Path, "/api/v1/blob/") {
+			return false
+		}
+		w.Header().Set("Content-Length", strconv.Itoa(len(data)))
+		w.Header().Set("Accept-Ranges", "bytes")
+		w.WriteHeader(http.StatusOK)
+		w.Write(data[:3<<20])
+		w.(http.Flusher).Flush()
+		<-r.Context().Done() // silent until the client gives up
+		return true
+	})
+	var ranges []string
+	var mu sync.Mutex
+	b.hostile.Store(func(w http.ResponseWriter, r *http.Request) bool {
+		if strings.HasPrefix(r.URL.Path, "/api/v1/blob/") {
+			mu.Lock()
+			ranges = append(ranges, r.Header.Get("Range"))
+			mu.Unlock()
+		}
+		return false
+	})
+	// Each head has its own token store: read anonymously, by digest.
+	dc, err := client.New(a.url+","+b.url, "", client.WithTimeouts(client.Timeouts{Stall: stall}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, _ := Open(t.TempDir(), Options{Depot: dc})
+	img, err := c.Ensure(ctx, "img@"+d.String(), EnsureOptions{})
+	if err != nil || img.Digest != d || !bytes.Equal(mustRead(t, img.Path), data) {
+		t.Fatalf("Ensure = %+v, %v; want the content from the second head", img, err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(ranges) != 1 || !strings.HasPrefix(ranges[0], "bytes=") || strings.HasPrefix(ranges[0], "bytes=0-") {
+		t.Fatalf("the second head got ranges %q, want one resume past the stalled head's bytes", ranges)
+	}
+}
+
+func mustParse(t *testing.T, s string) ref.Ref {
+	t.Helper()
+	r, err := ref.Parse(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// newTestPartial is an empty ingest of d, as transfer starts one.
+func newTestPartial(t *testing.T, c *Cache, d digest.Digest) *partial {
+	t.Helper()
+	p := &partial{c: c, d: d, path: filepath.Join(c.dir, "ingest", d.Encoded()+".part"),
+		statePath: filepath.Join(c.dir, "ingest", d.Encoded()+".json"), h: blob.NewDualHasher(), sniff: &format.Sniffer{}}
+	f, err := os.OpenFile(p.path, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.f = f
+	t.Cleanup(func() { f.Close(); p.h.Close() })
+	return p
+}
