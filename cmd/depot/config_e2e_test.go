@@ -1,10 +1,8 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -13,30 +11,6 @@ import (
 	"github.com/depot-images/depot/cli"
 	"github.com/depot-images/depot/client"
 )
-
-// runIn runs the real binary in directory dir, bounded to 20 s (a serve
-// that should have refused its flags would otherwise run forever).
-func runIn(t *testing.T, dir string, env []string, args ...string) (string, string, int) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, depotBin, args...)
-	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), env...)
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	if ctx.Err() != nil {
-		t.Fatalf("depot %v did not exit within 20 s:\n%s", args, errb.String())
-	}
-	code := 0
-	if ee, ok := err.(*exec.ExitError); ok {
-		code = ee.ExitCode()
-	} else if err != nil {
-		t.Fatal(err)
-	}
-	return out.String(), errb.String(), code
-}
 
 // TestServeBlobsURL: --blobs takes a plain path or a file:///abs/path URL;
 // any other scheme or a malformed file URL is exit 2 before anything is
@@ -65,7 +39,7 @@ func TestServeBlobsURL(t *testing.T) {
 		"ftp://host/srv/blobs", "http://host/blobs", "file://host/srv/blobs", "file:relative/blobs", "file:///srv/blobs?x=1",
 		"file:///srv/blobs#frag", "file://", "file:///", "s4://bucket", "blobs:dir", "file:///srv/%zz",
 	} {
-		_, errs, code := runIn(t, cwd, nil, "serve", "--data", filepath.Join(cwd, "data"), "--addr", "127.0.0.1:0", "--blobs", bad)
+		_, errs, code := runIn(t, cwd, 20*time.Second, nil, "serve", "--data", filepath.Join(cwd, "data"), "--addr", "127.0.0.1:0", "--blobs", bad)
 		if code != cli.ExitUsage || !strings.Contains(errs, "--blobs") {
 			t.Errorf("serve --blobs %s: exit %d %q, want %d naming --blobs", bad, code, errs, cli.ExitUsage)
 		}

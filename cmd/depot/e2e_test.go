@@ -147,15 +147,30 @@ func adminToken(t *testing.T, data string) string {
 	return strings.TrimSpace(string(b))
 }
 
-// run runs the CLI in-process-equivalent (the real binary) and returns
-// stdout, stderr and the exit code.
+// run runs the real binary and returns stdout, stderr and the exit code.
+// It is bounded (5 min), so a command that hangs fails its test instead of
+// the whole suite.
 func run(t *testing.T, env []string, args ...string) (string, string, int) {
 	t.Helper()
-	cmd := exec.Command(depotBin, args...)
+	return runIn(t, "", 5*time.Minute, env, args...)
+}
+
+// runIn runs the real binary in directory dir ("": the test's), bounded to
+// limit (a serve that should have refused its flags would otherwise run
+// forever).
+func runIn(t *testing.T, dir string, limit time.Duration, env []string, args ...string) (string, string, int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, depotBin, args...)
+	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), env...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()
+	if ctx.Err() != nil {
+		t.Fatalf("depot %v did not exit within %s:\n%s", args, limit, errb.String())
+	}
 	code := 0
 	if ee, ok := err.(*exec.ExitError); ok {
 		code = ee.ExitCode()
