@@ -46,6 +46,7 @@ func (o *cacheOptions) addEnsureFlags(f *pflag.FlagSet, defPolicy string) {
 }
 
 func (o *cacheOptions) addMaxDownloadFlag(f *pflag.FlagSet) {
+	o.maxDownload.flag = "max-download-size"
 	f.Var(&o.maxDownload, "max-download-size", "refuse a download whose source declares more than this, e.g. 200G (binary units; not 0; default: only the cache's free space bounds it)")
 }
 
@@ -82,7 +83,7 @@ func (o *cacheOptions) open(g *globals) (*cache.Cache, error) {
 		return nil, err
 	}
 	return cache.Open(o.dir, cache.Options{Depot: dc, Logger: log, Connections: o.connections,
-		HTTPClient: client.NewHTTPClient(g.timeouts), MaxDownloadSize: int64(o.maxDownload)})
+		HTTPClient: client.NewHTTPClient(g.timeouts), MaxDownloadSize: int64(o.maxDownload.n)})
 }
 
 func (o *cacheOptions) ensureOptions(g *globals, label string) (cache.EnsureOptions, func(), error) {

@@ -233,14 +233,17 @@ type pruneFlags struct {
 }
 
 func (o *pruneFlags) options() (cache.PruneOptions, error) {
-	return cache.PruneOptions{DryRun: o.dryRun, MaxAge: o.maxAge, Orphans: o.orphans, PartAge: o.partAge, MaxSize: int64(o.maxSize)}, nil
+	return cache.PruneOptions{DryRun: o.dryRun, MaxAge: o.maxAge, Orphans: o.orphans, PartAge: o.partAge, MaxSize: int64(o.maxSize.n)}, nil
 }
 
 // budgetValue is a size limit whose zero means "no limit" to the code that
 // takes it (--max-size, --max-download-size). 0 is refused: an operator who
 // writes 0 means either no limit or nothing at all, and which one is not for
 // depot to guess. No limit is the flag left out.
-type budgetValue size.Bytes
+type budgetValue struct {
+	n    size.Bytes
+	flag string // for the hint
+}
 
 func (b *budgetValue) Set(s string) error {
 	var n size.Bytes
@@ -248,17 +251,17 @@ func (b *budgetValue) Set(s string) error {
 		return err
 	}
 	if n == 0 {
-		return fmt.Errorf("0 is not a limit: leave the flag out for none, or give a size like 200G: %w", errdefs.ErrInvalidArgument)
+		return fmt.Errorf("0 is not a limit: leave --%s out for none, or give a size like 200G: %w", b.flag, errdefs.ErrInvalidArgument)
 	}
-	*b = budgetValue(n)
+	b.n = n
 	return nil
 }
 
 func (b *budgetValue) String() string {
-	if *b == 0 {
+	if b.n == 0 {
 		return ""
 	}
-	return size.Format(int64(*b))
+	return size.Format(int64(b.n))
 }
 
 func (b *budgetValue) Type() string { return "size" }
@@ -267,6 +270,7 @@ func (o *pruneFlags) add(cmd *cobra.Command) {
 	f := cmd.Flags()
 	f.BoolVar(&o.dryRun, "dry-run", false, "report what would be freed, delete nothing")
 	f.DurationVar(&o.maxAge, "max-age", time.Hour, "seed 000's rule: evict entries unused this long that are identical to the server's copy (negative: off)")
+	o.maxSize.flag = "max-size"
 	f.Var(&o.maxSize, "max-size", "size budget for cached blobs, least recently used evicted first, e.g. 200G (binary units: 200G = 200GB = 200GiB; not 0; default no budget)")
 	f.BoolVar(&o.orphans, "orphans", false, "also delete entries whose image the server no longer knows")
 	f.DurationVar(&o.partAge, "part-age", 24*time.Hour, "sweep partial downloads untouched this long")
