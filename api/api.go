@@ -15,8 +15,8 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
-	"github.com/depot-images/depot/catalog"
 	"github.com/depot-images/depot/errdefs"
+	"github.com/depot-images/depot/internal/catalog"
 )
 
 // Prefix is where the API lives.

@@ -44,14 +44,14 @@ import (
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/depot-images/depot/atomicfile"
-	"github.com/depot-images/depot/blob"
 	"github.com/depot-images/depot/client"
 	"github.com/depot-images/depot/errdefs"
-	"github.com/depot-images/depot/format"
-	"github.com/depot-images/depot/qcow2"
-	"github.com/depot-images/depot/ref"
-	"github.com/depot-images/depot/source"
+	"github.com/depot-images/depot/internal/atomicfile"
+	"github.com/depot-images/depot/internal/blob"
+	"github.com/depot-images/depot/internal/format"
+	"github.com/depot-images/depot/internal/qcow2"
+	"github.com/depot-images/depot/internal/ref"
+	"github.com/depot-images/depot/internal/source"
 )
 
 // Policy says when a mutable reference is re-resolved (Kubernetes semantics).

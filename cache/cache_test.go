@@ -20,12 +20,12 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
-	"github.com/depot-images/depot/auth"
 	"github.com/depot-images/depot/client"
 	"github.com/depot-images/depot/errdefs"
-	"github.com/depot-images/depot/server"
-	"github.com/depot-images/depot/server/servertest"
-	"github.com/depot-images/depot/testenv"
+	"github.com/depot-images/depot/internal/auth"
+	"github.com/depot-images/depot/internal/server"
+	"github.com/depot-images/depot/internal/server/servertest"
+	"github.com/depot-images/depot/internal/testenv"
 )
 
 var ctx = context.Background()

@@ -7,7 +7,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/depot-images/depot/errdefs"
-	"github.com/depot-images/depot/source"
+	"github.com/depot-images/depot/internal/source"
 )
 
 // What one download may claim. A size a source declares (a Content-Length,

@@ -25,12 +25,12 @@ import (
 	"oras.land/oras-go/v2"
 	"oras.land/oras-go/v2/registry/remote"
 
-	"github.com/depot-images/depot/blob"
 	"github.com/depot-images/depot/client"
 	"github.com/depot-images/depot/errdefs"
-	"github.com/depot-images/depot/format"
-	"github.com/depot-images/depot/ref"
-	"github.com/depot-images/depot/testenv"
+	"github.com/depot-images/depot/internal/blob"
+	"github.com/depot-images/depot/internal/format"
+	"github.com/depot-images/depot/internal/ref"
+	"github.com/depot-images/depot/internal/testenv"
 )
 
 // The hostile-source suite: real HTTP servers (httptest, or raw TCP where

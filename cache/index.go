@@ -14,8 +14,8 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
-	"github.com/depot-images/depot/atomicfile"
 	"github.com/depot-images/depot/errdefs"
+	"github.com/depot-images/depot/internal/atomicfile"
 )
 
 // Pointer records what a mutable reference last resolved to.

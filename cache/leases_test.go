@@ -16,7 +16,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/depot-images/depot/errdefs"
-	"github.com/depot-images/depot/testenv"
+	"github.com/depot-images/depot/internal/testenv"
 )
 
 // blobsPresent counts the committed blobs of c (without List, which itself

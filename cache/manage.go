@@ -14,10 +14,10 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
-	"github.com/depot-images/depot/atomicfile"
 	"github.com/depot-images/depot/errdefs"
-	"github.com/depot-images/depot/format"
-	"github.com/depot-images/depot/ref"
+	"github.com/depot-images/depot/internal/atomicfile"
+	"github.com/depot-images/depot/internal/format"
+	"github.com/depot-images/depot/internal/ref"
 )
 
 // Entry is one committed blob and the pointers that resolve to it.

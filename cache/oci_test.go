@@ -11,7 +11,7 @@ import (
 	"oras.land/oras-go/v2/registry/remote"
 
 	"github.com/depot-images/depot/errdefs"
-	"github.com/depot-images/depot/testenv"
+	"github.com/depot-images/depot/internal/testenv"
 )
 
 // pushArtifact pushes data as a one-layer disk-image artifact tagged tag.

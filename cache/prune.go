@@ -14,7 +14,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/depot-images/depot/errdefs"
-	"github.com/depot-images/depot/ref"
+	"github.com/depot-images/depot/internal/ref"
 )
 
 // Prune rules, reported by name.

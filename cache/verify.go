@@ -22,8 +22,8 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/depot-images/depot/errdefs"
-	"github.com/depot-images/depot/ref"
-	"github.com/depot-images/depot/source"
+	"github.com/depot-images/depot/internal/ref"
+	"github.com/depot-images/depot/internal/source"
 )
 
 // Verification outcomes.

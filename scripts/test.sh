@@ -70,15 +70,15 @@ fuzz() {
     echo "no failing input was written: trying $2 once more"
   done
 }
-fuzz ./format FuzzDetect
-fuzz ./server FuzzDecodeRequests
-fuzz ./server FuzzValidRef
-fuzz ./ref FuzzParse
-fuzz ./checksum FuzzParse
-fuzz ./qcow2 FuzzReadHeader
-fuzz ./qcow2 FuzzHeaderRoundTrip
-fuzz ./qcow2 FuzzHeaderBuffer
+fuzz ./internal/format FuzzDetect
+fuzz ./internal/server FuzzDecodeRequests
+fuzz ./internal/server FuzzValidRef
+fuzz ./internal/ref FuzzParse
+fuzz ./internal/checksum FuzzParse
+fuzz ./internal/qcow2 FuzzReadHeader
+fuzz ./internal/qcow2 FuzzHeaderRoundTrip
+fuzz ./internal/qcow2 FuzzHeaderBuffer
 fuzz ./cache FuzzDecodeIndex
 fuzz ./cache FuzzIndexRoundTrip
-fuzz ./blob/s3 FuzzParseURL
+fuzz ./internal/blob/s3 FuzzParseURL
 echo "== all tests passed"

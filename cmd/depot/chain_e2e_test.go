@@ -11,8 +11,8 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
-	"github.com/depot-images/depot/cli"
-	"github.com/depot-images/depot/testenv"
+	"github.com/depot-images/depot/internal/cli"
+	"github.com/depot-images/depot/internal/testenv"
 )
 
 // TestCLIUnsafeImageExitCode: with the real binary, a qcow2 that names a

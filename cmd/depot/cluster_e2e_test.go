@@ -20,11 +20,11 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/depot-images/depot/api"
-	"github.com/depot-images/depot/blob"
-	"github.com/depot-images/depot/blob/s3"
 	"github.com/depot-images/depot/client"
 	"github.com/depot-images/depot/errdefs"
-	"github.com/depot-images/depot/testenv"
+	"github.com/depot-images/depot/internal/blob"
+	"github.com/depot-images/depot/internal/blob/s3"
+	"github.com/depot-images/depot/internal/testenv"
 )
 
 // cluster is the deployment the docs describe: three heads on a

@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/depot-images/depot/cli"
 	"github.com/depot-images/depot/client"
+	"github.com/depot-images/depot/internal/cli"
 )
 
 // TestServeBlobsURL: --blobs takes a plain path or a file:///abs/path URL;

@@ -24,10 +24,10 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/depot-images/depot/api"
-	"github.com/depot-images/depot/cli"
 	"github.com/depot-images/depot/client"
 	"github.com/depot-images/depot/errdefs"
-	"github.com/depot-images/depot/testenv"
+	"github.com/depot-images/depot/internal/cli"
+	"github.com/depot-images/depot/internal/testenv"
 )
 
 var depotBin string

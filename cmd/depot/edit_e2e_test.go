@@ -9,8 +9,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/depot-images/depot/cli"
-	"github.com/depot-images/depot/testenv"
+	"github.com/depot-images/depot/internal/cli"
+	"github.com/depot-images/depot/internal/testenv"
 )
 
 // TestEditExecSandbox: `depot edit --exec` runs in bubblewrap with no

@@ -16,7 +16,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
-	"github.com/depot-images/depot/cli"
+	"github.com/depot-images/depot/internal/cli"
 )
 
 // stallable serves disk.img and its .sha256 sidecar until stalled, then

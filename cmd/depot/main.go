@@ -5,7 +5,7 @@ package main
 import (
 	"os"
 
-	"github.com/depot-images/depot/cli"
+	"github.com/depot-images/depot/internal/cli"
 )
 
 func main() {

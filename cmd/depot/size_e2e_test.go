@@ -8,8 +8,8 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
-	"github.com/depot-images/depot/cli"
 	"github.com/depot-images/depot/client"
+	"github.com/depot-images/depot/internal/cli"
 )
 
 // TestCLISizeFlags: every size flag reads one grammar (binary units, any
