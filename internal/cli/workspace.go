@@ -34,7 +34,7 @@ func printStatus(w io.Writer, st workspace.Status) {
 	if st.Modified {
 		mod = "modified"
 	}
-	fmt.Fprintf(w, "workspace %s\n  image:   %s (uid %s) on %s\n  base:    %s (%s, %s)\n  changes: %s\n  server:  %s", inert(st.Dir), inert(st.Name), inert(st.UID), inert(st.Meta.Server), inert(st.Base.String()), inert(st.BaseFormat), inert(string(st.Kind)), mod, inert(st.Server.State()))
+	fmt.Fprintf(w, "workspace %s\n  image:   %s (uid %s) on %s\n  base:    %s (%s, %s)\n  changes: %s\n  server:  %s", inert(st.Dir), inert(st.Name), inert(st.UID), inert(st.Meta.Server), inert(st.Base.String()), inert(st.BaseFormat), inert(string(st.Kind)), mod, inert(st.State.String()))
 	if st.NewUID != "" {
 		fmt.Fprintf(w, " (the name now belongs to %s)", inert(st.NewUID))
 	}
@@ -114,7 +114,7 @@ func newWorkspaceCmd(g *globals) *cobra.Command {
 					if st.Modified {
 						mod = "modified"
 					}
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", inert(st.Name), inert(st.UID), inert(shortDigest(st.Base.String())), inert(string(st.Kind)), mod, inert(st.Server.State()))
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", inert(st.Name), inert(st.UID), inert(shortDigest(st.Base.String())), inert(string(st.Kind)), mod, inert(st.State.String()))
 				}
 				tw.Flush()
 			})
