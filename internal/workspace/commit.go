@@ -53,41 +53,17 @@ type CommitResult struct {
 // workspace onto the new content. Interrupted at any point, the server keeps
 // its old content and the workspace its staged changes.
 func (m *Manager) Commit(ctx context.Context, ref string, o CommitOptions) (CommitResult, error) {
-	meta, ok, err := m.find(ref)
+	meta, err := m.lookup(ref)
 	if err != nil {
 		return CommitResult{}, err
-	}
-	if !ok {
-		return CommitResult{}, fmt.Errorf("no workspace for %q; start one with depot edit %s: %w", ref, ref, errdefs.ErrNotFound)
 	}
 	st := m.check(ctx, meta)
 	meta = st.Meta // check may have finished an interrupted commit
 	dir := m.dir(meta.UID)
-	target, targetName, ifMatch := meta.UID, meta.Name, meta.Base
-	switch {
-	case o.To != "":
-		if !catalog.IsUID(o.To) {
-			return CommitResult{}, fmt.Errorf("--to %q: want the 32-hex UID of the image to upload into: %w", o.To, errdefs.ErrInvalidArgument)
-		}
-		img, err := m.Client.GetImage(ctx, o.To)
-		if err != nil {
-			return CommitResult{}, err
-		}
-		if img.Frozen {
-			return CommitResult{}, conflictErr(Status{Meta: Meta{Name: img.Name, UID: img.UID}, State: StateFrozen})
-		}
-		target, targetName, ifMatch = img.UID, img.Name, ""
-		if img.Content != nil {
-			ifMatch = digest.Digest(img.Content.Chksum) // overwrite exactly what we saw, no one else's later upload
-		}
-	case st.State == StateBaseMoved && o.Force:
-		ifMatch = st.ServerDigest
-	case st.State == StateUnknown:
-		return CommitResult{}, fmt.Errorf("cannot reach %s: %s: %w", meta.Server, st.Detail, errdefs.ErrUnavailable)
-	case st.State != StateCurrent:
-		return CommitResult{}, conflictErr(st)
+	target, targetName, ifMatch, err := m.commitTarget(ctx, st, o)
+	if err != nil {
+		return CommitResult{}, err
 	}
-
 	if !st.Modified && o.To == "" && !o.Force {
 		return CommitResult{UID: meta.UID, Name: meta.Name, Digest: meta.Base, Format: meta.BaseFormat, Base: meta.Base, Unchanged: true}, nil
 	}
@@ -111,9 +87,8 @@ func (m *Manager) Commit(ctx context.Context, ref string, o CommitOptions) (Comm
 	if err != nil {
 		return CommitResult{}, err
 	}
-	h := blob.NewDualHasher()
-	defer h.Close()
-	if _, err := io.CopyBuffer(h, f, make([]byte, 1<<20)); err != nil {
+	sum, b3, err := hashFile(f)
+	if err != nil {
 		f.Close()
 		return CommitResult{}, err
 	}
@@ -122,7 +97,7 @@ func (m *Manager) Commit(ctx context.Context, ref string, o CommitOptions) (Comm
 		f.Close()
 		return CommitResult{}, err
 	}
-	meta.Pending, meta.PendingUID = h.Digest(), target
+	meta.Pending, meta.PendingUID = sum, target
 	if err := save(dir, meta); err != nil {
 		f.Close()
 		return CommitResult{}, err
@@ -135,7 +110,7 @@ func (m *Manager) Commit(ctx context.Context, ref string, o CommitOptions) (Comm
 	if o.Progress != nil {
 		body = &progressReader{f: f, total: fi.Size(), fn: o.Progress}
 	}
-	info, err := m.Client.PushContent(ctx, target, body, fi.Size(), client.PushOptions{Digest: h.Digest(), IfMatch: ifMatch, Message: o.Message})
+	info, err := m.Client.PushContent(ctx, target, body, fi.Size(), client.PushOptions{Digest: sum, IfMatch: ifMatch, Message: o.Message})
 	f.Close()
 	if err != nil && !refused(err) {
 		// The server may have committed before the answer was lost: keep
@@ -143,7 +118,7 @@ func (m *Manager) Commit(ctx context.Context, ref string, o CommitOptions) (Comm
 		// at the workspace ask the server and finish or forget the commit.
 		keepOut = true
 		return CommitResult{}, fmt.Errorf("%w; the upload of %s may have landed: the next depot commit, edit or workspace show finishes or forgets it",
-			err, h.Digest())
+			err, sum)
 	}
 	if err != nil {
 		meta.Pending, meta.PendingUID = "", ""
@@ -159,20 +134,63 @@ func (m *Manager) Commit(ctx context.Context, ref string, o CommitOptions) (Comm
 		}
 		return CommitResult{}, err
 	}
-	if digest.Digest(info.Chksum) != h.Digest() || info.Size != fi.Size() {
-		return CommitResult{}, fmt.Errorf("the server stored %s (%d bytes) for %s (%d bytes): %w", info.Chksum, info.Size, h.Digest(), fi.Size(),
-			&errdefs.VerificationError{Want: h.Digest(), Got: digest.Digest(info.Chksum)})
+	if digest.Digest(info.Chksum) != sum || info.Size != fi.Size() {
+		return CommitResult{}, fmt.Errorf("the server stored %s (%d bytes) for %s (%d bytes): %w", info.Chksum, info.Size, sum, fi.Size(),
+			&errdefs.VerificationError{Want: sum, Got: digest.Digest(info.Chksum)})
 	}
 	// Re-base: the uploaded file becomes the cached base, without a copy.
-	base, err := m.Cache.Adopt(ctx, out, h.Digest(), h.BLAKE3(), target+"@"+h.Digest().String())
+	base, err := m.Cache.Adopt(ctx, out, sum, b3, target+"@"+sum.String())
 	if err != nil {
-		return CommitResult{}, fmt.Errorf("uploaded %s, but re-basing the workspace failed: %w", h.Digest(), err)
+		return CommitResult{}, fmt.Errorf("uploaded %s, but re-basing the workspace failed: %w", sum, err)
 	}
 	res := CommitResult{UID: target, Name: targetName, Digest: base.Digest, Size: base.Size, Format: base.Format, Base: meta.Base}
 	if err := m.rebase(ctx, meta, target, targetName, base); err != nil {
-		return res, fmt.Errorf("uploaded %s, but re-basing the workspace failed: %w", h.Digest(), err)
+		return res, fmt.Errorf("uploaded %s, but re-basing the workspace failed: %w", sum, err)
 	}
 	return res, nil
+}
+
+// commitTarget is where a commit of the workspace st goes (UID and name)
+// and the content it may overwrite there (If-Match): the bound image on
+// the base, or with --force on what moved there, or with --to another
+// image on exactly its content now. A workspace in conflict, or a server
+// that cannot say, gets no target.
+func (m *Manager) commitTarget(ctx context.Context, st Status, o CommitOptions) (uid, name string, ifMatch digest.Digest, err error) {
+	switch {
+	case o.To != "":
+		if !catalog.IsUID(o.To) {
+			return "", "", "", fmt.Errorf("--to %q: want the 32-hex UID of the image to upload into: %w", o.To, errdefs.ErrInvalidArgument)
+		}
+		img, err := m.Client.GetImage(ctx, o.To)
+		if err != nil {
+			return "", "", "", err
+		}
+		if img.Frozen {
+			return "", "", "", conflictErr(Status{Meta: Meta{Name: img.Name, UID: img.UID}, State: StateFrozen})
+		}
+		if img.Content != nil {
+			ifMatch = digest.Digest(img.Content.Chksum) // overwrite exactly what we saw, no one else's later upload
+		}
+		return img.UID, img.Name, ifMatch, nil
+	case st.State == StateBaseMoved && o.Force:
+		return st.UID, st.Name, st.ServerDigest, nil
+	case st.State == StateUnknown:
+		return "", "", "", fmt.Errorf("cannot reach %s: %s: %w", st.Meta.Server, st.Detail, errdefs.ErrUnavailable)
+	case st.State != StateCurrent:
+		return "", "", "", conflictErr(st)
+	}
+	return st.UID, st.Name, st.Base, nil
+}
+
+// hashFile is the sha256 and the BLAKE3 of f from its offset on, in one
+// pass.
+func hashFile(f *os.File) (digest.Digest, string, error) {
+	h := blob.NewDualHasher()
+	defer h.Close()
+	if _, err := io.CopyBuffer(h, f, make([]byte, 1<<20)); err != nil {
+		return "", "", err
+	}
+	return h.Digest(), h.BLAKE3(), nil
 }
 
 func (m *Manager) repack(ctx context.Context, dir string, meta Meta, out string) error {

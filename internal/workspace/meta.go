@@ -132,6 +132,19 @@ func (m *Manager) find(ref string) (Meta, bool, error) {
 	return Meta{}, false, nil
 }
 
+// lookup is find for a workspace that must exist: none is ErrNotFound,
+// with the command that starts one.
+func (m *Manager) lookup(ref string) (Meta, error) {
+	meta, ok, err := m.find(ref)
+	if err != nil {
+		return Meta{}, err
+	}
+	if !ok {
+		return Meta{}, fmt.Errorf("no workspace for %q; start one with depot edit %s: %w", ref, ref, errdefs.ErrNotFound)
+	}
+	return meta, nil
+}
+
 // sameCluster reports whether two server lists (comma-separated heads)
 // share a head, so reordering or adding heads keeps workspaces visible.
 func sameCluster(a, b string) bool {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"time"
@@ -14,7 +13,6 @@ import (
 	"github.com/depot-images/depot/api"
 	"github.com/depot-images/depot/cache"
 	"github.com/depot-images/depot/errdefs"
-	"github.com/depot-images/depot/internal/blob"
 )
 
 // ServerState is what the server says about a workspace's binding.
@@ -106,12 +104,9 @@ func (m *Manager) settlePending(ctx context.Context, meta Meta) Meta {
 // when it is still there and hashes right, else a fetch by digest.
 func (m *Manager) adoptOrFetch(ctx context.Context, out string, d digest.Digest, uid string) (cache.Image, bool) {
 	if f, err := os.Open(out); err == nil {
-		h := blob.NewDualHasher()
-		io.Copy(h, f)
+		sum, b3, err := hashFile(f)
 		f.Close()
-		sum, b3 := h.Digest(), h.BLAKE3()
-		h.Close()
-		if sum == d {
+		if err == nil && sum == d {
 			if img, err := m.Cache.Adopt(ctx, out, d, b3, uid+"@"+d.String()); err == nil {
 				return img, true
 			}
@@ -163,12 +158,9 @@ func (m *Manager) List(ctx context.Context) ([]Status, error) {
 
 // Show reports one workspace, found by UID or recorded name.
 func (m *Manager) Show(ctx context.Context, ref string) (Status, error) {
-	meta, ok, err := m.find(ref)
+	meta, err := m.lookup(ref)
 	if err != nil {
 		return Status{}, err
-	}
-	if !ok {
-		return Status{}, fmt.Errorf("no workspace for %q; start one with depot edit %s: %w", ref, ref, errdefs.ErrNotFound)
 	}
 	return m.check(ctx, meta), nil
 }
