@@ -6,7 +6,6 @@ import (
 	"io"
 	"text/tabwriter"
 
-	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
 
 	"github.com/depot-images/depot/client"
@@ -170,19 +169,10 @@ func newCommitCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			var bar *progressbar.ProgressBar
-			if !g.json && isTerminal(g.stderr) {
-				co.Progress = func(done, total int64) {
-					if bar == nil {
-						bar = progressbar.DefaultBytes(total, "commit "+args[0])
-					}
-					bar.Set64(done)
-				}
-			}
+			bar := g.newProgress("commit " + args[0])
+			co.Progress = bar.callback()
 			res, err := m.Commit(cmd.Context(), args[0], co)
-			if bar != nil {
-				bar.Finish()
-			}
+			bar.finish()
 			if err != nil {
 				return err
 			}
