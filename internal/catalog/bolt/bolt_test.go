@@ -49,3 +49,33 @@ func TestDamagedRecords(t *testing.T) {
 		}
 	})
 }
+
+// TestLayout pins the buckets and records of the bbolt file.
+func TestLayout(t *testing.T) {
+	catalogtest.RunLayout(t, func(t *testing.T) catalog.Catalog {
+		c, err := Open(filepath.Join(t.TempDir(), "catalog.db"), time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}, catalogtest.Raw{
+		Read: func(t *testing.T, c catalog.Catalog, space, key string) (v []byte, ok bool) {
+			err := c.(*Catalog).db.View(func(tx *bbolt.Tx) error {
+				if b := tx.Bucket([]byte(space)).Get([]byte(key)); b != nil {
+					v, ok = append([]byte(nil), b...), true
+				}
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return v, ok
+		},
+		Write: func(t *testing.T, c catalog.Catalog, space, key string, value []byte) {
+			err := c.(*Catalog).db.Update(func(tx *bbolt.Tx) error { return tx.Bucket([]byte(space)).Put([]byte(key), value) })
+			if err != nil {
+				t.Fatal(err)
+			}
+		},
+	})
+}

@@ -39,6 +39,39 @@ func TestConformance(t *testing.T) {
 	})
 }
 
+// TestLayout pins the keys and records under the prefix, read and written
+// with the etcd client.
+func TestLayout(t *testing.T) {
+	ep := testenv.Etcd(t)
+	catalogtest.RunLayout(t, func(t *testing.T) catalog.Catalog {
+		b := make([]byte, 8)
+		rand.Read(b)
+		c, err := Open(context.Background(), []string{ep}, "/depot-test-"+hex.EncodeToString(b)+"/", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}, catalogtest.Raw{
+		Read: func(t *testing.T, c catalog.Catalog, space, key string) ([]byte, bool) {
+			ec := c.(*Catalog)
+			resp, err := ec.Client().Get(context.Background(), ec.k(space, key))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(resp.Kvs) == 0 {
+				return nil, false
+			}
+			return resp.Kvs[0].Value, true
+		},
+		Write: func(t *testing.T, c catalog.Catalog, space, key string, value []byte) {
+			ec := c.(*Catalog)
+			if _, err := ec.Client().Put(context.Background(), ec.k(space, key), string(value)); err != nil {
+				t.Fatal(err)
+			}
+		},
+	})
+}
+
 // TestTwoHeadsShareOneCatalog: two clients (two heads) on one etcd see each
 // other's writes at once and share the signing key.
 func TestTwoHeadsShareOneCatalog(t *testing.T) {
