@@ -3,15 +3,19 @@
 //
 // The catalog never touches blob bytes. It records which digests images
 // reference so that the server can garbage-collect blobs nobody references.
-// Backends (catalog/bolt, one head; catalog/etcd, several heads) implement
-// Catalog and run the conformance suite in catalog/catalogtest.
+// This package holds the types, the interfaces and the rules of single
+// records (names, reference records, tokens); it never stores anything.
+// catalog/kv implements Catalog once over a small transaction interface,
+// and the backends (catalog/bolt, one head; catalog/etcd, several heads)
+// adapt their stores to it and run the conformance suite in
+// catalog/catalogtest.
 //
 // A record that does not decode is ErrCorrupt, never a default: a damaged
 // reference count read as zero would let GC delete a referenced blob. Every
 // operation that needs such a record refuses, naming it.
 //
 // All multi-key changes go through Images.Update, an atomic read-modify-write:
-// the backend maintains the name index and adjusts reference counts from the
+// catalog/kv maintains the name index and adjusts reference counts from the
 // image's before/after digest sets (RefDiff) inside the same transaction.
 package catalog
 

@@ -104,3 +104,25 @@ func (r BlobRef) CheckForget() error {
 	}
 	return nil
 }
+
+// AddRef applies one more reference to r (an image gains the blob): it
+// leaves its grace period. A claimed blob is ErrConflict.
+func (r *BlobRef) AddRef() error {
+	if !r.Claimed.IsZero() {
+		return errClaimed(r.Digest)
+	}
+	r.Refs++
+	r.ZeroSince = time.Time{}
+	return nil
+}
+
+// DropRef applies one reference fewer to r (an image loses the blob); on
+// reaching zero its grace period starts at now.
+func (r *BlobRef) DropRef(now time.Time) {
+	if r.Refs > 0 {
+		r.Refs--
+	}
+	if r.Refs == 0 {
+		r.ZeroSince = now
+	}
+}

@@ -131,3 +131,12 @@ func TestTLS(t *testing.T) {
 		}
 	}
 }
+
+// TestSmallScanPages runs the suite with scans of two keys a request, so
+// that every List, Collectable and ListTokens reads several pages of one
+// revision.
+func TestSmallScanPages(t *testing.T) {
+	defer func(n int) { scanPage = n }(scanPage)
+	scanPage = 2
+	TestConformance(t)
+}
