@@ -630,6 +630,20 @@ func newFlakyParts(t *testing.T, m testenv.MinIOServer) *flakyParts {
 	return f
 }
 
+// store is a store of 5 MiB parts on s's bucket and prefix, reached
+// through f.
+func (f *flakyParts) store(t *testing.T, m testenv.MinIOServer, s *Store) *Store {
+	t.Helper()
+	direct, err := Open(context.Background(), Config{
+		Endpoint: strings.TrimPrefix(f.url, "http://"), Bucket: "depot", Prefix: s.cfg.Prefix,
+		Creds: credentials.NewStaticV4(m.AccessKey, m.SecretKey, ""), PartSize: 5 << 20,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return direct
+}
+
 func (f *flakyParts) tries(part string) int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -648,13 +662,7 @@ func TestPartsRetry(t *testing.T) {
 			f := newFlakyParts(t, m)
 			f.first["2"], f.first["3"] = "cut", "503"
 			s := newStore(t, m)
-			direct, err := Open(context.Background(), Config{
-				Endpoint: strings.TrimPrefix(f.url, "http://"), Bucket: "depot", Prefix: s.cfg.Prefix,
-				Creds: credentials.NewStaticV4(m.AccessKey, m.SecretKey, ""), PartSize: 5 << 20,
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
+			direct := f.store(t, m, s)
 			ctx := context.Background()
 			data := randBytes(t, 16<<20+3) // four parts
 			var want digest.Digest
@@ -723,13 +731,7 @@ func TestPartsPermanentErrorsNotRetried(t *testing.T) {
 	f := newFlakyParts(t, m)
 	f.first["1"] = "507"
 	s := newStore(t, m)
-	direct, err := Open(context.Background(), Config{
-		Endpoint: strings.TrimPrefix(f.url, "http://"), Bucket: "depot", Prefix: s.cfg.Prefix,
-		Creds: credentials.NewStaticV4(m.AccessKey, m.SecretKey, ""), PartSize: 5 << 20,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	direct := f.store(t, m, s)
 	ctx := context.Background()
 	data := randBytes(t, 6<<20)
 	w, err := direct.Writer(ctx, blob.WriteOptions{Expected: digest.FromBytes(data)})

@@ -21,9 +21,10 @@ import (
 	"github.com/depot-images/depot/internal/testenv"
 )
 
-func TestConformance(t *testing.T) {
-	ep := testenv.Etcd(t)
-	newCatalog := func(t *testing.T) catalog.Catalog {
+// catalogsAt makes fresh catalogs on the etcd at ep, each under a prefix
+// of its own.
+func catalogsAt(ep string) func(t *testing.T) catalog.Catalog {
+	return func(t *testing.T) catalog.Catalog {
 		b := make([]byte, 8)
 		rand.Read(b)
 		c, err := Open(context.Background(), []string{ep}, "/depot-test-"+hex.EncodeToString(b)+"/", nil)
@@ -32,6 +33,10 @@ func TestConformance(t *testing.T) {
 		}
 		return c
 	}
+}
+
+func TestConformance(t *testing.T) {
+	newCatalog := catalogsAt(testenv.Etcd(t))
 	catalogtest.Run(t, newCatalog)
 	// Damaged records, written to the real etcd with the etcd client.
 	catalogtest.RunDamaged(t, newCatalog, func(t *testing.T, c catalog.Catalog, d digest.Digest, value []byte) {
@@ -45,16 +50,7 @@ func TestConformance(t *testing.T) {
 // TestLayout pins the keys and records under the prefix, read and written
 // with the etcd client.
 func TestLayout(t *testing.T) {
-	ep := testenv.Etcd(t)
-	catalogtest.RunLayout(t, func(t *testing.T) catalog.Catalog {
-		b := make([]byte, 8)
-		rand.Read(b)
-		c, err := Open(context.Background(), []string{ep}, "/depot-test-"+hex.EncodeToString(b)+"/", nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return c
-	}, catalogtest.Raw{
+	catalogtest.RunLayout(t, catalogsAt(testenv.Etcd(t)), catalogtest.Raw{
 		Read: func(t *testing.T, c catalog.Catalog, space, key string) ([]byte, bool) {
 			ec := c.(*Catalog)
 			resp, err := ec.Client().Get(context.Background(), ec.k(space, key))
