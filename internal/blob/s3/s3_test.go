@@ -584,7 +584,7 @@ func TestUploadMemoryBound(t *testing.T) {
 type flakyParts struct {
 	mu       sync.Mutex
 	attempts map[string]int    // part number → attempts seen
-	first    map[string]string // part number → how its first attempt fails: "cut" or "503"
+	first    map[string]string // part number → how its first attempt fails: "cut", "503" or "507"
 	always   bool              // fail every attempt of every part with a 503
 	url      string
 }
@@ -618,6 +618,9 @@ func newFlakyParts(t *testing.T, m testenv.MinIOServer) *flakyParts {
 		case "503":
 			io.Copy(io.Discard, r.Body)
 			w.WriteHeader(http.StatusServiceUnavailable)
+		case "507":
+			io.Copy(io.Discard, r.Body)
+			w.WriteHeader(http.StatusInsufficientStorage)
 		default:
 			rp.ServeHTTP(w, r)
 		}
@@ -625,6 +628,20 @@ func newFlakyParts(t *testing.T, m testenv.MinIOServer) *flakyParts {
 	t.Cleanup(hs.Close)
 	f.url = hs.URL
 	return f
+}
+
+// store is a store of 5 MiB parts on s's bucket and prefix, reached
+// through f.
+func (f *flakyParts) store(t *testing.T, m testenv.MinIOServer, s *Store) *Store {
+	t.Helper()
+	direct, err := Open(context.Background(), Config{
+		Endpoint: strings.TrimPrefix(f.url, "http://"), Bucket: "depot", Prefix: s.cfg.Prefix,
+		Creds: credentials.NewStaticV4(m.AccessKey, m.SecretKey, ""), PartSize: 5 << 20,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return direct
 }
 
 func (f *flakyParts) tries(part string) int {
@@ -645,13 +662,7 @@ func TestPartsRetry(t *testing.T) {
 			f := newFlakyParts(t, m)
 			f.first["2"], f.first["3"] = "cut", "503"
 			s := newStore(t, m)
-			direct, err := Open(context.Background(), Config{
-				Endpoint: strings.TrimPrefix(f.url, "http://"), Bucket: "depot", Prefix: s.cfg.Prefix,
-				Creds: credentials.NewStaticV4(m.AccessKey, m.SecretKey, ""), PartSize: 5 << 20,
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
+			direct := f.store(t, m, s)
 			ctx := context.Background()
 			data := randBytes(t, 16<<20+3) // four parts
 			var want digest.Digest
@@ -709,5 +720,37 @@ func TestPartsRetry(t *testing.T) {
 				t.Errorf("Stat of the failed write = %v, want ErrNotFound", err)
 			}
 		})
+	}
+}
+
+// TestPartsPermanentErrorsNotRetried: a full store (507) is not retried:
+// the part is sent once and the write fails as ErrNoSpace at once, leaving
+// no unfinished upload.
+func TestPartsPermanentErrorsNotRetried(t *testing.T) {
+	m := testenv.MinIO(t)
+	f := newFlakyParts(t, m)
+	f.first["1"] = "507"
+	s := newStore(t, m)
+	direct := f.store(t, m, s)
+	ctx := context.Background()
+	data := randBytes(t, 6<<20)
+	w, err := direct.Writer(ctx, blob.WriteOptions{Expected: digest.FromBytes(data)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := w.(*partWriter).key
+	_, err = w.Write(data)
+	if err == nil {
+		_, err = w.Commit(ctx, int64(len(data)), "")
+	}
+	w.Close()
+	if !errors.Is(err, errdefs.ErrNoSpace) {
+		t.Fatalf("write to a full store: err = %v, want ErrNoSpace", err)
+	}
+	if n := f.tries("1"); n != 1 {
+		t.Errorf("part 1 sent %d times to a full store, want 1", n)
+	}
+	if n := uploads(t, s, key); n != 0 {
+		t.Errorf("%d unfinished uploads left on %s", n, key)
 	}
 }

@@ -1,13 +1,10 @@
 package s3
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
@@ -166,75 +163,6 @@ func (w *partWriter) ship() error {
 	return nil
 }
 
-// weight is what one of this write's buffers counts against the store's
-// upload memory; never more than all of it, or it could never be had.
-func (w *partWriter) weight() int64 { return min(int64(w.partSize), w.s.uploadMemSize) }
-
-// buf is an empty buffer for the next part. A write gets its first buffer
-// as soon as the store's upload memory has room for it (waiting otherwise),
-// and more, up to Threads+1, only while there is room to spare; past that
-// it waits for one of its own to come back from an upload. Every write
-// holding memory has a buffer being filled or in flight, so waiting always
-// ends.
-func (w *partWriter) buf() ([]byte, error) {
-	select {
-	case b := <-w.bufs:
-		return w.reuse(b)
-	default:
-	}
-	switch {
-	case w.have == 0:
-		if err := w.s.uploadMem.Acquire(w.reqCtx, w.weight()); err != nil {
-			return nil, fmt.Errorf("wait for upload memory: %w", err)
-		}
-	case w.have > int(w.s.cfg.Threads) || !w.s.uploadMem.TryAcquire(w.weight()):
-		return w.reuse(<-w.bufs)
-	}
-	w.have++
-	return w.s.partBuf(w.partSize), nil
-}
-
-// reuse readies a buffer that came back from an upload; nil stands for one
-// dropped after a failed part, whose memory is still held.
-func (w *partWriter) reuse(b []byte) ([]byte, error) {
-	if err := w.err(); err != nil {
-		w.bufs <- b
-		return nil, err
-	}
-	if b == nil {
-		return w.s.partBuf(w.partSize), nil
-	}
-	return b[:0], nil
-}
-
-// partAttempts is how many times a part is sent before the write fails.
-const partAttempts = 4
-
-// uploadPart sends part num, retrying an unavailable store with backoff;
-// retried reports whether any attempt failed. Each attempt reads b through
-// a reader of its own: an attempt answered early may still be reading when
-// the next one starts, and the two must not share a reader's position.
-func (w *partWriter) uploadPart(num int, b []byte) (part minio.ObjectPart, retried bool, err error) {
-	core := minio.Core{Client: w.s.partc}
-	backoff := 200 * time.Millisecond
-	for attempt := 1; ; attempt++ {
-		part, err = core.PutObjectPart(w.ctx, w.s.cfg.Bucket, w.key, w.id, num, bytes.NewReader(b), int64(len(b)), minio.PutObjectPartOptions{})
-		if err == nil {
-			return part, attempt > 1, nil
-		}
-		err = classify(err)
-		if attempt == partAttempts || !errors.Is(err, errdefs.ErrUnavailable) {
-			return part, true, err
-		}
-		select {
-		case <-w.ctx.Done():
-			return part, true, err
-		case <-time.After(backoff):
-		}
-		backoff *= 2
-	}
-}
-
 func (w *partWriter) err() error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -344,58 +272,4 @@ func (s *Store) copyIntoPlace(ctx context.Context, key string, info blob.Info) (
 		return up, mapErr("commit", info.Digest, err)
 	}
 	return up, nil
-}
-
-// release hands the part buffers and the upload memory they held back to
-// the store once no part upload runs.
-func (w *partWriter) release() {
-	w.s.putPartBuf(w.cur)
-	w.cur = nil
-	for done := false; !done; {
-		select {
-		case b := <-w.bufs:
-			w.s.putPartBuf(b)
-		default:
-			done = true
-		}
-	}
-	w.s.uploadMem.Release(int64(w.have) * w.weight())
-	w.have = 0
-}
-
-// partBuf is an empty buffer of capacity size, recycled when size is the
-// configured part size.
-func (s *Store) partBuf(size int) []byte {
-	if size == int(s.cfg.PartSize) {
-		if b, ok := s.parts.Get().(*[]byte); ok {
-			return (*b)[:0]
-		}
-	}
-	return make([]byte, 0, size)
-}
-
-func (s *Store) putPartBuf(b []byte) {
-	if cap(b) == int(s.cfg.PartSize) {
-		s.parts.Put(&b)
-	}
-}
-
-// markerTarget reads a marker's body: the key and upload ID of a write. ok
-// is false, with a nil error, for a body this code did not write (or one
-// naming a key other than a blob's or the ingest key beside the marker);
-// err is an I/O error.
-func (s *Store) markerTarget(ctx context.Context, marker string) (key, id string, ok bool, err error) {
-	obj, err := s.c.GetObject(ctx, s.cfg.Bucket, marker, minio.GetObjectOptions{})
-	if err != nil {
-		return "", "", false, err
-	}
-	defer obj.Close()
-	b, err := io.ReadAll(io.LimitReader(obj, 4096))
-	if err != nil {
-		return "", "", false, err
-	}
-	key, id, ok = strings.Cut(string(b), "\n")
-	tmp := strings.TrimSuffix(marker, uploadMarker)
-	ok = ok && id != "" && (strings.HasPrefix(key, s.blobsPrefix()) || key == tmp)
-	return key, id, ok, nil
 }

@@ -5,6 +5,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/cenkalti/backoff/v5"
 	"go.etcd.io/etcd/client/v3/concurrency"
 )
 
@@ -29,39 +30,59 @@ func (c *Catalog) Election(role, id string, ttl int) *Leadership {
 	return &Leadership{c: c, role: role, id: id, ttl: ttl}
 }
 
+// campaignRetry is the retry policy of a campaign: once a second for as
+// long as ctx lasts. Only the end of ctx is permanent.
+func campaignRetry() []backoff.RetryOption {
+	return []backoff.RetryOption{backoff.WithBackOff(backoff.NewConstantBackOff(time.Second)), backoff.WithMaxElapsedTime(0)}
+}
+
+// term is one won campaign: the session whose lease holds the role.
+type term struct {
+	sess *concurrency.Session
+	el   *concurrency.Election
+}
+
 // Run campaigns until ctx ends, re-campaigning whenever the session is
 // lost. It returns once ctx has ended and the role is resigned (bounded by
 // 2 s), so the caller can close the catalog after it.
 func (l *Leadership) Run(ctx context.Context) error {
-	for ctx.Err() == nil {
-		sess, err := concurrency.NewSession(l.c.cli, concurrency.WithTTL(l.ttl), concurrency.WithContext(ctx))
+	for {
+		won, err := backoff.Retry(ctx, func() (term, error) { return l.campaign(ctx) }, campaignRetry()...)
 		if err != nil {
-			sleep(ctx, time.Second)
-			continue
+			return nil // ctx ended
 		}
-		el := concurrency.NewElection(sess, l.c.k("election", l.role))
-		if err := el.Campaign(ctx, l.id); err != nil {
-			sess.Close()
-			sleep(ctx, time.Second)
-			continue
-		}
-		l.held.Store(true)
-		select {
-		case <-sess.Done(): // the lease was lost (partition, etcd restart)
-		case <-ctx.Done():
-		}
-		l.held.Store(false)
-		rctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		el.Resign(rctx)
-		cancel()
-		sess.Close()
+		l.hold(ctx, won)
 	}
-	return nil
 }
 
-func sleep(ctx context.Context, d time.Duration) {
-	select {
-	case <-ctx.Done():
-	case <-time.After(d):
+// campaign opens a session and waits until it holds the role.
+func (l *Leadership) campaign(ctx context.Context) (term, error) {
+	if err := ctx.Err(); err != nil {
+		return term{}, backoff.Permanent(err)
 	}
+	sess, err := concurrency.NewSession(l.c.cli, concurrency.WithTTL(l.ttl), concurrency.WithContext(ctx))
+	if err != nil {
+		return term{}, err
+	}
+	el := concurrency.NewElection(sess, l.c.k("election", l.role))
+	if err := el.Campaign(ctx, l.id); err != nil {
+		sess.Close()
+		return term{}, err
+	}
+	return term{sess: sess, el: el}, nil
+}
+
+// hold keeps the role until the session is lost (a partition, an etcd
+// restart) or ctx ends, then resigns it.
+func (l *Leadership) hold(ctx context.Context, won term) {
+	l.held.Store(true)
+	select {
+	case <-won.sess.Done():
+	case <-ctx.Done():
+	}
+	l.held.Store(false)
+	rctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	won.el.Resign(rctx)
+	cancel()
+	won.sess.Close()
 }

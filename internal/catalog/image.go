@@ -1,0 +1,85 @@
+package catalog
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/depot-images/depot/errdefs"
+)
+
+// Image is one Image object (seed 004).
+type Image struct {
+	UID            string    `json:"uid"`
+	Name           string    `json:"name"`
+	Description    string    `json:"description,omitempty"`
+	Frozen         bool      `json:"frozen,omitempty"`
+	Parent         string    `json:"parent,omitempty"` // a UID
+	Distro         string    `json:"distro,omitempty"`
+	Content        *Content  `json:"content,omitempty"`
+	History        []Content `json:"history,omitempty"` // oldest first; the last entry is the current content
+	Created        time.Time `json:"created"`
+	LastModified   time.Time `json:"last_modified"`
+	LastModifiedBy string    `json:"last_modified_by,omitempty"`
+}
+
+// Content is one content revision of an image: a reference to a blob.
+type Content struct {
+	Digest  digest.Digest `json:"digest"`
+	Size    int64         `json:"size"`
+	MTime   time.Time     `json:"mtime"`
+	Format  string        `json:"fmt"`
+	BLAKE3  string        `json:"blake3,omitempty"`
+	By      string        `json:"by,omitempty"`
+	Message string        `json:"message,omitempty"`
+}
+
+// Digests is the set of blobs the image references: its current content and
+// every retained revision.
+func (img *Image) Digests() map[digest.Digest]bool {
+	set := map[digest.Digest]bool{}
+	if img == nil {
+		return set
+	}
+	if img.Content != nil {
+		set[img.Content.Digest] = true
+	}
+	for _, c := range img.History {
+		set[c.Digest] = true
+	}
+	return set
+}
+
+// RefDiff returns the digests whose reference count goes up and down when an
+// image changes from before to after (either may be nil).
+func RefDiff(before, after *Image) (inc, dec []digest.Digest) {
+	b, a := before.Digests(), after.Digests()
+	for d := range a {
+		if !b[d] {
+			inc = append(inc, d)
+		}
+	}
+	for d := range b {
+		if !a[d] {
+			dec = append(dec, d)
+		}
+	}
+	return inc, dec
+}
+
+// NotFound wraps ErrNotFound for an image reference.
+func NotFound(ref string) error {
+	return fmt.Errorf("image %q: %w", ref, errdefs.ErrNotFound)
+}
+
+// Clone returns a deep copy (content and history are not shared).
+func (img *Image) Clone() *Image {
+	out := *img
+	if img.Content != nil {
+		c := *img.Content
+		out.Content = &c
+	}
+	out.History = append([]Content(nil), img.History...)
+	return &out
+}
