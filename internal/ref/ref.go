@@ -23,6 +23,7 @@ import (
 
 	"github.com/depot-images/depot/errdefs"
 	"github.com/depot-images/depot/internal/catalog"
+	"github.com/depot-images/depot/internal/contenthash"
 )
 
 // Kind is where a reference points.
@@ -95,7 +96,6 @@ func (r Ref) String() string {
 }
 
 var (
-	hexRE  = regexp.MustCompile(`^[a-f0-9]{64}$`)
 	repoRE = regexp.MustCompile(`^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$`)
 	hostRE = regexp.MustCompile(`^[A-Za-z0-9.-]+(?::[0-9]{1,5})?$|^\[[0-9a-fA-F:]+\](?::[0-9]{1,5})?$`)
 )
@@ -106,8 +106,7 @@ func bad(s, why string) error {
 
 // parseDigest accepts only sha256:<64 lowercase hex>.
 func parseDigest(s, whole string) (digest.Digest, error) {
-	alg, hex, ok := strings.Cut(s, ":")
-	if !ok || alg != "sha256" || !hexRE.MatchString(hex) {
+	if contenthash.Validate(digest.Digest(s)) != nil {
 		return "", bad(whole, "a pinned digest must be sha256:<64 lowercase hex>")
 	}
 	return digest.Digest(s), nil

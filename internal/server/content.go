@@ -18,6 +18,7 @@ import (
 	"github.com/depot-images/depot/errdefs"
 	"github.com/depot-images/depot/internal/blob"
 	"github.com/depot-images/depot/internal/catalog"
+	"github.com/depot-images/depot/internal/contenthash"
 	"github.com/depot-images/depot/internal/format"
 	"github.com/depot-images/depot/internal/qcow2"
 )
@@ -179,7 +180,7 @@ func (s *Server) getContent(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) getBlob(w http.ResponseWriter, r *http.Request) {
 	d := digest.Digest(r.PathValue("digest"))
-	if err := blob.Validate(d); err != nil {
+	if err := contenthash.Validate(d); err != nil {
 		s.fail(w, r, err)
 		return
 	}
@@ -214,7 +215,7 @@ func ifMatch(r *http.Request) (digest.Digest, bool, error) {
 		return "", false, fmt.Errorf("If-Match must be a quoted digest like \"sha256:<hex>\": %w", errdefs.ErrInvalidArgument)
 	}
 	d := digest.Digest(v[1 : len(v)-1])
-	if err := blob.Validate(d); err != nil {
+	if err := contenthash.Validate(d); err != nil {
 		return "", false, err
 	}
 	return d, true, nil

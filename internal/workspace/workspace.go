@@ -41,8 +41,8 @@ import (
 	"github.com/depot-images/depot/client"
 	"github.com/depot-images/depot/errdefs"
 	"github.com/depot-images/depot/internal/atomicfile"
-	"github.com/depot-images/depot/internal/blob"
 	"github.com/depot-images/depot/internal/catalog"
+	"github.com/depot-images/depot/internal/contenthash"
 	"github.com/depot-images/depot/internal/format"
 )
 
@@ -279,7 +279,7 @@ func (m *Manager) recover(ctx context.Context, meta Meta) Meta {
 // when it is still there and hashes right, else a fetch by digest.
 func (m *Manager) adoptOrFetch(ctx context.Context, out string, d digest.Digest, uid string) (cache.Image, bool) {
 	if f, err := os.Open(out); err == nil {
-		h := blob.NewDualHasher()
+		h := contenthash.NewDualHasher()
 		io.Copy(h, f)
 		f.Close()
 		sum, b3 := h.Digest(), h.BLAKE3()
@@ -659,7 +659,7 @@ func (m *Manager) Commit(ctx context.Context, ref string, o CommitOptions) (Comm
 	if err != nil {
 		return CommitResult{}, err
 	}
-	h := blob.NewDualHasher()
+	h := contenthash.NewDualHasher()
 	defer h.Close()
 	if _, err := io.CopyBuffer(h, f, make([]byte, 1<<20)); err != nil {
 		f.Close()

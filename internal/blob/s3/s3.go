@@ -58,6 +58,7 @@ import (
 
 	"github.com/depot-images/depot/errdefs"
 	"github.com/depot-images/depot/internal/blob"
+	"github.com/depot-images/depot/internal/contenthash"
 	"github.com/depot-images/depot/internal/size"
 )
 
@@ -334,7 +335,7 @@ func infoOf(d digest.Digest, o minio.ObjectInfo) blob.Info {
 
 // Open implements blob.Provider. The Reader fetches ranges lazily.
 func (s *Store) Open(ctx context.Context, d digest.Digest) (blob.Reader, error) {
-	if err := blob.Validate(d); err != nil {
+	if err := contenthash.Validate(d); err != nil {
 		return nil, err
 	}
 	obj, err := s.c.GetObject(ctx, s.cfg.Bucket, s.blobKey(d), minio.GetObjectOptions{})
@@ -350,7 +351,7 @@ func (s *Store) Open(ctx context.Context, d digest.Digest) (blob.Reader, error) 
 
 // Stat implements blob.Provider. It fills BLAKE3 from the object's metadata.
 func (s *Store) Stat(ctx context.Context, d digest.Digest) (blob.Info, error) {
-	if err := blob.Validate(d); err != nil {
+	if err := contenthash.Validate(d); err != nil {
 		return blob.Info{}, err
 	}
 	o, err := s.c.StatObject(ctx, s.cfg.Bucket, s.blobKey(d), minio.StatObjectOptions{})
@@ -381,7 +382,7 @@ func (s *Store) Walk(ctx context.Context, fn func(blob.Info) error) error {
 			return fmt.Errorf("walk s3://%s/%s: %v: %w", s.cfg.Bucket, prefix, o.Err, errdefs.ErrUnavailable)
 		}
 		d := digest.NewDigestFromEncoded(digest.SHA256, strings.TrimPrefix(o.Key, prefix))
-		if d.Validate() != nil {
+		if contenthash.Validate(d) != nil {
 			continue
 		}
 		if err := fn(infoOf(d, o)); err != nil {

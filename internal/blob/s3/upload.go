@@ -16,6 +16,7 @@ import (
 
 	"github.com/depot-images/depot/errdefs"
 	"github.com/depot-images/depot/internal/blob"
+	"github.com/depot-images/depot/internal/contenthash"
 )
 
 // maxParts is the most parts one S3 multipart upload may have.
@@ -45,7 +46,7 @@ type partWriter struct {
 	declared digest.Digest // "" when the digest was not declared
 	what     string        // names the write in errors
 	partSize int
-	h        *blob.DualHasher
+	h        *contenthash.DualHasher
 	cur      []byte
 	closed   bool
 	// completed: the multipart upload was completed (under key).
@@ -75,7 +76,7 @@ func (s *Store) Writer(ctx context.Context, opts blob.WriteOptions) (blob.Writer
 	tmp := s.ingestPrefix() + randomID()
 	key, what := tmp, "ingest "+tmp
 	if opts.Expected != "" {
-		if err := blob.Validate(opts.Expected); err != nil {
+		if err := contenthash.Validate(opts.Expected); err != nil {
 			return nil, err
 		}
 		key, what = s.blobKey(opts.Expected), opts.Expected.String()
@@ -101,7 +102,7 @@ func (s *Store) Writer(ctx context.Context, opts blob.WriteOptions) (blob.Writer
 	uctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	w := &partWriter{
 		s: s, key: key, id: id, marker: marker, declared: opts.Expected, what: what,
-		partSize: partSize, h: blob.NewDualHasher(), cancel: cancel, ctx: uctx, reqCtx: ctx,
+		partSize: partSize, h: contenthash.NewDualHasher(), cancel: cancel, ctx: uctx, reqCtx: ctx,
 		bufs: make(chan []byte, s.cfg.Threads+1), next: 1,
 	}
 	go keepMarker(uctx, s, marker, body, s.markerEvery)
@@ -290,10 +291,11 @@ func (w *partWriter) Commit(ctx context.Context, size int64, expected digest.Dig
 	if err := w.err(); err != nil {
 		return blob.Info{}, err
 	}
-	info, err = w.h.Check(size, w.declared, expected)
+	sum, err := w.h.Check(size, w.declared, expected)
 	if err != nil {
 		return blob.Info{}, err
 	}
+	info = blob.Info{Digest: sum.Digest, Size: sum.Size, BLAKE3: sum.BLAKE3}
 	if err := ctx.Err(); err != nil {
 		return blob.Info{}, err
 	}
