@@ -27,6 +27,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/depot-images/depot/errdefs"
+	"github.com/depot-images/depot/internal/names"
 )
 
 // Image is one Image object (seed 004).
@@ -204,7 +205,7 @@ type Token struct {
 // Images stores Image objects.
 type Images interface {
 	// Create stores a new image. An empty UID is assigned. The name must be
-	// valid (ValidateName) and unused, else ErrInvalidArgument or
+	// valid (names.ValidateName) and unused, else ErrInvalidArgument or
 	// ErrAlreadyExists. The image's digests gain a reference.
 	Create(ctx context.Context, img Image) (Image, error)
 	// Get finds an image by UID or name, or returns ErrNotFound.
@@ -276,48 +277,6 @@ type Catalog interface {
 	Close() error
 }
 
-// IsUID reports whether s has the form of a UID (32 lowercase hex digits).
-func IsUID(s string) bool {
-	if len(s) != 32 {
-		return false
-	}
-	for i := range len(s) {
-		if c := s[i]; !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
-			return false
-		}
-	}
-	return true
-}
-
-// validNameChars checks 1-128 of [A-Za-z0-9._+-], starting alphanumeric.
-// (Hand-written: the equivalent regexp costs 2 ms at every process start.)
-func validNameChars(s string) bool {
-	if len(s) == 0 || len(s) > 128 {
-		return false
-	}
-	for i := range len(s) {
-		c := s[i]
-		alnum := 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9'
-		if !alnum && (i == 0 || (c != '.' && c != '_' && c != '+' && c != '-')) {
-			return false
-		}
-	}
-	return true
-}
-
-// ValidateName checks an image name: 1–128 characters of letters, digits and
-// . _ + -, starting with a letter or digit, and not shaped like a UID (so that
-// a reference is never ambiguous). Names are never used as file paths.
-func ValidateName(name string) error {
-	if !validNameChars(name) {
-		return fmt.Errorf("image name %q: use 1-128 letters, digits, '.', '_', '+' or '-', starting with a letter or digit: %w", name, errdefs.ErrInvalidArgument)
-	}
-	if IsUID(name) {
-		return fmt.Errorf("image name %q looks like a UID; pick a name that is not 32 hex digits: %w", name, errdefs.ErrInvalidArgument)
-	}
-	return nil
-}
-
 // NewUID returns a fresh random UID.
 func NewUID() string {
 	b := make([]byte, 16)
@@ -387,13 +346,13 @@ func ApplyRefDiff(before, after *Image, now time.Time, get func(digest.Digest) (
 // PrepareNew validates an image about to be created and fills what the
 // caller left empty (UID, timestamps). Every backend's Create calls it.
 func PrepareNew(img *Image, now time.Time) error {
-	if err := ValidateName(img.Name); err != nil {
+	if err := names.ValidateName(img.Name); err != nil {
 		return err
 	}
 	if img.UID == "" {
 		img.UID = NewUID()
 	}
-	if !IsUID(img.UID) {
+	if !names.IsUID(img.UID) {
 		return fmt.Errorf("uid %q: %w", img.UID, errdefs.ErrInvalidArgument)
 	}
 	if img.Created.IsZero() {
@@ -413,7 +372,7 @@ func CheckUpdate(before, after *Image) error {
 		return fmt.Errorf("image %s: the UID cannot change: %w", before.UID, errdefs.ErrInvalidArgument)
 	}
 	if after.Name != before.Name {
-		return ValidateName(after.Name)
+		return names.ValidateName(after.Name)
 	}
 	return nil
 }

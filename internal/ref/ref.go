@@ -22,8 +22,8 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/depot-images/depot/errdefs"
-	"github.com/depot-images/depot/internal/catalog"
 	"github.com/depot-images/depot/internal/contenthash"
+	"github.com/depot-images/depot/internal/names"
 )
 
 // Kind is where a reference points.
@@ -149,11 +149,11 @@ func parseDepot(s string) (Ref, error) {
 		}
 		r.Digest = d
 	}
-	if catalog.IsUID(name) {
+	if names.IsUID(name) {
 		r.UID = name
 		return r, nil
 	}
-	if err := catalog.ValidateName(name); err != nil {
+	if err := names.ValidateName(name); err != nil {
 		return Ref{}, bad(s, "not a valid image name or 32-hex UID")
 	}
 	r.Name = name

@@ -41,9 +41,9 @@ import (
 	"github.com/depot-images/depot/client"
 	"github.com/depot-images/depot/errdefs"
 	"github.com/depot-images/depot/internal/atomicfile"
-	"github.com/depot-images/depot/internal/catalog"
 	"github.com/depot-images/depot/internal/contenthash"
 	"github.com/depot-images/depot/internal/format"
+	"github.com/depot-images/depot/internal/names"
 )
 
 // Kind is how a workspace holds its working copy.
@@ -614,7 +614,7 @@ func (m *Manager) Commit(ctx context.Context, ref string, o CommitOptions) (Comm
 	target, targetName, ifMatch := meta.UID, meta.Name, meta.Base
 	switch {
 	case o.To != "":
-		if !catalog.IsUID(o.To) {
+		if !names.IsUID(o.To) {
 			return CommitResult{}, fmt.Errorf("--to %q: want the 32-hex UID of the image to upload into: %w", o.To, errdefs.ErrInvalidArgument)
 		}
 		img, err := m.Client.GetImage(ctx, o.To)

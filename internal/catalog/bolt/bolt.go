@@ -20,6 +20,7 @@ import (
 
 	"github.com/depot-images/depot/errdefs"
 	"github.com/depot-images/depot/internal/catalog"
+	"github.com/depot-images/depot/internal/names"
 )
 
 var (
@@ -67,7 +68,7 @@ func (c *Catalog) Close() error { return c.db.Close() }
 
 func getImage(tx *bbolt.Tx, ref string) (*catalog.Image, error) {
 	uid := ref
-	if !catalog.IsUID(ref) {
+	if !names.IsUID(ref) {
 		v := tx.Bucket(bNames).Get([]byte(ref))
 		if v == nil {
 			return nil, catalog.NotFound(ref)

@@ -27,6 +27,7 @@ import (
 
 	"github.com/depot-images/depot/errdefs"
 	"github.com/depot-images/depot/internal/catalog"
+	"github.com/depot-images/depot/internal/names"
 )
 
 // Catalog is a catalog.Catalog in etcd.
@@ -85,7 +86,7 @@ func (c *Catalog) stm(ctx context.Context, fn func(concurrency.STM) error) error
 
 func (c *Catalog) getImage(s concurrency.STM, ref string) (*catalog.Image, error) {
 	uid := ref
-	if !catalog.IsUID(ref) {
+	if !names.IsUID(ref) {
 		uid = s.Get(c.k("names", ref))
 		if uid == "" {
 			return nil, catalog.NotFound(ref)
