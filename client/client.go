@@ -26,6 +26,7 @@ import (
 
 	"github.com/depot-images/depot/api"
 	"github.com/depot-images/depot/errdefs"
+	"github.com/depot-images/depot/internal/httprange"
 )
 
 // Client talks to a depot server, or to several heads of one cluster: it
@@ -522,20 +523,6 @@ type Content struct {
 	Format string
 }
 
-// ContentRangeTotal reads the total of a Content-Range "bytes a-b/total"
-// (-1 if absent or unknown).
-func ContentRangeTotal(v string) int64 {
-	i := strings.LastIndexByte(v, '/')
-	if i < 0 {
-		return -1
-	}
-	n, err := strconv.ParseInt(v[i+1:], 10, 64)
-	if err != nil {
-		return -1
-	}
-	return n
-}
-
 // OpenContent starts a download of ref's current content.
 func (c *Client) OpenContent(ctx context.Context, ref string) (*Content, error) {
 	return c.open(ctx, imagePath(ref, "/content"), 0, -1, "content of "+ref)
@@ -547,23 +534,12 @@ func (c *Client) OpenBlob(ctx context.Context, d digest.Digest, offset, length i
 	return c.open(ctx, "/blob/"+d.String(), offset, length, "blob "+d.String())
 }
 
-// RangeHeader renders a Range header value ("" for the whole content).
-func RangeHeader(offset, length int64) string {
-	switch {
-	case length >= 0:
-		return "bytes=" + strconv.FormatInt(offset, 10) + "-" + strconv.FormatInt(offset+length-1, 10)
-	case offset > 0:
-		return "bytes=" + strconv.FormatInt(offset, 10) + "-"
-	}
-	return ""
-}
-
 func (c *Client) open(ctx context.Context, path string, offset, length int64, what string) (*Content, error) {
 	req, err := c.newRequest(ctx, http.MethodGet, path, nil, nil)
 	if err != nil {
 		return nil, err
 	}
-	if rh := RangeHeader(offset, length); rh != "" {
+	if rh := httprange.Header(offset, length); rh != "" {
 		req.Header.Set("Range", rh)
 	}
 	resp, err := c.send(req, what)
@@ -579,7 +555,7 @@ func (c *Client) open(ctx context.Context, path string, offset, length int64, wh
 		Size: resp.ContentLength, Format: headerOf(resp, api.HeaderFormat)}
 	if resp.StatusCode == http.StatusPartialContent {
 		out.Offset = offset
-		out.Total = ContentRangeTotal(resp.Header.Get("Content-Range"))
+		out.Total = httprange.Total(resp.Header.Get("Content-Range"))
 	} else {
 		out.Total = resp.ContentLength
 	}
