@@ -1,6 +1,7 @@
 package client
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -8,73 +9,90 @@ import (
 	"net/http"
 	"strings"
 
+	"github.com/cenkalti/backoff/v5"
+
 	"github.com/depot-images/depot/api"
 	"github.com/depot-images/depot/errdefs"
 )
 
-// send performs req, failing over between heads, and converts transport
-// failures and error responses.
+// send performs req under the failover policy and converts transport
+// failures and error responses into the errdefs vocabulary.
+//
+// The policy is the client's one retry loop, upload resends included: one
+// attempt per head, starting at the head that answered last and going on
+// to the next after a connection error, a stall or a 5xx, without waiting
+// (the next head is ready now, and a head that is down does not come back
+// within a backoff). What every head would answer alike is permanent and
+// never sent again: a 4xx refusal (a verification failure is 422), 507
+// (ErrNoSpace: the store the heads share is full), a refused redirect, the
+// caller's cancellation, and the last head's answer. A request whose body
+// cannot be sent again (a streamed upload) gets one attempt only.
 func (c *Client) send(req *http.Request, what string) (*http.Response, error) {
-	first := c.headOf(req)
-	var resp *http.Response
-	var lastErr error
-	for i := range len(c.bases) {
-		head := (first + i) % len(c.bases)
+	first, n := c.headOf(req), len(c.bases)
+	attempt := 0
+	var lastErr error // of the previous attempt, for a request that cannot go on
+	try := func() (*http.Response, error) {
+		i := attempt
+		attempt++
+		head := (first + i) % n
 		r := req
 		if i > 0 {
 			var ok bool
 			if r, ok = c.onHead(req, first, head); !ok {
-				break
+				return nil, backoff.Permanent(lastErr)
 			}
 		}
-		var err error
-		resp, err = c.hc.Do(r)
+		resp, err := c.hc.Do(r)
 		if err != nil {
 			if ctxErr := req.Context().Err(); ctxErr != nil {
-				return nil, ctxErr
+				return nil, backoff.Permanent(ctxErr)
 			}
 			var re *RedirectError
 			if errors.As(err, &re) { // every head would redirect alike
-				return nil, fmt.Errorf("%s: %w", what, re)
+				return nil, backoff.Permanent(fmt.Errorf("%s: %w", what, re))
 			}
 			if IsStall(err) {
 				lastErr = fmt.Errorf("%s: %s: %w", what, c.bases[head].Host, err)
 			} else {
 				lastErr = fmt.Errorf("%s: %s: %v: %w", what, c.bases[head].Host, err, errdefs.ErrUnavailable)
 			}
-			resp = nil
-			continue
+			return nil, lastErr
 		}
-		// 5xx: try the next head, except 507 (the shared store is full
-		// everywhere).
-		if resp.StatusCode >= 500 && resp.StatusCode != http.StatusInsufficientStorage && i < len(c.bases)-1 {
-			if canResend(req) {
-				io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
-				resp.Body.Close()
-				lastErr = fmt.Errorf("%s: %s: HTTP %d: %w", what, c.bases[head].Host, resp.StatusCode, errdefs.ErrUnavailable)
-				resp = nil
-				continue
-			}
+		if resp.StatusCode >= 500 && resp.StatusCode != http.StatusInsufficientStorage && i < n-1 && canResend(req) {
+			io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+			resp.Body.Close()
+			lastErr = fmt.Errorf("%s: %s: HTTP %d: %w", what, c.bases[head].Host, resp.StatusCode, errdefs.ErrUnavailable)
+			return nil, lastErr
 		}
 		c.cur.Store(int32(head))
-		break
-	}
-	if resp == nil {
-		return nil, lastErr
-	}
-	if resp.StatusCode >= 300 && resp.StatusCode != http.StatusNotModified {
-		defer resp.Body.Close()
-		var env api.Envelope
-		data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-		if json.Unmarshal(data, &env) != nil {
-			env = api.Envelope{Error: strings.TrimSpace(string(data))}
-			if env.Error == "" {
-				env.Error = resp.Header.Get("X-Depot-Error")
-			}
+		if resp.StatusCode >= 300 && resp.StatusCode != http.StatusNotModified {
+			return nil, backoff.Permanent(responseError(resp, what))
 		}
-		return nil, api.ErrorFromEnvelope(resp.StatusCode, env, what)
+		return resp, nil
 	}
-	return resp, nil
+	// Cancellation is the attempt's to see (hc.Do fails with it, and it is
+	// reported as ctx.Err(), not a cause); the policy itself never waits.
+	resp, err := backoff.Retry(context.WithoutCancel(req.Context()), try,
+		backoff.WithBackOff(&backoff.ZeroBackOff{}), backoff.WithMaxTries(uint(n)), backoff.WithMaxElapsedTime(0))
+	if p, ok := err.(*backoff.PermanentError); ok { // Retry returns it as is from the last try
+		err = p.Err
+	}
+	return resp, err
+}
+
+// responseError reads an error response (and closes it) into the errdefs
+// vocabulary through api's table.
+func responseError(resp *http.Response, what string) error {
+	defer resp.Body.Close()
+	var env api.Envelope
+	data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if json.Unmarshal(data, &env) != nil {
+		env = api.Envelope{Error: strings.TrimSpace(string(data))}
+		if env.Error == "" {
+			env.Error = resp.Header.Get("X-Depot-Error")
+		}
+	}
+	return api.ErrorFromEnvelope(resp.StatusCode, env, what)
 }
 
 // onHead rewrites req for head i (same path below the head's base).
