@@ -9,7 +9,6 @@ import (
 	"text/tabwriter"
 
 	"github.com/opencontainers/go-digest"
-	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
@@ -92,22 +91,9 @@ func (o *cacheOptions) ensureOptions(g *globals, label string) (cache.EnsureOpti
 		return cache.EnsureOptions{}, nil, usageError{err}
 	}
 	eo := cache.EnsureOptions{Policy: p, Force: o.force, OfflineOK: o.offlineOK, ChecksumURL: o.checksumURL, Checksum: digest.Digest(o.checksum)}
-	finish := func() {}
-	if !g.json && isTerminal(g.stderr) {
-		var bar *progressbar.ProgressBar
-		eo.Progress = func(done, total int64) {
-			if bar == nil {
-				bar = progressbar.DefaultBytes(total, label)
-			}
-			bar.Set64(done)
-		}
-		finish = func() {
-			if bar != nil {
-				bar.Finish()
-			}
-		}
-	}
-	return eo, finish, nil
+	bar := g.newProgress(label)
+	eo.Progress = bar.callback()
+	return eo, bar.finish, nil
 }
 
 func newPullCmd(g *globals) *cobra.Command {

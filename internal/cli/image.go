@@ -1,24 +1,15 @@
 package cli
 
 import (
-	"errors"
 	"fmt"
 	"io"
-	"os"
 	"strconv"
 	"strings"
 	"text/tabwriter"
-	"time"
 
-	"github.com/opencontainers/go-digest"
-	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
-	"golang.org/x/term"
 
 	"github.com/depot-images/depot/api"
-	"github.com/depot-images/depot/client"
-	"github.com/depot-images/depot/errdefs"
-	"github.com/depot-images/depot/internal/contenthash"
 )
 
 func newImageCmd(g *globals) *cobra.Command {
@@ -26,20 +17,6 @@ func newImageCmd(g *globals) *cobra.Command {
 	cmd.AddCommand(newImageLsCmd(g), newImageCreateCmd(g), newImageShowCmd(g), newImageUpdateCmd(g),
 		newImageCloneCmd(g), newImageRmCmd(g), newImagePushCmd(g), newImageHistoryCmd(g))
 	return cmd
-}
-
-func fmtTime(f float64) string {
-	if f == 0 {
-		return "-"
-	}
-	return api.FromUnixFloat(f).Local().Format(time.DateTime)
-}
-
-func shortDigest(s string) string {
-	if len(s) > 19 {
-		return s[:19]
-	}
-	return s
 }
 
 func newImageLsCmd(g *globals) *cobra.Command {
@@ -79,19 +56,6 @@ func newImageLsCmd(g *globals) *cobra.Command {
 	}
 	cmd.Flags().BoolVar(&showUIDs, "show-uids", false, "show each image's UID")
 	return cmd
-}
-
-func humanBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
 
 func newImageCreateCmd(g *globals) *cobra.Command {
@@ -295,159 +259,4 @@ func newImageHistoryCmd(g *globals) *cobra.Command {
 			})
 		},
 	}
-}
-
-type pushOptions struct {
-	message string
-	ifMatch string
-	digest  string
-	create  bool
-}
-
-func newImagePushCmd(g *globals) *cobra.Command {
-	o := &pushOptions{}
-	cmd := &cobra.Command{
-		Use:   "push NAME|UID FILE",
-		Short: "Upload FILE as the image's new content (created if absent)",
-		Long: `Upload FILE as the image's new content. The file is hashed while it streams and
-the digest is declared to the server, which stores nothing unless the bytes
-match. The image is created first when it does not exist (see --create).
-
-With --digest the digest is declared up front (from a checksum file, a build
-system, or an earlier push) and the client does not hash the file at all; the
-server still hashes every byte and refuses the push, storing nothing, if the
-file does not match.
-
-When the server says a digest declared up front saves it work (GET
-/api/v1/server: prefer_declared_digest, true with S3 blobs, where it avoids
-a server-side copy of the whole blob), push hashes the file first and then
-declares it.`,
-		Args: cobra.ExactArgs(2),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := g.client()
-			if err != nil {
-				return err
-			}
-			return runPush(cmd, g, c, o, args[0], args[1])
-		},
-	}
-	cmd.Flags().StringVarP(&o.message, "message", "m", "", "revision message")
-	cmd.Flags().StringVar(&o.ifMatch, "if-match", "", "only upload if the current content is this digest")
-	cmd.Flags().StringVar(&o.digest, "digest", "", "the file's known sha256 (sha256:<hex> or <hex>); skips hashing on the client")
-	cmd.Flags().BoolVar(&o.create, "create", true, "create the image when it does not exist")
-	return cmd
-}
-
-func runPush(cmd *cobra.Command, g *globals, c *client.Client, o *pushOptions, ref, file string) error {
-	ctx := cmd.Context()
-	f, err := os.Open(file)
-	if err != nil {
-		return usageError{err}
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return err
-	}
-	if !fi.Mode().IsRegular() {
-		return usageError{fmt.Errorf("%s is not a regular file", file)}
-	}
-	var base digest.Digest
-	if o.ifMatch != "" {
-		base = digest.Digest(o.ifMatch)
-		if err := base.Validate(); err != nil {
-			return usageError{fmt.Errorf("--if-match: %v", err)}
-		}
-	}
-	var declared digest.Digest
-	if o.digest != "" {
-		declared = digest.Digest(o.digest)
-		if !strings.Contains(o.digest, ":") {
-			declared = digest.NewDigestFromEncoded(digest.SHA256, o.digest)
-		}
-		if contenthash.Validate(declared) != nil {
-			return usageError{fmt.Errorf("--digest %q: want sha256:<64 hex>", o.digest)}
-		}
-	}
-	if _, err := c.GetImage(ctx, ref); errors.Is(err, errdefs.ErrNotFound) && o.create {
-		if _, err := c.CreateImage(ctx, api.CreateImageRequest{Name: ref}); err != nil {
-			return err
-		}
-	} else if err != nil {
-		return err
-	}
-	start := time.Now()
-	tty := !g.json && isTerminal(g.stderr)
-	if declared == "" {
-		// With S3 blobs a digest declared up front saves the server a copy
-		// of the whole blob, which costs more than hashing the file here
-		// first. A server without GET /server simply gets a trailer.
-		if si, err := c.ServerInfo(ctx); err == nil && si.PreferDeclaredDigest {
-			if declared, err = hashFile(f, fi.Size(), tty, g.stderr); err != nil {
-				return fmt.Errorf("hash %s: %w", file, err)
-			}
-		}
-	}
-	var body io.Reader = f
-	if tty {
-		bar := progressbar.DefaultBytes(fi.Size(), "push "+ref)
-		body = progressFile{f: f, bar: bar}
-		defer bar.Finish()
-	}
-	info, err := c.PushContent(ctx, ref, body, fi.Size(), client.PushOptions{IfMatch: base, Message: o.message, Digest: declared})
-	if err != nil {
-		return err
-	}
-	secs := time.Since(start).Seconds()
-	return g.emit(info, func(w io.Writer) {
-		fmt.Fprintf(w, "pushed %s: %s (%s, %s) in %.1fs, %.0f MB/s\n", inert(ref), inert(info.Chksum), inert(info.Fmt), humanBytes(info.Size), secs, float64(info.Size)/secs/1e6)
-	})
-}
-
-// progressFile shows the reads of f on bar, and keeps f's ReadAt and Seek:
-// the client resends a push from the start to another head when the first
-// one drops it, and then the bar starts over too.
-type progressFile struct {
-	f   *os.File
-	bar *progressbar.ProgressBar
-}
-
-func (p progressFile) Read(b []byte) (int, error) {
-	n, err := p.f.Read(b)
-	p.bar.Add(n)
-	return n, err
-}
-
-func (p progressFile) ReadAt(b []byte, off int64) (int, error) {
-	n, err := p.f.ReadAt(b, off)
-	p.bar.Set64(off + int64(n))
-	return n, err
-}
-
-func (p progressFile) Seek(off int64, whence int) (int64, error) { return p.f.Seek(off, whence) }
-
-// hashFile is the sha256 of f, read from the start; f is left at the start
-// again. If the file changes before it is sent, the server sees bytes that
-// do not match and stores nothing.
-func hashFile(f *os.File, size int64, tty bool, stderr io.Writer) (digest.Digest, error) {
-	var r io.Reader = f
-	if tty {
-		bar := progressbar.NewOptions64(size, progressbar.OptionSetDescription("hash"), progressbar.OptionSetWriter(stderr),
-			progressbar.OptionShowBytes(true), progressbar.OptionClearOnFinish())
-		r = io.TeeReader(f, bar)
-		defer bar.Finish()
-	}
-	dg := digest.SHA256.Digester()
-	if _, err := io.CopyBuffer(dg.Hash(), r, make([]byte, 1<<20)); err != nil {
-		return "", err
-	}
-	if _, err := f.Seek(0, io.SeekStart); err != nil {
-		return "", err
-	}
-	return dg.Digest(), nil
-}
-
-func isTerminal(w io.Writer) bool {
-	f, ok := w.(*os.File)
-	return ok && term.IsTerminal(int(f.Fd()))
 }

@@ -171,7 +171,7 @@ func TestRemoteErrorInert(t *testing.T) {
 func TestWorkspaceStatusInert(t *testing.T) {
 	var b bytes.Buffer
 	st := workspace.Status{Meta: workspace.Meta{Server: "http://h\x1b[2J", UID: "u", Name: "n\r", BaseFormat: "raw"},
-		Dir: "/w\x07", Server: workspace.StateBaseMoved, ServerDigest: "sha256:x", By: hostileSubject, NewUID: "v\x1b"}
+		Dir: "/w\x07", State: workspace.StateBaseMoved, ServerDigest: "sha256:x", By: hostileSubject, NewUID: "v\x1b"}
 	printStatus(&b, st)
 	if hasLive(b.String()) {
 		t.Errorf("printStatus: %q", b.String())

@@ -1,8 +1,26 @@
 // Package cli is the depot command line: cobra commands over the server,
-// client, cache and workspace packages. Each command has an options struct and a
-// run function testable without a terminal. User-facing output goes to the
-// command's stdout (human text, or JSON with --json); logs go to stderr via
-// slog. This package maps the errdefs vocabulary to exit codes, in one table.
+// client, cache, workspace and agent packages. Each command has an options
+// struct and a run function testable without a terminal. User-facing
+// output goes to the command's stdout (human text, or JSON with --json);
+// logs go to stderr via slog. This package maps the errdefs vocabulary to
+// exit codes, in one table.
+//
+// It owns the flags, their defaults and environment variables, their
+// validation (usage errors, exit 2), and what a person or a script sees:
+//   - root.go: global flags, the exit-code table, Main;
+//   - serve.go, serve_options.go, serve_backends.go: depot serve, its
+//     flags, and opening the catalog and blob store they name;
+//   - image.go, push.go, token.go: the server's images and tokens;
+//   - cache.go, verify.go, lease.go, prune.go, agent.go: the node cache;
+//   - workspace.go: edit, workspace and commit;
+//   - budget.go: size-limit flags; human.go, inert.go, progress.go,
+//     logger.go: sizes, escaping, progress bars and logs.
+//
+// It must never hold the logic it exposes (what to verify, prune, schedule,
+// upload or re-base is in cache, agent, workspace and server), print text
+// from data or from a server without inert, draw a progress bar anywhere
+// but on a terminal's stderr without --json, write a log line to stdout,
+// log a token, or exit the process: Main returns the code.
 package cli
 
 import (

@@ -6,7 +6,6 @@ import (
 	"io"
 	"text/tabwriter"
 
-	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
 
 	"github.com/depot-images/depot/client"
@@ -34,7 +33,7 @@ func printStatus(w io.Writer, st workspace.Status) {
 	if st.Modified {
 		mod = "modified"
 	}
-	fmt.Fprintf(w, "workspace %s\n  image:   %s (uid %s) on %s\n  base:    %s (%s, %s)\n  changes: %s\n  server:  %s", inert(st.Dir), inert(st.Name), inert(st.UID), inert(st.Meta.Server), inert(st.Base.String()), inert(st.BaseFormat), inert(string(st.Kind)), mod, inert(st.Server.State()))
+	fmt.Fprintf(w, "workspace %s\n  image:   %s (uid %s) on %s\n  base:    %s (%s, %s)\n  changes: %s\n  server:  %s", inert(st.Dir), inert(st.Name), inert(st.UID), inert(st.Meta.Server), inert(st.Base.String()), inert(st.BaseFormat), inert(string(st.Kind)), mod, inert(st.State.String()))
 	if st.NewUID != "" {
 		fmt.Fprintf(w, " (the name now belongs to %s)", inert(st.NewUID))
 	}
@@ -114,7 +113,7 @@ func newWorkspaceCmd(g *globals) *cobra.Command {
 					if st.Modified {
 						mod = "modified"
 					}
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", inert(st.Name), inert(st.UID), inert(shortDigest(st.Base.String())), inert(string(st.Kind)), mod, inert(st.Server.State()))
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", inert(st.Name), inert(st.UID), inert(shortDigest(st.Base.String())), inert(string(st.Kind)), mod, inert(st.State.String()))
 				}
 				tw.Flush()
 			})
@@ -170,19 +169,10 @@ func newCommitCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			var bar *progressbar.ProgressBar
-			if !g.json && isTerminal(g.stderr) {
-				co.Progress = func(done, total int64) {
-					if bar == nil {
-						bar = progressbar.DefaultBytes(total, "commit "+args[0])
-					}
-					bar.Set64(done)
-				}
-			}
+			bar := g.newProgress("commit " + args[0])
+			co.Progress = bar.callback()
 			res, err := m.Commit(cmd.Context(), args[0], co)
-			if bar != nil {
-				bar.Finish()
-			}
+			bar.finish()
 			if err != nil {
 				return err
 			}

@@ -92,7 +92,7 @@ func TestCommitResponseLost(t *testing.T) {
 	// The next run finishes the commit: current, clean, on the new content,
 	// from the kept file (no download).
 	st, err = m.Show(ctx, "node")
-	if err != nil || st.Server != StateCurrent || st.Modified || st.Base.String() != info.Chksum || st.Pending != "" {
+	if err != nil || st.State != StateCurrent || st.Modified || st.Base.String() != info.Chksum || st.Pending != "" {
 		t.Fatalf("next run: %+v %v; want current and clean on %s", st, err, info.Chksum)
 	}
 	if _, err := os.Stat(filepath.Join(st.Dir, "commit.out")); !errors.Is(err, os.ErrNotExist) {

@@ -119,7 +119,7 @@ func TestEditInStagesThenCommit(t *testing.T) {
 	}
 	// Re-based: clean, on the new digest, and further stages continue.
 	st, _ = m.Show(ctx, "node")
-	if st.Modified || st.Base != res.Digest || st.Server != StateCurrent {
+	if st.Modified || st.Base != res.Digest || st.State != StateCurrent {
 		t.Fatalf("after commit: %+v", st)
 	}
 	if _, err := m.Edit(ctx, "node", EditOptions{Exec: "echo three > /etc/stage3"}); err != nil {
@@ -172,7 +172,7 @@ func TestSeed000Story(t *testing.T) {
 		}
 	}
 	ls, _ := m.List(ctx)
-	if len(ls) != 1 || ls[0].Server != StateNameTaken || ls[0].NewUID != newUID || !ls[0].Modified {
+	if len(ls) != 1 || ls[0].State != StateNameTaken || ls[0].NewUID != newUID || !ls[0].Modified {
 		t.Fatalf("workspace ls: %+v", ls)
 	}
 	res, err := m.Commit(ctx, "A", CommitOptions{To: newUID})
@@ -192,7 +192,7 @@ func TestSeed000Story(t *testing.T) {
 	}
 	// The workspace now follows the new UID and is current.
 	st, err = m.Show(ctx, "A")
-	if err != nil || st.UID != newUID || st.Server != StateCurrent || st.Modified {
+	if err != nil || st.UID != newUID || st.State != StateCurrent || st.Modified {
 		t.Fatalf("after --to: %+v %v", st, err)
 	}
 }

@@ -1,0 +1,308 @@
+package workspace
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/depot-images/depot/cache"
+	"github.com/depot-images/depot/client"
+	"github.com/depot-images/depot/errdefs"
+	"github.com/depot-images/depot/internal/contenthash"
+	"github.com/depot-images/depot/internal/format"
+	"github.com/depot-images/depot/internal/names"
+)
+
+// commitOut is the repacked working copy of a commit, in the workspace
+// directory. It outlives a commit only when the upload may have landed, for
+// settlePending to adopt.
+const commitOut = "commit.out"
+
+// CommitOptions tune Commit.
+type CommitOptions struct {
+	Message string
+	// To retargets the upload to another image UID (seed 000: the bound UID
+	// was deleted and the name recreated).
+	To string
+	// Force overwrites content that moved on the server.
+	Force bool
+	// Progress is called as the upload proceeds (done, total).
+	Progress func(done, total int64)
+}
+
+// CommitResult reports a commit.
+type CommitResult struct {
+	UID    string        `json:"uid"`
+	Name   string        `json:"name"`
+	Digest digest.Digest `json:"digest"`
+	Size   int64         `json:"size"`
+	Format string        `json:"fmt"`
+	Base   digest.Digest `json:"previous_base"`
+	// Unchanged is set when there was nothing to commit.
+	Unchanged bool `json:"unchanged,omitempty"`
+}
+
+// Commit repacks the working copy, uploads it to the bound image with
+// If-Match on the base digest (verified end to end), and re-bases the
+// workspace onto the new content. Interrupted at any point, the server keeps
+// its old content and the workspace its staged changes.
+func (m *Manager) Commit(ctx context.Context, ref string, o CommitOptions) (CommitResult, error) {
+	meta, err := m.lookup(ref)
+	if err != nil {
+		return CommitResult{}, err
+	}
+	st := m.check(ctx, meta)
+	meta = st.Meta // check may have finished an interrupted commit
+	dir := m.dir(meta.UID)
+	target, targetName, ifMatch, err := m.commitTarget(ctx, st, o)
+	if err != nil {
+		return CommitResult{}, err
+	}
+	if !st.Modified && o.To == "" && !o.Force {
+		return CommitResult{UID: meta.UID, Name: meta.Name, Digest: meta.Base, Format: meta.BaseFormat, Base: meta.Base, Unchanged: true}, nil
+	}
+	// Repack into a file beside the cache (same filesystem: adopted by rename).
+	// It is kept only when the upload may have landed: the recovery then
+	// adopts it instead of downloading what was just sent.
+	out := filepath.Join(dir, commitOut)
+	os.Remove(out)
+	keepOut := false
+	defer func() {
+		if !keepOut {
+			os.Remove(out)
+		}
+	}()
+	if err := m.repack(ctx, dir, meta, out); err != nil {
+		return CommitResult{}, err
+	}
+	// Hash first (one pass, sha256 and BLAKE3 together), record the pending
+	// commit durably, then upload with the digest declared up front.
+	f, err := os.Open(out)
+	if err != nil {
+		return CommitResult{}, err
+	}
+	sum, b3, err := hashFile(f)
+	if err != nil {
+		f.Close()
+		return CommitResult{}, err
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return CommitResult{}, err
+	}
+	meta.Pending, meta.PendingUID = sum, target
+	if err := save(dir, meta); err != nil {
+		f.Close()
+		return CommitResult{}, err
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		f.Close()
+		return CommitResult{}, err
+	}
+	var body io.Reader = f
+	if o.Progress != nil {
+		body = &progressReader{f: f, total: fi.Size(), fn: o.Progress}
+	}
+	info, err := m.Client.PushContent(ctx, target, body, fi.Size(), client.PushOptions{Digest: sum, IfMatch: ifMatch, Message: o.Message})
+	f.Close()
+	if err != nil && !refused(err) {
+		// The server may have committed before the answer was lost: keep
+		// the pending record and the repacked file, and let the next look
+		// at the workspace ask the server and finish or forget the commit.
+		keepOut = true
+		return CommitResult{}, fmt.Errorf("%w; the upload of %s may have landed: the next depot commit, edit or workspace show finishes or forgets it",
+			err, sum)
+	}
+	if err != nil {
+		meta.Pending, meta.PendingUID = "", ""
+		if serr := save(dir, meta); serr != nil {
+			return CommitResult{}, errors.Join(err, serr)
+		}
+		var pe *errdefs.PreconditionError
+		if errors.As(err, &pe) { // it moved between our check and the upload
+			st = m.check(ctx, meta)
+			if cerr := conflictErr(st); cerr != nil {
+				return CommitResult{}, cerr
+			}
+		}
+		return CommitResult{}, err
+	}
+	if digest.Digest(info.Chksum) != sum || info.Size != fi.Size() {
+		return CommitResult{}, fmt.Errorf("the server stored %s (%d bytes) for %s (%d bytes): %w", info.Chksum, info.Size, sum, fi.Size(),
+			&errdefs.VerificationError{Want: sum, Got: digest.Digest(info.Chksum)})
+	}
+	// Re-base: the uploaded file becomes the cached base, without a copy.
+	base, err := m.Cache.Adopt(ctx, out, sum, b3, target+"@"+sum.String())
+	if err != nil {
+		return CommitResult{}, fmt.Errorf("uploaded %s, but re-basing the workspace failed: %w", sum, err)
+	}
+	res := CommitResult{UID: target, Name: targetName, Digest: base.Digest, Size: base.Size, Format: base.Format, Base: meta.Base}
+	if err := m.rebase(ctx, meta, target, targetName, base); err != nil {
+		return res, fmt.Errorf("uploaded %s, but re-basing the workspace failed: %w", sum, err)
+	}
+	return res, nil
+}
+
+// commitTarget is where a commit of the workspace st goes (UID and name)
+// and the content it may overwrite there (If-Match): the bound image on
+// the base, or with --force on what moved there, or with --to another
+// image on exactly its content now. A workspace in conflict, or a server
+// that cannot say, gets no target.
+func (m *Manager) commitTarget(ctx context.Context, st Status, o CommitOptions) (uid, name string, ifMatch digest.Digest, err error) {
+	switch {
+	case o.To != "":
+		if !names.IsUID(o.To) {
+			return "", "", "", fmt.Errorf("--to %q: want the 32-hex UID of the image to upload into: %w", o.To, errdefs.ErrInvalidArgument)
+		}
+		img, err := m.Client.GetImage(ctx, o.To)
+		if err != nil {
+			return "", "", "", err
+		}
+		if img.Frozen {
+			return "", "", "", conflictErr(Status{Meta: Meta{Name: img.Name, UID: img.UID}, State: StateFrozen})
+		}
+		if img.Content != nil {
+			ifMatch = digest.Digest(img.Content.Chksum) // overwrite exactly what we saw, no one else's later upload
+		}
+		return img.UID, img.Name, ifMatch, nil
+	case st.State == StateBaseMoved && o.Force:
+		return st.UID, st.Name, st.ServerDigest, nil
+	case st.State == StateUnknown:
+		return "", "", "", fmt.Errorf("cannot reach %s: %s: %w", st.Meta.Server, st.Detail, errdefs.ErrUnavailable)
+	case st.State != StateCurrent:
+		return "", "", "", conflictErr(st)
+	}
+	return st.UID, st.Name, st.Base, nil
+}
+
+// hashFile is the sha256 and the BLAKE3 of f from its offset on, in one
+// pass.
+func hashFile(f *os.File) (digest.Digest, string, error) {
+	h := contenthash.NewDualHasher()
+	defer h.Close()
+	if _, err := io.CopyBuffer(h, f, make([]byte, 1<<20)); err != nil {
+		return "", "", err
+	}
+	return h.Digest(), h.BLAKE3(), nil
+}
+
+func (m *Manager) repack(ctx context.Context, dir string, meta Meta, out string) error {
+	switch {
+	case meta.Kind == Overlay:
+		// The base and its chain, verified again (locally, no network);
+		// qemu-img then opens exactly them, whatever the overlay's header
+		// says by now.
+		base, err := m.Cache.Ensure(ctx, meta.UID+"@"+meta.Base.String(), cache.EnsureOptions{Policy: cache.Never})
+		if err != nil {
+			return fmt.Errorf("the workspace's base %s: %w", meta.Base, err)
+		}
+		if err := checkOverlay(filepath.Join(dir, meta.Overlay)); err != nil {
+			return err
+		}
+		spec, err := pinnedSpec(filepath.Join(dir, meta.Overlay), base)
+		if err != nil {
+			return err
+		}
+		return run(ctx, "qemu-img", "convert", "-O", meta.BaseFormat, spec, out)
+	case meta.BaseFormat == format.Squashfs:
+		// Reproducible: no mkfs timestamp; entries are sorted by mksquashfs.
+		return run(ctx, "mksquashfs", filepath.Join(dir, "root"), out, "-noappend", "-quiet", "-no-progress", "-mkfs-time", "0")
+	default:
+		args := []string{"-c", "-f", out, "-C", filepath.Join(dir, "root"), "--sort=name", "--numeric-owner", "--format=gnu"}
+		switch meta.BaseFormat {
+		case format.Gzip:
+			args = append(args, "--use-compress-program=gzip -n")
+		case format.Zstd:
+			args = append(args, "--zstd")
+		}
+		return run(ctx, "tar", append(args, ".")...)
+	}
+}
+
+// rebase points the workspace at its new base. For an overlay a fresh,
+// empty overlay is created first and swapped in by the meta update, so a
+// crash leaves either the old overlay (whose content equals the new base)
+// or the new one.
+func (m *Manager) rebase(ctx context.Context, meta Meta, uid, name string, base cache.Image) error {
+	dir := m.dir(meta.UID)
+	old := meta.Overlay
+	if meta.Kind == Overlay {
+		meta.Overlay = fmt.Sprintf("overlay-%d.qcow2", meta.Commits+1)
+		if err := createOverlay(ctx, base, filepath.Join(dir, meta.Overlay)); err != nil {
+			return err
+		}
+	}
+	meta.UID, meta.Name, meta.Base, meta.Commits = uid, name, base.Digest, meta.Commits+1
+	meta.Pending, meta.PendingUID = "", ""
+	meta.Clean = fingerprintOf(dir, meta)
+	if err := save(dir, meta); err != nil {
+		return err
+	}
+	if meta.Kind == Overlay && old != meta.Overlay {
+		os.Remove(filepath.Join(dir, old))
+	}
+	if newDir := m.dir(uid); newDir != dir { // retargeted: the workspace follows its UID
+		return os.Rename(dir, newDir)
+	}
+	return nil
+}
+
+// refused reports whether the server definitely did not store an upload:
+// it answered with a refusal that is final for the request (a precondition
+// or conflict, auth, a digest mismatch, a bad or oversized request, no
+// such image). Anything else (a dropped connection, a 5xx, a cancelled
+// context) may come after the server, or an earlier head the client failed
+// over from, committed; keeping the pending record then is always safe,
+// as the recovery asks the server what it holds.
+func refused(err error) bool {
+	for _, class := range []error{
+		errdefs.ErrPrecondition, errdefs.ErrConflict, errdefs.ErrForbidden, errdefs.ErrUnauthorized,
+		errdefs.ErrVerification, errdefs.ErrInvalidArgument, errdefs.ErrTooLarge, errdefs.ErrNotFound,
+	} {
+		if errors.Is(err, class) {
+			return true
+		}
+	}
+	return false
+}
+
+// progressReader reports the reads of f to fn, and keeps f's ReadAt and
+// Seek: PushContent resends an upload a head dropped to the next head,
+// through a fresh section reader, and the progress then starts over too.
+// Calls to fn are serialized (an attempt the transport has not quite let
+// go of may still read while the next one starts).
+type progressReader struct {
+	f     *os.File
+	total int64
+	fn    func(done, total int64)
+
+	mu   sync.Mutex
+	done int64
+}
+
+func (p *progressReader) Read(b []byte) (int, error) {
+	n, err := p.f.Read(b)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.done += int64(n)
+	p.fn(p.done, p.total)
+	return n, err
+}
+
+func (p *progressReader) ReadAt(b []byte, off int64) (int, error) {
+	n, err := p.f.ReadAt(b, off)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.done = off + int64(n)
+	p.fn(p.done, p.total)
+	return n, err
+}
+
+func (p *progressReader) Seek(off int64, whence int) (int64, error) { return p.f.Seek(off, whence) }
