@@ -16,7 +16,6 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/depot-images/depot/errdefs"
-	"github.com/depot-images/depot/internal/catalog"
 )
 
 // Prefix is where the API lives.
@@ -47,7 +46,8 @@ type Envelope struct {
 	Next string `json:"next,omitempty"`
 }
 
-// Image is the wire form of catalog.Image.
+// Image is the wire form of an image record (the server renders it from
+// its catalog; clients never see the catalog).
 type Image struct {
 	UID            string     `json:"uid"`
 	Name           string     `json:"name"`
@@ -173,33 +173,6 @@ func FromUnixFloat(f float64) time.Time {
 
 // ETag is the entity tag of content with digest d.
 func ETag(d digest.Digest) string { return `"` + d.String() + `"` }
-
-// FromImage renders a catalog image.
-func FromImage(img catalog.Image) Image {
-	out := Image{
-		UID: img.UID, Name: img.Name, Description: img.Description, Frozen: img.Frozen,
-		Created: UnixFloat(img.Created), LastModified: UnixFloat(img.LastModified), LastModifiedBy: img.LastModifiedBy,
-		History: []Revision{},
-	}
-	if img.Parent != "" {
-		p := img.Parent
-		out.Parent = &p
-	}
-	if img.Distro != "" {
-		d := img.Distro
-		out.Distro = &d
-	}
-	if c := img.Content; c != nil {
-		out.Content = &Content{Size: c.Size, MTime: UnixFloat(c.MTime), Chksum: c.Digest.String(), Fmt: c.Format,
-			BLAKE3: c.BLAKE3, LastModified: UnixFloat(c.MTime), LastModifiedBy: c.By}
-	}
-	for i := len(img.History) - 1; i >= 0; i-- {
-		h := img.History[i]
-		out.History = append(out.History, Revision{Chksum: h.Digest.String(), Size: h.Size, MTime: UnixFloat(h.MTime),
-			Fmt: h.Format, By: h.By, Message: h.Message, Current: img.Content != nil && h.Digest == img.Content.Digest && i == len(img.History)-1})
-	}
-	return out
-}
 
 // The one table: error class ↔ code ↔ HTTP status.
 var table = []struct {

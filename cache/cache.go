@@ -47,7 +47,7 @@ import (
 	"github.com/depot-images/depot/client"
 	"github.com/depot-images/depot/errdefs"
 	"github.com/depot-images/depot/internal/atomicfile"
-	"github.com/depot-images/depot/internal/blob"
+	"github.com/depot-images/depot/internal/contenthash"
 	"github.com/depot-images/depot/internal/format"
 	"github.com/depot-images/depot/internal/qcow2"
 	"github.com/depot-images/depot/internal/ref"
@@ -241,7 +241,7 @@ func (c *Cache) Ensure(ctx context.Context, refStr string, o EnsureOptions) (img
 		o.Policy = IfNotPresent
 	}
 	if o.Checksum != "" {
-		if err := blob.Validate(o.Checksum); err != nil {
+		if err := contenthash.Validate(o.Checksum); err != nil {
 			return Image{}, err
 		}
 		if r.Kind != ref.HTTP {
@@ -416,7 +416,7 @@ func (c *Cache) reverify(d digest.Digest, path string, old BlobRecord) (BlobReco
 		return BlobRecord{}, err
 	}
 	defer f.Close()
-	h := blob.NewDualHasher()
+	h := contenthash.NewDualHasher()
 	defer h.Close()
 	var sniff format.Sniffer
 	if _, err := io.CopyBuffer(io.MultiWriter(h, &sniff), f, make([]byte, 1<<20)); err != nil {
@@ -461,7 +461,7 @@ func (c *Cache) quarantine(d digest.Digest) {
 // declared when it resolved; want.Validator makes a resume conditional.
 func (c *Cache) fetch(ctx context.Context, r ref.Ref, src source.Source, want source.Descriptor, o EnsureOptions) (Image, error) {
 	d := want.Digest
-	if err := blob.Validate(d); err != nil {
+	if err := contenthash.Validate(d); err != nil {
 		return Image{}, err
 	}
 	lock := flock.New(filepath.Join(c.dir, "locks", d.Encoded()+".lock"))
@@ -535,7 +535,7 @@ type partial struct {
 	path      string
 	statePath string
 	st        ingestState
-	h         *blob.DualHasher
+	h         *contenthash.DualHasher
 	sniff     *format.Sniffer
 	done      int64  // bytes hashed in order
 	ref       string // the reference it is fetched through
@@ -552,7 +552,7 @@ func (p *partial) reset() error {
 		return p.c.diskErr(err)
 	}
 	p.h.Close()
-	p.h, p.sniff, p.done = blob.NewDualHasher(), &format.Sniffer{}, 0
+	p.h, p.sniff, p.done = contenthash.NewDualHasher(), &format.Sniffer{}, 0
 	return nil
 }
 
@@ -570,7 +570,7 @@ func (p *partial) saveState() error {
 func (c *Cache) transfer(ctx context.Context, r ref.Ref, src source.Source, want source.Descriptor, o EnsureOptions) (Image, error) {
 	d, validator := want.Digest, want.Validator
 	p := &partial{c: c, d: d, ref: r.String(), path: filepath.Join(c.dir, "ingest", d.Encoded()+".part"),
-		statePath: filepath.Join(c.dir, "ingest", d.Encoded()+".json"), h: blob.NewDualHasher(), sniff: &format.Sniffer{}}
+		statePath: filepath.Join(c.dir, "ingest", d.Encoded()+".json"), h: contenthash.NewDualHasher(), sniff: &format.Sniffer{}}
 	defer func() { p.h.Close() }()
 	st, ok, _ := readJSON[ingestState](p.statePath)
 	if !ok {

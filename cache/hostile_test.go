@@ -27,7 +27,7 @@ import (
 
 	"github.com/depot-images/depot/client"
 	"github.com/depot-images/depot/errdefs"
-	"github.com/depot-images/depot/internal/blob"
+	"github.com/depot-images/depot/internal/contenthash"
 	"github.com/depot-images/depot/internal/format"
 	"github.com/depot-images/depot/internal/ref"
 	"github.com/depot-images/depot/internal/testenv"
@@ -541,7 +541,7 @@ func mustParse(t *testing.T, s string) ref.Ref {
 func newTestPartial(t *testing.T, c *Cache, d digest.Digest) *partial {
 	t.Helper()
 	p := &partial{c: c, d: d, path: filepath.Join(c.dir, "ingest", d.Encoded()+".part"),
-		statePath: filepath.Join(c.dir, "ingest", d.Encoded()+".json"), h: blob.NewDualHasher(), sniff: &format.Sniffer{}}
+		statePath: filepath.Join(c.dir, "ingest", d.Encoded()+".json"), h: contenthash.NewDualHasher(), sniff: &format.Sniffer{}}
 	f, err := os.OpenFile(p.path, os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
 		t.Fatal(err)

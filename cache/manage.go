@@ -16,6 +16,7 @@ import (
 
 	"github.com/depot-images/depot/errdefs"
 	"github.com/depot-images/depot/internal/atomicfile"
+	"github.com/depot-images/depot/internal/contenthash"
 	"github.com/depot-images/depot/internal/format"
 	"github.com/depot-images/depot/internal/ref"
 )
@@ -260,8 +261,8 @@ func entryStates(c *Cache, e *Entry) []string {
 // copying it. It is how an edit workspace re-bases onto content it has
 // uploaded. The file must be on the cache's filesystem.
 func (c *Cache) Adopt(ctx context.Context, path string, d digest.Digest, blake3Hex, refStr string) (Image, error) {
-	if err := d.Validate(); err != nil {
-		return Image{}, fmt.Errorf("adopt: %v: %w", err, errdefs.ErrInvalidArgument)
+	if err := contenthash.Validate(d); err != nil {
+		return Image{}, fmt.Errorf("adopt: %w", err)
 	}
 	unlock, err := c.lockDigest(ctx, d)
 	if err != nil {

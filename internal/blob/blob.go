@@ -14,15 +14,11 @@ package blob
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"net/url"
-	"strings"
 	"time"
 
 	"github.com/opencontainers/go-digest"
-
-	"github.com/depot-images/depot/errdefs"
 )
 
 // Info describes a committed blob.
@@ -127,18 +123,6 @@ type Presigner interface {
 // uploads it straight to its final key, with no copy.
 type DeclaredDigestPreferrer interface {
 	PrefersDeclaredDigest() bool
-}
-
-// Validate checks that d is a well-formed sha256 digest, the only algorithm
-// depot stores. Errors match errdefs.ErrInvalidArgument.
-func Validate(d digest.Digest) error {
-	if i := strings.IndexByte(string(d), ':'); i < 0 || digest.Algorithm(d[:i]) != digest.SHA256 {
-		return fmt.Errorf("digest %q: only sha256:<64 hex> digests are supported: %w", string(d), errdefs.ErrInvalidArgument)
-	}
-	if err := d.Validate(); err != nil {
-		return fmt.Errorf("digest %q: %v; want sha256:<64 hex>: %w", string(d), err, errdefs.ErrInvalidArgument)
-	}
-	return nil
 }
 
 // Ingest streams r into s and commits it, checking size (when >= 0) and

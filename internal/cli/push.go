@@ -15,6 +15,7 @@ import (
 	"github.com/depot-images/depot/api"
 	"github.com/depot-images/depot/client"
 	"github.com/depot-images/depot/errdefs"
+	"github.com/depot-images/depot/internal/contenthash"
 )
 
 type pushOptions struct {
@@ -85,7 +86,7 @@ func runPush(cmd *cobra.Command, g *globals, c *client.Client, o *pushOptions, r
 		if !strings.Contains(o.digest, ":") {
 			declared = digest.NewDigestFromEncoded(digest.SHA256, o.digest)
 		}
-		if err := declared.Validate(); err != nil || declared.Algorithm() != digest.SHA256 {
+		if contenthash.Validate(declared) != nil {
 			return usageError{fmt.Errorf("--digest %q: want sha256:<64 hex>", o.digest)}
 		}
 	}

@@ -20,9 +20,12 @@ import (
 	"strings"
 
 	"github.com/opencontainers/go-digest"
+	"oras.land/oras-go/v2/errdef"
+	"oras.land/oras-go/v2/registry"
 
 	"github.com/depot-images/depot/errdefs"
-	"github.com/depot-images/depot/internal/catalog"
+	"github.com/depot-images/depot/internal/contenthash"
+	"github.com/depot-images/depot/internal/names"
 )
 
 // Kind is where a reference points.
@@ -94,11 +97,10 @@ func (r Ref) String() string {
 	return s
 }
 
-var (
-	hexRE  = regexp.MustCompile(`^[a-f0-9]{64}$`)
-	repoRE = regexp.MustCompile(`^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$`)
-	hostRE = regexp.MustCompile(`^[A-Za-z0-9.-]+(?::[0-9]{1,5})?$|^\[[0-9a-fA-F:]+\](?::[0-9]{1,5})?$`)
-)
+// hostRE is what depot takes for a host (an HTTP URL's, or a registry):
+// a DNS name or IPv4 address, or a bracketed IPv6 one, and an optional port
+// of 1-5 digits.
+var hostRE = regexp.MustCompile(`^[A-Za-z0-9.-]+(?::[0-9]{1,5})?$|^\[[0-9a-fA-F:]+\](?::[0-9]{1,5})?$`)
 
 func bad(s, why string) error {
 	return fmt.Errorf("reference %q: %s: %w", s, why, errdefs.ErrInvalidArgument)
@@ -106,8 +108,7 @@ func bad(s, why string) error {
 
 // parseDigest accepts only sha256:<64 lowercase hex>.
 func parseDigest(s, whole string) (digest.Digest, error) {
-	alg, hex, ok := strings.Cut(s, ":")
-	if !ok || alg != "sha256" || !hexRE.MatchString(hex) {
+	if contenthash.Validate(digest.Digest(s)) != nil {
 		return "", bad(whole, "a pinned digest must be sha256:<64 lowercase hex>")
 	}
 	return digest.Digest(s), nil
@@ -150,11 +151,11 @@ func parseDepot(s string) (Ref, error) {
 		}
 		r.Digest = d
 	}
-	if catalog.IsUID(name) {
+	if names.IsUID(name) {
 		r.UID = name
 		return r, nil
 	}
-	if err := catalog.ValidateName(name); err != nil {
+	if err := names.ValidateName(name); err != nil {
 		return Ref{}, bad(s, "not a valid image name or 32-hex UID")
 	}
 	r.Name = name
@@ -196,50 +197,39 @@ func parseHTTP(s string) (Ref, error) {
 	return r, nil
 }
 
+// parseOCI parses oci://registry/repository:tag or …@sha256:<hex> with
+// oras-go's reference grammar (the one the OCI source connects with), then
+// applies depot's own rules on top: a registry is host[:port] with a port
+// of 1-5 digits, a repository is at most 255 bytes, a pin is sha256, and
+// the reference names exactly one of a tag and a digest.
 func parseOCI(s string) (Ref, error) {
 	rest := strings.TrimPrefix(s, "oci://")
-	r := Ref{Kind: OCI}
-	if i := strings.Index(rest, "@"); i >= 0 {
-		d, err := parseDigest(rest[i+1:], s)
-		if err != nil {
-			return Ref{}, err
-		}
-		r.Digest, rest = d, rest[:i]
+	or, err := registry.ParseReference(rest)
+	if err != nil {
+		why := strings.TrimPrefix(err.Error(), errdef.ErrInvalidReference.Error()+": ")
+		return Ref{}, bad(s, why+"; want oci://registry/repository:tag or @sha256:<hex>")
 	}
-	host, path, ok := strings.Cut(rest, "/")
-	if !ok || !hostRE.MatchString(host) {
+	if !hostRE.MatchString(or.Registry) {
 		return Ref{}, bad(s, "want oci://registry/repository:tag or @sha256:<hex>")
 	}
-	if i := strings.LastIndex(path, ":"); i >= 0 {
-		r.Tag, path = path[i+1:], path[:i]
-		if !validTag(r.Tag) {
-			return Ref{}, bad(s, "invalid tag")
-		}
-	}
-	if !repoRE.MatchString(path) || len(path) > 255 {
+	if len(or.Repository) > 255 {
 		return Ref{}, bad(s, "invalid repository name (lowercase letters, digits, separators)")
 	}
-	if r.Tag == "" && r.Digest == "" {
+	if or.Reference == "" {
 		return Ref{}, bad(s, "name a tag (:tag) or a digest (@sha256:…); there is no implicit :latest")
 	}
-	if r.Tag != "" && r.Digest != "" {
+	// oras drops a tag given beside a digest (its form B); anything it
+	// dropped shows as a difference from the canonical form.
+	if or.String() != rest {
 		return Ref{}, bad(s, "give a tag or a digest, not both (ambiguous)")
 	}
-	r.Registry, r.Repository = host, path
-	return r, nil
-}
-
-// validTag checks an OCI tag: [A-Za-z0-9_][A-Za-z0-9_.-]{0,127}.
-func validTag(t string) bool {
-	if len(t) == 0 || len(t) > 128 {
-		return false
-	}
-	for i := range len(t) {
-		c := t[i]
-		ok := 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '_' || (i > 0 && (c == '.' || c == '-'))
-		if !ok {
-			return false
+	r := Ref{Kind: OCI, Registry: or.Registry, Repository: or.Repository}
+	if d, err := or.Digest(); err == nil {
+		if r.Digest, err = parseDigest(d.String(), s); err != nil {
+			return Ref{}, err
 		}
+	} else {
+		r.Tag = or.Reference
 	}
-	return true
+	return r, nil
 }

@@ -19,6 +19,7 @@ func TestParseGood(t *testing.T) {
 		"http://127.0.0.1:8080/x.img@sha256:" + hex64: {Kind: HTTP, URL: "http://127.0.0.1:8080/x.img", Digest: "sha256:" + hex64},
 		"oci://127.0.0.1:5000/vm/base:v1":             {Kind: OCI, Registry: "127.0.0.1:5000", Repository: "vm/base", Tag: "v1"},
 		"oci://reg.example/vm@sha256:" + hex64:        {Kind: OCI, Registry: "reg.example", Repository: "vm", Digest: "sha256:" + hex64},
+		"oci://[::1]:5000/a__b.c--d/e:T_.-1":          {Kind: OCI, Registry: "[::1]:5000", Repository: "a__b.c--d/e", Tag: "T_.-1"},
 	}
 	for in, want := range cases {
 		got, err := Parse(in)
@@ -41,6 +42,15 @@ func TestParseBad(t *testing.T) {
 		"ftp://host/x", "https://", "https://host/", "https://user:pw@host/x", "https://host/x#frag",
 		"oci://reg/repo", "oci://reg/Repo:tag", "oci://reg/repo:tag@sha256:" + hex64, "oci://repo:tag",
 		"oci://reg/repo:bad tag", "name with space", "name\n", "oci://reg/repo:" + strings.Repeat("t", 200),
+		// Where oras-go's grammar alone would accept: no tag (it defaults
+		// to latest), a tag beside a digest (it drops the tag), another
+		// algorithm, an empty port or one over 5 digits, a long repository.
+		"oci://reg/repo@", "oci://reg/repo:", "oci://reg/repo:@sha256:" + hex64,
+		"oci://reg/repo@sha512:" + hex64 + hex64, "oci://reg:/repo:tag", "oci://reg:123456/repo:tag",
+		"oci://reg_x/repo:tag", "oci://reg/" + strings.Repeat("r", 256) + ":tag",
+		// A bracketed host that is no IPv6 address (refused since ref
+		// parses with oras-go; the OCI source refused it later before).
+		"oci://[0]/repo:tag",
 	} {
 		if r, err := Parse(in); !errors.Is(err, errdefs.ErrInvalidArgument) {
 			t.Errorf("Parse(%q) = %+v, %v; want ErrInvalidArgument", in, r, err)

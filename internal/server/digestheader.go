@@ -11,7 +11,7 @@ import (
 
 	"github.com/depot-images/depot/api"
 	"github.com/depot-images/depot/errdefs"
-	"github.com/depot-images/depot/internal/blob"
+	"github.com/depot-images/depot/internal/contenthash"
 )
 
 // Where an upload may declare its digest. Each is read in the header and
@@ -46,7 +46,7 @@ func declaredDigest(r *http.Request) (digest.Digest, error) {
 	}
 	if q := r.URL.Query().Get("digest"); q != "" {
 		qd := digest.Digest(q)
-		if err := blob.Validate(qd); err != nil {
+		if err := contenthash.Validate(qd); err != nil {
 			return "", err
 		}
 		if d != "" && d != qd {
@@ -90,7 +90,7 @@ func digestIn(h http.Header, where string) (digest.Digest, error) {
 	}
 	for _, v := range h.Values(api.HeaderDigest) {
 		got := digest.Digest(strings.TrimSpace(v))
-		if err := blob.Validate(got); err != nil {
+		if err := contenthash.Validate(got); err != nil {
 			return "", err
 		}
 		if err := agree(api.HeaderDigest, got); err != nil {

@@ -10,14 +10,15 @@ import (
 	"github.com/depot-images/depot/api"
 	"github.com/depot-images/depot/errdefs"
 	"github.com/depot-images/depot/internal/catalog"
+	"github.com/depot-images/depot/internal/names"
 )
 
 // validRef checks an image reference from a URL: a UID or a valid name.
 func validRef(ref string) error {
-	if catalog.IsUID(ref) {
+	if names.IsUID(ref) {
 		return nil
 	}
-	if err := catalog.ValidateName(ref); err != nil {
+	if err := names.ValidateName(ref); err != nil {
 		return fmt.Errorf("%q is neither a UID nor a valid image name: %w", ref, errdefs.ErrInvalidArgument)
 	}
 	return nil
@@ -54,7 +55,7 @@ func (s *Server) createImage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	img := catalog.Image{Name: req.Name, LastModifiedBy: principal(r).Subject}
-	if err := catalog.ValidateName(req.Name); err != nil {
+	if err := names.ValidateName(req.Name); err != nil {
 		s.fail(w, r, err)
 		return
 	}
@@ -102,7 +103,7 @@ func (s *Server) listImages(w http.ResponseWriter, r *http.Request) {
 	}
 	out := make([]api.Image, 0, len(imgs))
 	for _, img := range imgs {
-		out = append(out, api.FromImage(img))
+		out = append(out, wireImage(img))
 	}
 	next := ""
 	if len(imgs) == limit {
@@ -117,7 +118,7 @@ func (s *Server) getImage(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	s.ok(w, http.StatusOK, api.FromImage(img))
+	s.ok(w, http.StatusOK, wireImage(img))
 }
 
 func (s *Server) patchImage(w http.ResponseWriter, r *http.Request) {
@@ -166,7 +167,7 @@ func (s *Server) patchImage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.log.Info("image updated", "uid", img.UID, "name", img.Name, "by", by)
-	s.ok(w, http.StatusOK, api.FromImage(img))
+	s.ok(w, http.StatusOK, wireImage(img))
 }
 
 func frozenErr(img catalog.Image, what string) error {
@@ -232,5 +233,5 @@ func (s *Server) history(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	s.ok(w, http.StatusOK, api.FromImage(img).History)
+	s.ok(w, http.StatusOK, wireImage(img).History)
 }

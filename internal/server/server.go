@@ -5,6 +5,11 @@
 // unreferenced blobs. It stores nothing itself: metadata goes to a
 // catalog.Catalog and bytes to a blob.Store. It never buffers content in
 // memory and never logs a token.
+//
+// An upload is putContent (upload.go) in three steps, one file each:
+// parseUpload (uploadheaders.go), receive (receive.go), commitUpload
+// (commit.go). Downloads are serveblob.go; the other content handlers
+// content.go; the catalog-to-wire mapping wire.go.
 package server
 
 import (

@@ -14,6 +14,7 @@ import (
 	"github.com/depot-images/depot/client"
 	"github.com/depot-images/depot/errdefs"
 	"github.com/depot-images/depot/internal/checksum"
+	"github.com/depot-images/depot/internal/httprange"
 )
 
 // HTTP is a plain HTTP(S) file whose digest comes from a pinned checksum, an
@@ -143,7 +144,7 @@ func (h *HTTP) Open(ctx context.Context, d digest.Digest, offset, length int64, 
 	if err != nil {
 		return Body{}, err
 	}
-	if rh := client.RangeHeader(offset, length); rh != "" {
+	if rh := httprange.Header(offset, length); rh != "" {
 		req.Header.Set("Range", rh)
 		if validator != "" {
 			req.Header.Set("If-Range", validator)
@@ -169,7 +170,7 @@ func (h *HTTP) Open(ctx context.Context, d digest.Digest, offset, length int64, 
 		Ranges: resp.Header.Get("Accept-Ranges") == "bytes" || resp.StatusCode == http.StatusPartialContent}
 	if resp.StatusCode == http.StatusPartialContent {
 		b.Offset = offset
-		b.Size = client.ContentRangeTotal(resp.Header.Get("Content-Range"))
+		b.Size = httprange.Total(resp.Header.Get("Content-Range"))
 	}
 	return b, nil
 }

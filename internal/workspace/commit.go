@@ -14,9 +14,9 @@ import (
 	"github.com/depot-images/depot/cache"
 	"github.com/depot-images/depot/client"
 	"github.com/depot-images/depot/errdefs"
-	"github.com/depot-images/depot/internal/blob"
-	"github.com/depot-images/depot/internal/catalog"
+	"github.com/depot-images/depot/internal/contenthash"
 	"github.com/depot-images/depot/internal/format"
+	"github.com/depot-images/depot/internal/names"
 )
 
 // commitOut is the repacked working copy of a commit, in the workspace
@@ -158,7 +158,7 @@ func (m *Manager) Commit(ctx context.Context, ref string, o CommitOptions) (Comm
 func (m *Manager) commitTarget(ctx context.Context, st Status, o CommitOptions) (uid, name string, ifMatch digest.Digest, err error) {
 	switch {
 	case o.To != "":
-		if !catalog.IsUID(o.To) {
+		if !names.IsUID(o.To) {
 			return "", "", "", fmt.Errorf("--to %q: want the 32-hex UID of the image to upload into: %w", o.To, errdefs.ErrInvalidArgument)
 		}
 		img, err := m.Client.GetImage(ctx, o.To)
@@ -185,7 +185,7 @@ func (m *Manager) commitTarget(ctx context.Context, st Status, o CommitOptions) 
 // hashFile is the sha256 and the BLAKE3 of f from its offset on, in one
 // pass.
 func hashFile(f *os.File) (digest.Digest, string, error) {
-	h := blob.NewDualHasher()
+	h := contenthash.NewDualHasher()
 	defer h.Close()
 	if _, err := io.CopyBuffer(h, f, make([]byte, 1<<20)); err != nil {
 		return "", "", err

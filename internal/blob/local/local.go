@@ -31,6 +31,7 @@ import (
 	"github.com/depot-images/depot/errdefs"
 	"github.com/depot-images/depot/internal/atomicfile"
 	"github.com/depot-images/depot/internal/blob"
+	"github.com/depot-images/depot/internal/contenthash"
 )
 
 // Store is a blob.Store on a local (or shared POSIX) filesystem.
@@ -79,7 +80,7 @@ func (s *Store) Path(dgst digest.Digest) string {
 // Open implements blob.Provider. The returned Reader is an *os.File, so the
 // HTTP server can send it with sendfile.
 func (s *Store) Open(ctx context.Context, dgst digest.Digest) (blob.Reader, error) {
-	if err := blob.Validate(dgst); err != nil {
+	if err := contenthash.Validate(dgst); err != nil {
 		return nil, err
 	}
 	f, err := os.Open(s.Path(dgst))
@@ -91,7 +92,7 @@ func (s *Store) Open(ctx context.Context, dgst digest.Digest) (blob.Reader, erro
 
 // Stat implements blob.Provider.
 func (s *Store) Stat(ctx context.Context, dgst digest.Digest) (blob.Info, error) {
-	if err := blob.Validate(dgst); err != nil {
+	if err := contenthash.Validate(dgst); err != nil {
 		return blob.Info{}, err
 	}
 	fi, err := os.Stat(s.Path(dgst))
@@ -103,7 +104,7 @@ func (s *Store) Stat(ctx context.Context, dgst digest.Digest) (blob.Info, error)
 
 // Delete implements blob.Manager.
 func (s *Store) Delete(ctx context.Context, dgst digest.Digest) error {
-	if err := blob.Validate(dgst); err != nil {
+	if err := contenthash.Validate(dgst); err != nil {
 		return err
 	}
 	if err := os.Remove(s.Path(dgst)); err != nil {
@@ -125,7 +126,7 @@ func (s *Store) Walk(ctx context.Context, fn func(blob.Info) error) error {
 			return err
 		}
 		d := digest.NewDigestFromEncoded(digest.SHA256, e.Name())
-		if d.Validate() != nil || !e.Type().IsRegular() {
+		if contenthash.Validate(d) != nil || !e.Type().IsRegular() {
 			continue
 		}
 		fi, err := e.Info()
@@ -169,7 +170,7 @@ func (s *Store) SweepIngests(ctx context.Context, olderThan time.Duration) (int,
 // same way; a declared digest only adds a check at Commit.
 func (s *Store) Writer(ctx context.Context, opts blob.WriteOptions) (blob.Writer, error) {
 	if opts.Expected != "" {
-		if err := blob.Validate(opts.Expected); err != nil {
+		if err := contenthash.Validate(opts.Expected); err != nil {
 			return nil, err
 		}
 	}
@@ -180,7 +181,7 @@ func (s *Store) Writer(ctx context.Context, opts blob.WriteOptions) (blob.Writer
 	if err != nil {
 		return nil, fmt.Errorf("start ingest: %w", classify(err))
 	}
-	w := &writer{s: s, f: f, direct: direct, declared: opts.Expected, h: blob.NewDualHasher(), queue: make(chan []byte, 2), free: make(chan []byte, 3), done: make(chan struct{})}
+	w := &writer{s: s, f: f, direct: direct, declared: opts.Expected, h: contenthash.NewDualHasher(), queue: make(chan []byte, 2), free: make(chan []byte, 3), done: make(chan struct{})}
 	go w.fileLoop()
 	return w, nil
 }
@@ -201,7 +202,7 @@ type writer struct {
 	direct bool
 	// declared is WriteOptions.Expected: Commit checks it too.
 	declared digest.Digest
-	h        *blob.DualHasher
+	h        *contenthash.DualHasher
 	cur      []byte // the chunk being filled
 	closed   bool
 
@@ -354,10 +355,11 @@ func (w *writer) Commit(ctx context.Context, size int64, expected digest.Digest)
 	if err := w.finish(); err != nil {
 		return blob.Info{}, fmt.Errorf("ingest write: %w", classify(err))
 	}
-	info, err = w.h.Check(size, w.declared, expected)
+	sum, err := w.h.Check(size, w.declared, expected)
 	if err != nil {
 		return blob.Info{}, err
 	}
+	info = blob.Info{Digest: sum.Digest, Size: sum.Size, BLAKE3: sum.BLAKE3}
 	got := info.Digest
 	if err := ctx.Err(); err != nil {
 		return blob.Info{}, err

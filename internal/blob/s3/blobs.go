@@ -12,6 +12,7 @@ import (
 
 	"github.com/depot-images/depot/errdefs"
 	"github.com/depot-images/depot/internal/blob"
+	"github.com/depot-images/depot/internal/contenthash"
 )
 
 func infoOf(d digest.Digest, o minio.ObjectInfo) blob.Info {
@@ -20,7 +21,7 @@ func infoOf(d digest.Digest, o minio.ObjectInfo) blob.Info {
 
 // Open implements blob.Provider. The Reader fetches ranges lazily.
 func (s *Store) Open(ctx context.Context, d digest.Digest) (blob.Reader, error) {
-	if err := blob.Validate(d); err != nil {
+	if err := contenthash.Validate(d); err != nil {
 		return nil, err
 	}
 	obj, err := s.c.GetObject(ctx, s.cfg.Bucket, s.blobKey(d), minio.GetObjectOptions{})
@@ -36,7 +37,7 @@ func (s *Store) Open(ctx context.Context, d digest.Digest) (blob.Reader, error) 
 
 // Stat implements blob.Provider. It fills BLAKE3 from the object's metadata.
 func (s *Store) Stat(ctx context.Context, d digest.Digest) (blob.Info, error) {
-	if err := blob.Validate(d); err != nil {
+	if err := contenthash.Validate(d); err != nil {
 		return blob.Info{}, err
 	}
 	o, err := s.c.StatObject(ctx, s.cfg.Bucket, s.blobKey(d), minio.StatObjectOptions{})

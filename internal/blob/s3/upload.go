@@ -13,6 +13,7 @@ import (
 
 	"github.com/depot-images/depot/errdefs"
 	"github.com/depot-images/depot/internal/blob"
+	"github.com/depot-images/depot/internal/contenthash"
 )
 
 // maxParts is the most parts one S3 multipart upload may have.
@@ -42,7 +43,7 @@ type partWriter struct {
 	declared digest.Digest // "" when the digest was not declared
 	what     string        // names the write in errors
 	partSize int
-	h        *blob.DualHasher
+	h        *contenthash.DualHasher
 	cur      []byte
 	closed   bool
 	// completed: the multipart upload was completed (under key).
@@ -54,13 +55,15 @@ type partWriter struct {
 	// bufs holds this write's buffers that are not in flight (nil for one
 	// dropped after a failed part: its memory is still counted). have is
 	// how many it holds of the store's upload memory, at most Threads+1.
-	bufs  chan []byte
-	have  int
-	wg    sync.WaitGroup
-	mu    sync.Mutex
-	parts []minio.CompletePart
-	upErr error // first part upload error
-	next  int   // next part number
+	bufs chan []byte
+	have int
+	wg   sync.WaitGroup
+	// refresh is the marker-refresh goroutine, joined by Close.
+	refresh sync.WaitGroup
+	mu      sync.Mutex
+	parts   []minio.CompletePart
+	upErr   error // first part upload error
+	next    int   // next part number
 }
 
 // PrefersDeclaredDigest implements blob.DeclaredDigestPreferrer: a declared
@@ -72,7 +75,7 @@ func (s *Store) Writer(ctx context.Context, opts blob.WriteOptions) (blob.Writer
 	tmp := s.ingestPrefix() + randomID()
 	key, what := tmp, "ingest "+tmp
 	if opts.Expected != "" {
-		if err := blob.Validate(opts.Expected); err != nil {
+		if err := contenthash.Validate(opts.Expected); err != nil {
 			return nil, err
 		}
 		key, what = s.blobKey(opts.Expected), opts.Expected.String()
@@ -98,10 +101,14 @@ func (s *Store) Writer(ctx context.Context, opts blob.WriteOptions) (blob.Writer
 	uctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	w := &partWriter{
 		s: s, key: key, id: id, marker: marker, declared: opts.Expected, what: what,
-		partSize: partSize, h: blob.NewDualHasher(), cancel: cancel, ctx: uctx, reqCtx: ctx,
+		partSize: partSize, h: contenthash.NewDualHasher(), cancel: cancel, ctx: uctx, reqCtx: ctx,
 		bufs: make(chan []byte, s.cfg.Threads+1), next: 1,
 	}
-	go keepMarker(uctx, s, marker, body, s.markerEvery)
+	w.refresh.Add(1)
+	go func() {
+		defer w.refresh.Done()
+		keepMarker(uctx, s, marker, body, s.markerEvery)
+	}()
 	return w, nil
 }
 
@@ -181,6 +188,7 @@ func (w *partWriter) Close() error {
 	w.closed = true
 	w.cancel()
 	w.wg.Wait()
+	w.refresh.Wait()
 	w.h.Close()
 	w.release()
 	// Best effort on a fresh context: the caller's may be what was cancelled.
@@ -218,10 +226,11 @@ func (w *partWriter) Commit(ctx context.Context, size int64, expected digest.Dig
 	if err := w.err(); err != nil {
 		return blob.Info{}, err
 	}
-	info, err = w.h.Check(size, w.declared, expected)
+	sum, err := w.h.Check(size, w.declared, expected)
 	if err != nil {
 		return blob.Info{}, err
 	}
+	info = blob.Info{Digest: sum.Digest, Size: sum.Size, BLAKE3: sum.BLAKE3}
 	if err := ctx.Err(); err != nil {
 		return blob.Info{}, err
 	}

@@ -9,11 +9,12 @@ import (
 
 	"github.com/depot-images/depot/errdefs"
 	"github.com/depot-images/depot/internal/catalog"
+	"github.com/depot-images/depot/internal/names"
 )
 
 func testCreateGet(t *testing.T, c catalog.Catalog) {
 	img := mustCreate(t, c, catalog.Image{Name: "NewImage", Description: "d", Distro: "debian"})
-	if !catalog.IsUID(img.UID) {
+	if !names.IsUID(img.UID) {
 		t.Fatalf("assigned UID %q is not 32 hex", img.UID)
 	}
 	if img.Created.IsZero() || img.LastModified.IsZero() {

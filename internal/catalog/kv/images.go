@@ -8,11 +8,12 @@ import (
 
 	"github.com/depot-images/depot/errdefs"
 	"github.com/depot-images/depot/internal/catalog"
+	"github.com/depot-images/depot/internal/names"
 )
 
 func getImage(r Reader, ref string) (*catalog.Image, error) {
 	uid := ref
-	if !catalog.IsUID(ref) {
+	if !names.IsUID(ref) {
 		v, err := r.Get(Names, ref)
 		if err != nil {
 			return nil, err
@@ -59,13 +60,13 @@ func nameFree(tx Tx, name string) error {
 // prepareNew validates an image about to be created and fills what the
 // caller left empty (UID, timestamps).
 func prepareNew(img *catalog.Image, now time.Time) error {
-	if err := catalog.ValidateName(img.Name); err != nil {
+	if err := names.ValidateName(img.Name); err != nil {
 		return err
 	}
 	if img.UID == "" {
 		img.UID = catalog.NewUID()
 	}
-	if !catalog.IsUID(img.UID) {
+	if !names.IsUID(img.UID) {
 		return fmt.Errorf("uid %q: %w", img.UID, errdefs.ErrInvalidArgument)
 	}
 	if img.Created.IsZero() {
@@ -85,7 +86,7 @@ func checkUpdate(before, after *catalog.Image) error {
 		return fmt.Errorf("image %s: the UID cannot change: %w", before.UID, errdefs.ErrInvalidArgument)
 	}
 	if after.Name != before.Name {
-		return catalog.ValidateName(after.Name)
+		return names.ValidateName(after.Name)
 	}
 	return nil
 }

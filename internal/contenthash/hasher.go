@@ -1,4 +1,4 @@
-package blob
+package contenthash
 
 import (
 	"crypto/sha256"
@@ -68,14 +68,22 @@ func (h *DualHasher) Digest() digest.Digest {
 // BLAKE3 is the hex BLAKE3-256 of what was written.
 func (h *DualHasher) BLAKE3() string { return hex.EncodeToString(h.b3.Sum(nil)) }
 
-// Check is the one verification rule of every backend's Commit: it returns
-// the Info of what was hashed, or an *errdefs.VerificationError when size
-// (if >= 0) or any non-empty expected digest does not match it. A writer
-// passes both the digest declared when it started (WriteOptions.Expected)
-// and the one given to Commit.
-func (h *DualHasher) Check(size int64, expected ...digest.Digest) (Info, error) {
+// Sum is what a DualHasher computed: the sha256 digest, the byte count and
+// the hex BLAKE3-256.
+type Sum struct {
+	Digest digest.Digest
+	Size   int64
+	BLAKE3 string
+}
+
+// Check is the one verification rule of every blob backend's Commit: it
+// returns the Sum of what was hashed, or an *errdefs.VerificationError when
+// size (if >= 0) or any non-empty expected digest does not match it. A
+// writer passes both the digest declared when it started and the one given
+// to Commit.
+func (h *DualHasher) Check(size int64, expected ...digest.Digest) (Sum, error) {
 	got := h.Digest()
-	info := Info{Digest: got, Size: h.n, BLAKE3: h.BLAKE3()}
+	info := Sum{Digest: got, Size: h.n, BLAKE3: h.BLAKE3()}
 	var want digest.Digest
 	for _, e := range expected {
 		if e != "" && want == "" {
@@ -83,11 +91,11 @@ func (h *DualHasher) Check(size int64, expected ...digest.Digest) (Info, error) 
 		}
 	}
 	if size >= 0 && size != info.Size {
-		return Info{}, &errdefs.VerificationError{Want: want, Got: got, WantSize: size, GotSize: info.Size}
+		return Sum{}, &errdefs.VerificationError{Want: want, Got: got, WantSize: size, GotSize: info.Size}
 	}
 	for _, e := range expected {
 		if e != "" && e != got {
-			return Info{}, &errdefs.VerificationError{Want: e, Got: got}
+			return Sum{}, &errdefs.VerificationError{Want: e, Got: got}
 		}
 	}
 	return info, nil

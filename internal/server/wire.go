@@ -1,0 +1,35 @@
+package server
+
+import (
+	"github.com/depot-images/depot/api"
+	"github.com/depot-images/depot/internal/catalog"
+)
+
+// wireImage renders a catalog image in its wire form. The mapping lives
+// on the server side so that api, and every client, never links the
+// catalog.
+func wireImage(img catalog.Image) api.Image {
+	out := api.Image{
+		UID: img.UID, Name: img.Name, Description: img.Description, Frozen: img.Frozen,
+		Created: api.UnixFloat(img.Created), LastModified: api.UnixFloat(img.LastModified), LastModifiedBy: img.LastModifiedBy,
+		History: []api.Revision{},
+	}
+	if img.Parent != "" {
+		p := img.Parent
+		out.Parent = &p
+	}
+	if img.Distro != "" {
+		d := img.Distro
+		out.Distro = &d
+	}
+	if c := img.Content; c != nil {
+		out.Content = &api.Content{Size: c.Size, MTime: api.UnixFloat(c.MTime), Chksum: c.Digest.String(), Fmt: c.Format,
+			BLAKE3: c.BLAKE3, LastModified: api.UnixFloat(c.MTime), LastModifiedBy: c.By}
+	}
+	for i := len(img.History) - 1; i >= 0; i-- {
+		h := img.History[i]
+		out.History = append(out.History, api.Revision{Chksum: h.Digest.String(), Size: h.Size, MTime: api.UnixFloat(h.MTime),
+			Fmt: h.Format, By: h.By, Message: h.Message, Current: img.Content != nil && h.Digest == img.Content.Digest && i == len(img.History)-1})
+	}
+	return out
+}
