@@ -5,15 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
 	"syscall"
 
 	"golang.org/x/sync/errgroup"
 
 	"github.com/depot-images/depot/errdefs"
-	"github.com/depot-images/depot/internal/blob"
-	"github.com/depot-images/depot/internal/format"
 	"github.com/depot-images/depot/internal/ref"
 	"github.com/depot-images/depot/internal/source"
 )
@@ -25,45 +21,19 @@ const (
 	segmentSize = 16 << 20
 )
 
+// transfer fetches want.Digest from src into its partial, resuming what a
+// previous run left, and commits it. One call is one attempt: fetch
+// decides whether another is worth making.
 func (c *Cache) transfer(ctx context.Context, r ref.Ref, src source.Source, want source.Descriptor, o EnsureOptions) (Image, error) {
 	d, validator := want.Digest, want.Validator
-	p := &partial{c: c, d: d, ref: r.String(), path: filepath.Join(c.dir, "ingest", d.Encoded()+".part"),
-		statePath: filepath.Join(c.dir, "ingest", d.Encoded()+".json"), h: blob.NewDualHasher(), sniff: &format.Sniffer{}}
-	defer func() { p.h.Close() }()
-	st, ok, _ := readJSON[ingestState](p.statePath)
-	if !ok {
-		st = ingestState{Prefix: 0} // no state: nothing in the part file is known good
-	}
-	if st.Source != src.String() {
-		// Another origin's partial: the bytes are still content of d (the
-		// prefix rule holds), but its validator means nothing here.
-		st.Source, st.Validator = src.String(), ""
-	}
-	p.st = st
-	if validator == "" {
-		validator = st.Validator
-	}
-	f, err := os.OpenFile(p.path, os.O_RDWR|os.O_CREATE, 0o644)
-	if err != nil {
-		return Image{}, c.diskErr(err)
-	}
-	p.f = f
-	defer f.Close()
-	// Resume: keep only the in-order prefix, re-hash it, ask for the rest.
-	if st.Prefix >= 0 {
-		if err := f.Truncate(st.Prefix); err != nil {
-			return Image{}, c.diskErr(err)
-		}
-	}
 	buf := make([]byte, 1<<20)
-	for {
-		n, err := f.Read(buf)
-		p.hash(buf[:n])
-		if err == io.EOF {
-			break
-		} else if err != nil {
-			return Image{}, err
-		}
+	p, err := c.openPartial(d, r.String(), src.String(), buf)
+	if err != nil {
+		return Image{}, err
+	}
+	defer p.close()
+	if validator == "" {
+		validator = p.st.Validator
 	}
 	off := p.done
 	// A size the source declared on resolving is claimed before any
@@ -74,9 +44,9 @@ func (c *Cache) transfer(ctx context.Context, r ref.Ref, src source.Source, want
 		}
 	}
 	var body source.Body
-	if off > 0 && p.h.Digest() == d {
-		// A run killed between the last byte and the rename left the whole
-		// content: commit it without asking the source for anything.
+	if p.complete() {
+		// The whole content is here: commit it without asking the source
+		// for anything.
 		body = source.Body{ReadCloser: io.NopCloser(eofReader{}), Offset: off, Size: off}
 	} else {
 		body, err = src.Open(ctx, d, off, -1, validator)
@@ -96,9 +66,6 @@ func (c *Cache) transfer(ctx context.Context, r ref.Ref, src source.Source, want
 		if err := p.reset(); err != nil {
 			return Image{}, err
 		}
-	}
-	if _, err := f.Seek(p.done, io.SeekStart); err != nil {
-		return Image{}, err
 	}
 	p.st.Validator = body.Validator
 	// The expected size: what the body declares, else what the source
@@ -120,9 +87,8 @@ func (c *Cache) transfer(ctx context.Context, r ref.Ref, src source.Source, want
 		body.Close()
 		err = c.parallel(ctx, p, src, body.Size, body.Validator, conns, o)
 	} else {
-		p.st.Prefix = -1
-		if err := p.saveState(); err != nil {
-			return Image{}, c.diskErr(err)
+		if err := p.setPrefix(-1); err != nil {
+			return Image{}, err
 		}
 		lim, lerr := c.limit(p, size)
 		if lerr != nil {
@@ -142,7 +108,7 @@ func (c *Cache) transfer(ctx context.Context, r ref.Ref, src source.Source, want
 	if size >= 0 && p.done != size {
 		return Image{}, fmt.Errorf("download of %s from %s ended at %d of %d bytes (it resumes next time): %w", d, src, p.done, size, errdefs.ErrUnavailable)
 	}
-	return c.commit(p, src)
+	return p.commit(src)
 }
 
 // sequential streams body to the end of the part file, hashing in order.
@@ -239,9 +205,8 @@ func (c *Cache) parallel(ctx context.Context, p *partial, src source.Source, siz
 	start := p.done
 	// Record the in-order prefix before any out-of-order write, so a crash
 	// from here on never lets a later run hash a hole.
-	p.st.Prefix = start
-	if err := p.saveState(); err != nil {
-		return c.diskErr(err)
+	if err := p.setPrefix(start); err != nil {
+		return err
 	}
 	nseg := (size - start + segmentSize - 1) / segmentSize
 	type segment struct {
@@ -304,9 +269,8 @@ func (c *Cache) parallel(ctx context.Context, p *partial, src source.Source, siz
 				p.hash(buf[:n])
 				pos += int64(n)
 			}
-			p.st.Prefix = p.done
-			if err := p.saveState(); err != nil {
-				return c.diskErr(err)
+			if err := p.setPrefix(p.done); err != nil {
+				return err
 			}
 			if o.Progress != nil {
 				o.Progress(p.done, size)

@@ -8,16 +8,17 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 
 	"github.com/depot-images/depot/errdefs"
-	"github.com/depot-images/depot/internal/blob"
-	"github.com/depot-images/depot/internal/format"
 )
 
 // The transfer engine: sequential and parallel downloads, resume from a
@@ -168,13 +169,123 @@ func TestParallelSchedulesLazily(t *testing.T) {
 // newTestPartial is an empty ingest of d, as transfer starts one.
 func newTestPartial(t *testing.T, c *Cache, d digest.Digest) *partial {
 	t.Helper()
-	p := &partial{c: c, d: d, path: filepath.Join(c.dir, "ingest", d.Encoded()+".part"),
-		statePath: filepath.Join(c.dir, "ingest", d.Encoded()+".json"), h: blob.NewDualHasher(), sniff: &format.Sniffer{}}
-	f, err := os.OpenFile(p.path, os.O_RDWR|os.O_CREATE, 0o644)
+	p, err := c.openPartial(d, "", "", make([]byte, 1<<20))
 	if err != nil {
 		t.Fatal(err)
 	}
-	p.f = f
-	t.Cleanup(func() { f.Close(); p.h.Close() })
+	t.Cleanup(p.close)
 	return p
+}
+
+// partialServer serves data at /big.img (ranges, ETag via http.ServeContent)
+// and records each request's Range and If-Range.
+func partialServer(t *testing.T, data []byte) (url string, reqs func() []string) {
+	var mu sync.Mutex
+	var seen []string
+	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		seen = append(seen, r.Header.Get("Range")+"|"+r.Header.Get("If-Range"))
+		mu.Unlock()
+		w.Header().Set("ETag", `"v1"`)
+		http.ServeContent(w, r, "big.img", time.Time{}, bytes.NewReader(data))
+	}))
+	t.Cleanup(s.Close)
+	return s.URL + "/big.img", func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(seen)
+	}
+}
+
+// leavePartial writes what an interrupted run leaves in ingest/ for d.
+func leavePartial(t *testing.T, c *Cache, d digest.Digest, part []byte, st ingestState) {
+	t.Helper()
+	base := filepath.Join(c.Dir(), "ingest", d.Encoded())
+	if err := os.WriteFile(base+".part", part, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := writeJSON(base+".json", st, false); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestPartialCompleteCommitsWithoutRequest: a run killed between the last
+// byte and the rename left the whole content; the next Ensure commits it
+// without asking the source for anything.
+func TestPartialCompleteCommitsWithoutRequest(t *testing.T) {
+	data := randBytes(3 << 20)
+	d := digest.FromBytes(data)
+	url, reqs := partialServer(t, data)
+	c, _ := Open(t.TempDir(), Options{})
+	leavePartial(t, c, d, data, ingestState{Source: url, Prefix: -1})
+	img, err := c.Ensure(ctx, url, EnsureOptions{Checksum: d})
+	if err != nil || !bytes.Equal(mustRead(t, img.Path), data) {
+		t.Fatalf("Ensure = %+v, %v", img, err)
+	}
+	if r := reqs(); len(r) != 0 {
+		t.Errorf("requests %q, want none", r)
+	}
+	if _, err := os.Stat(filepath.Join(c.Dir(), "ingest", d.Encoded()+".part")); !os.IsNotExist(err) {
+		t.Error("partial file left after commit")
+	}
+}
+
+// TestPartialKeepsOnlyTheInOrderPrefix: a parallel run wrote segments out
+// of order and recorded a prefix; the bytes past it are not trusted (here
+// they are garbage) and the resume asks for the rest from the prefix.
+func TestPartialKeepsOnlyTheInOrderPrefix(t *testing.T) {
+	data := randBytes(3 << 20)
+	d := digest.FromBytes(data)
+	url, reqs := partialServer(t, data)
+	c, _ := Open(t.TempDir(), Options{})
+	part := append(bytes.Clone(data[:1<<20]), randBytes(1<<20)...)
+	leavePartial(t, c, d, part, ingestState{Source: url, Validator: `"v1"`, Prefix: 1 << 20})
+	img, err := c.Ensure(ctx, url, EnsureOptions{Checksum: d})
+	if err != nil || !bytes.Equal(mustRead(t, img.Path), data) {
+		t.Fatalf("Ensure = %+v, %v", img, err)
+	}
+	if r := reqs(); len(r) != 1 || r[0] != `bytes=1048576-|"v1"` {
+		t.Errorf("requests %q, want one resume from 1 MiB under the recorded validator", r)
+	}
+}
+
+// TestPartialFromAnotherOrigin: a partial another origin left is still
+// content of d (its prefix is kept) but its validator is not sent here.
+func TestPartialFromAnotherOrigin(t *testing.T) {
+	data := randBytes(3 << 20)
+	d := digest.FromBytes(data)
+	url, reqs := partialServer(t, data)
+	c, _ := Open(t.TempDir(), Options{})
+	leavePartial(t, c, d, data[:1<<20], ingestState{Source: "https://elsewhere.example/big.img", Validator: `"other"`, Prefix: -1})
+	img, err := c.Ensure(ctx, url, EnsureOptions{Checksum: d})
+	if err != nil || !bytes.Equal(mustRead(t, img.Path), data) {
+		t.Fatalf("Ensure = %+v, %v", img, err)
+	}
+	if r := reqs(); len(r) != 1 || r[0] != "bytes=1048576-|" {
+		t.Errorf("requests %q, want one resume from 1 MiB without a validator", r)
+	}
+}
+
+// TestPartialNotAPrefixRestarts: a partial whose bytes are not content of
+// d (nothing checks a part file until the end) fails verification once and
+// is discarded; the next Ensure fetches from zero.
+func TestPartialNotAPrefixRestarts(t *testing.T) {
+	data := randBytes(3 << 20)
+	d := digest.FromBytes(data)
+	url, reqs := partialServer(t, data)
+	c, _ := Open(t.TempDir(), Options{})
+	leavePartial(t, c, d, randBytes(1<<20), ingestState{Source: url, Prefix: -1})
+	if _, err := c.Ensure(ctx, url, EnsureOptions{Checksum: d}); !errors.Is(err, errdefs.ErrVerification) {
+		t.Fatalf("Ensure over a foreign partial = %v, want ErrVerification", err)
+	}
+	if r := reqs(); len(r) != 1 {
+		t.Errorf("requests %q: a verification failure is not retried", r)
+	}
+	img, err := c.Ensure(ctx, url, EnsureOptions{Checksum: d})
+	if err != nil || !bytes.Equal(mustRead(t, img.Path), data) {
+		t.Fatalf("Ensure after the discard = %+v, %v", img, err)
+	}
+	if r := reqs(); len(r) != 2 || r[1] != "|" {
+		t.Errorf("requests %q, want a second, whole-body request", r)
+	}
 }
