@@ -289,3 +289,25 @@ func TestPartialNotAPrefixRestarts(t *testing.T) {
 		t.Errorf("requests %q, want a second, whole-body request", r)
 	}
 }
+
+func TestConcurrentEnsureTransfersOnce(t *testing.T) {
+	h := newHead(t)
+	d := h.push(t, "shared", randBytes(4<<20))
+	dir := t.TempDir()
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, _ := Open(dir, Options{Depot: h.admin}) // separate handles, as separate processes have
+			img, err := c.Ensure(ctx, "shared@"+d.String(), EnsureOptions{})
+			if err != nil || img.Digest != d {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	if n := h.blobGets.Load(); n != 1 {
+		t.Fatalf("%d blob transfers for 8 concurrent ensures, want 1", n)
+	}
+}

@@ -10,7 +10,6 @@ import (
 	"github.com/gofrs/flock"
 	"github.com/opencontainers/go-digest"
 
-	"github.com/depot-images/depot/client"
 	"github.com/depot-images/depot/errdefs"
 	"github.com/depot-images/depot/internal/blob"
 	"github.com/depot-images/depot/internal/ref"
@@ -35,22 +34,7 @@ func (c *Cache) fetch(ctx context.Context, r ref.Ref, src source.Source, want so
 			return img, err // another process fetched it while we waited
 		}
 	}
-	img, err := c.transfer(ctx, r, src, want, o)
-	// An interrupted transfer (a head died, the network dropped) resumes
-	// from what it has: by Range, on the next head of a cluster. A source
-	// that stalled is asked again only when it has another head to go to:
-	// waiting out the same silent peer again helps nobody.
-	for attempt := 1; attempt <= 3 && err != nil && errors.Is(err, errdefs.ErrUnavailable) && ctx.Err() == nil; attempt++ {
-		if client.IsStall(err) && source.Heads(src) < 2 {
-			break
-		}
-		c.log.Warn("transfer interrupted; resuming", "digest", d, "attempt", attempt, "err", err)
-		select {
-		case <-ctx.Done():
-		case <-time.After(time.Duration(attempt) * 200 * time.Millisecond):
-		}
-		img, err = c.transfer(ctx, r, src, want, o)
-	}
+	img, err := c.withRetries(ctx, src, d, func() (Image, error) { return c.transfer(ctx, r, src, want, o) })
 	if err != nil && errors.Is(err, errdefs.ErrNotFound) {
 		return Image{}, c.unavailable(ctx, r, src, d)
 	}
