@@ -119,3 +119,16 @@ func (c *Cache) diskErr(err error) error {
 	}
 	return fmt.Errorf("cache %s: %w", c.dir, err)
 }
+
+// WorkDir is where edit workspaces live (see HasWorkspace).
+func (c *Cache) WorkDir() string { return filepath.Join(c.dir, "work") }
+
+// HasWorkspace reports whether an edit workspace is bound to uid (such
+// entries are never pruned: they may hold unpushed work).
+func (c *Cache) HasWorkspace(uid string) bool {
+	if uid == "" {
+		return false
+	}
+	_, err := os.Stat(filepath.Join(c.dir, "work", uid))
+	return err == nil
+}

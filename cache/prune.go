@@ -64,16 +64,6 @@ type PruneReport struct {
 	Kept         []string     `json:"kept,omitempty"` // why candidates were kept (leased, workspace)
 }
 
-// HasWorkspace reports whether an edit workspace is bound to uid (such
-// entries are never pruned: they may hold unpushed work).
-func (c *Cache) HasWorkspace(uid string) bool {
-	if uid == "" {
-		return false
-	}
-	_, err := os.Stat(filepath.Join(c.dir, "work", uid))
-	return err == nil
-}
-
 // Prune applies the rules in order: reap expired leases, seed 000's rule
 // (and orphan detection), orphans (when allowed), the size budget, then
 // abandoned partials. Leased blobs and entries with a workspace are never
@@ -345,10 +335,4 @@ func (c *Cache) deleteBlob(ctx context.Context, d digest.Digest, named []Pointer
 	os.Remove(c.BlobPath(d))
 	c.log.Info("pruned", "digest", d)
 	return "", nil
-}
-
-// ownsPointer reports whether a depot pointer was resolved against the
-// server this cache is configured with (keys carry the server URL).
-func (c *Cache) ownsPointer(p Pointer) bool {
-	return !strings.HasPrefix(p.Key, "depot:") || strings.HasPrefix(p.Key, "depot:"+c.server()+"/")
 }

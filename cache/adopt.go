@@ -1,0 +1,68 @@
+package cache
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/depot-images/depot/errdefs"
+	"github.com/depot-images/depot/internal/atomicfile"
+	"github.com/depot-images/depot/internal/format"
+)
+
+// Adopt moves the file at path, whose sha256 (d) and BLAKE3 the caller has
+// just computed from its bytes, into the cache as a committed blob, without
+// copying it. It is how an edit workspace re-bases onto content it has
+// uploaded. The file must be on the cache's filesystem.
+func (c *Cache) Adopt(ctx context.Context, path string, d digest.Digest, blake3Hex, refStr string) (Image, error) {
+	if err := d.Validate(); err != nil {
+		return Image{}, fmt.Errorf("adopt: %v: %w", err, errdefs.ErrInvalidArgument)
+	}
+	unlock, err := c.lockDigest(ctx, d)
+	if err != nil {
+		return Image{}, err
+	}
+	defer unlock()
+	if img, ok, err := c.local(d); err != nil || ok {
+		os.Remove(path)
+		return img, err
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return Image{}, err
+	}
+	var sniff format.Sniffer
+	head := make([]byte, format.HeaderSize)
+	n, _ := io.ReadFull(f, head)
+	sniff.Write(head[:n])
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return Image{}, c.diskErr(err)
+	}
+	f.Close()
+	if err := os.Chmod(path, 0o444); err != nil {
+		return Image{}, err
+	}
+	dst := c.BlobPath(d)
+	if err := os.Rename(path, dst); err != nil {
+		return Image{}, fmt.Errorf("adopt %s: %w", d, err)
+	}
+	if err := atomicfile.SyncDir(filepath.Dir(dst)); err != nil {
+		return Image{}, err
+	}
+	fi, err := os.Stat(dst)
+	if err != nil {
+		return Image{}, err
+	}
+	now := time.Now().UTC()
+	rec := BlobRecord{Digest: d, Size: fi.Size(), BLAKE3: blake3Hex, Format: sniff.Format(), VerifiedAt: now, LastUsed: now, Stat: fingerprint(fi), Source: "local commit", Ref: refStr}
+	if err := writeJSON(c.recordPath(d), rec, true); err != nil {
+		return Image{}, c.diskErr(err)
+	}
+	return Image{Path: dst, Digest: d, Size: rec.Size, Format: rec.Format}, nil
+}
