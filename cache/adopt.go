@@ -5,13 +5,10 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
-	"time"
 
 	"github.com/opencontainers/go-digest"
 
 	"github.com/depot-images/depot/errdefs"
-	"github.com/depot-images/depot/internal/atomicfile"
 	"github.com/depot-images/depot/internal/format"
 )
 
@@ -52,17 +49,5 @@ func (c *Cache) Adopt(ctx context.Context, path string, d digest.Digest, blake3H
 	if err := os.Rename(path, dst); err != nil {
 		return Image{}, fmt.Errorf("adopt %s: %w", d, err)
 	}
-	if err := atomicfile.SyncDir(filepath.Dir(dst)); err != nil {
-		return Image{}, err
-	}
-	fi, err := os.Stat(dst)
-	if err != nil {
-		return Image{}, err
-	}
-	now := time.Now().UTC()
-	rec := BlobRecord{Digest: d, Size: fi.Size(), BLAKE3: blake3Hex, Format: sniff.Format(), VerifiedAt: now, LastUsed: now, Stat: fingerprint(fi), Source: "local commit", Ref: refStr}
-	if err := writeJSON(c.recordPath(d), rec, true); err != nil {
-		return Image{}, c.diskErr(err)
-	}
-	return Image{Path: dst, Digest: d, Size: rec.Size, Format: rec.Format}, nil
+	return c.publish(BlobRecord{Digest: d, BLAKE3: blake3Hex, Format: sniff.Format(), Source: "local commit", Ref: refStr})
 }

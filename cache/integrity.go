@@ -12,6 +12,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/depot-images/depot/internal/atomicfile"
 	"github.com/depot-images/depot/internal/blob"
 	"github.com/depot-images/depot/internal/format"
 )
@@ -112,4 +113,24 @@ func (c *Cache) quarantine(d digest.Digest) {
 	}
 	rec.Quarantined = q
 	writeJSON(c.recordPath(d), rec, true)
+}
+
+// publish makes the rename of rec.Digest into blobs/ durable and records
+// it: rec, with the committed file's size and stat fingerprint and the
+// time, becomes its index record.
+func (c *Cache) publish(rec BlobRecord) (Image, error) {
+	path := c.BlobPath(rec.Digest)
+	if err := atomicfile.SyncDir(filepath.Dir(path)); err != nil {
+		return Image{}, err
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		return Image{}, err
+	}
+	now := time.Now().UTC()
+	rec.Size, rec.Stat, rec.VerifiedAt, rec.LastUsed = fi.Size(), fingerprint(fi), now, now
+	if err := writeJSON(c.recordPath(rec.Digest), rec, true); err != nil {
+		return Image{}, c.diskErr(err)
+	}
+	return Image{Path: path, Digest: rec.Digest, Size: rec.Size, Format: rec.Format}, nil
 }

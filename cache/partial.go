@@ -5,12 +5,10 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"time"
 
 	"github.com/opencontainers/go-digest"
 
 	"github.com/depot-images/depot/errdefs"
-	"github.com/depot-images/depot/internal/atomicfile"
 	"github.com/depot-images/depot/internal/blob"
 	"github.com/depot-images/depot/internal/format"
 	"github.com/depot-images/depot/internal/source"
@@ -174,18 +172,10 @@ func (p *partial) commit(src source.Source) (Image, error) {
 		return Image{}, err
 	}
 	os.Remove(p.statePath)
-	if err := atomicfile.SyncDir(filepath.Dir(path)); err != nil {
-		return Image{}, err
-	}
-	fi, err := os.Stat(path)
+	img, err := c.publish(BlobRecord{Digest: d, BLAKE3: p.h.BLAKE3(), Format: p.sniff.Format(), Source: src.String(), Ref: p.ref})
 	if err != nil {
 		return Image{}, err
 	}
-	now := time.Now().UTC()
-	rec := BlobRecord{Digest: d, Size: p.done, BLAKE3: p.h.BLAKE3(), Format: p.sniff.Format(), VerifiedAt: now, LastUsed: now, Stat: fingerprint(fi), Source: src.String(), Ref: p.ref}
-	if err := writeJSON(c.recordPath(d), rec, true); err != nil {
-		return Image{}, c.diskErr(err)
-	}
 	c.log.Info("fetched", "digest", d, "bytes", p.done, "from", src.String())
-	return Image{Path: path, Digest: d, Size: p.done, Format: rec.Format}, nil
+	return img, nil
 }
