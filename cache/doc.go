@@ -23,7 +23,8 @@
 //   - return a path whose content has not been verified against its
 //     digest: a pointer (name, UID, URL, tag) is only ever used to learn a
 //     digest, never in place of a content check, and a blob whose stat
-//     fingerprint changed is re-hashed before use;
+//     fingerprint changed is re-hashed before use (Adopt alone takes the
+//     digest its caller computed from the bytes);
 //   - modify a committed blob: blobs appear only by rename after
 //     verification, and a corrupt one is moved to quarantine/, not fixed;
 //   - make visible content that names host files (a qcow2 backing file
