@@ -5,15 +5,12 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
-	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -287,76 +284,6 @@ func TestHTTPChecksumFiles(t *testing.T) {
 	}
 }
 
-func TestResumeAfterInterruption(t *testing.T) {
-	dir := t.TempDir()
-	data := randBytes(8 << 20)
-	os.WriteFile(filepath.Join(dir, "big.img"), data, 0o644)
-	var cut atomic.Bool
-	cut.Store(true)
-	var ranged atomic.Int64
-	fs := http.FileServer(http.Dir(dir))
-	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Header.Get("Range") != "" {
-			ranged.Add(1)
-		}
-		if cut.Load() && strings.HasSuffix(r.URL.Path, "big.img") {
-			// Send 3 MiB, then drop the connection.
-			w.Header().Set("Content-Length", "8388608")
-			w.WriteHeader(200)
-			w.Write(data[:3<<20])
-			hj, _ := w.(http.Hijacker)
-			conn, _, _ := hj.Hijack()
-			conn.Close()
-			return
-		}
-		fs.ServeHTTP(w, r)
-	}))
-	defer s.Close()
-	c, _ := Open(t.TempDir(), Options{})
-	o := EnsureOptions{Checksum: digest.FromBytes(data)}
-	if _, err := c.Ensure(ctx, s.URL+"/big.img", o); !errors.Is(err, errdefs.ErrUnavailable) {
-		t.Fatalf("interrupted = %v, want ErrUnavailable", err)
-	}
-	part := filepath.Join(c.Dir(), "ingest", digest.FromBytes(data).Encoded()+".part")
-	if fi, err := os.Stat(part); err != nil || fi.Size() == 0 {
-		t.Fatalf("no partial kept: %v", err)
-	}
-	cut.Store(false)
-	ranged.Store(0) // count only the resume, not the retries while cut
-	img, err := c.Ensure(ctx, s.URL+"/big.img", o)
-	if err != nil || !bytes.Equal(mustRead(t, img.Path), data) {
-		t.Fatalf("resume: %v", err)
-	}
-	if ranged.Load() != 1 {
-		t.Errorf("resume made %d ranged requests, want 1", ranged.Load())
-	}
-	if _, err := os.Stat(part); !os.IsNotExist(err) {
-		t.Error("partial file left after commit")
-	}
-}
-
-func TestConcurrentEnsureTransfersOnce(t *testing.T) {
-	h := newHead(t)
-	d := h.push(t, "shared", randBytes(4<<20))
-	dir := t.TempDir()
-	var wg sync.WaitGroup
-	for range 8 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			c, _ := Open(dir, Options{Depot: h.admin}) // separate handles, as separate processes have
-			img, err := c.Ensure(ctx, "shared@"+d.String(), EnsureOptions{})
-			if err != nil || img.Digest != d {
-				t.Error(err)
-			}
-		}()
-	}
-	wg.Wait()
-	if n := h.blobGets.Load(); n != 1 {
-		t.Fatalf("%d blob transfers for 8 concurrent ensures, want 1", n)
-	}
-}
-
 func TestFingerprintChangeRehashes(t *testing.T) {
 	h := newHead(t)
 	data := randBytes(100000)
@@ -382,110 +309,5 @@ func qemuImg(t *testing.T, args ...string) {
 	testenv.Need(t, "qemu-img")
 	if out, err := exec.Command("qemu-img", args...).CombinedOutput(); err != nil {
 		t.Fatalf("qemu-img %v: %v %s", args, err, out)
-	}
-}
-
-func TestParallelRangedDownload(t *testing.T) {
-	h := newHead(t)
-	data := randBytes(100 << 20) // > parallelMin: 7 segments of 16 MiB
-	d := h.push(t, "big", data)
-	c, _ := Open(t.TempDir(), Options{Depot: h.admin, Connections: 4})
-	var last int64
-	img, err := c.Ensure(ctx, "big@"+d.String(), EnsureOptions{Progress: func(done, total int64) {
-		if done < last || total != int64(len(data)) {
-			t.Errorf("progress went %d → %d of %d", last, done, total)
-		}
-		last = done
-	}})
-	if err != nil || !bytes.Equal(mustRead(t, img.Path), data) {
-		t.Fatalf("parallel: %v", err)
-	}
-	// One probe request plus one request per segment.
-	if n := h.blobGets.Load(); n != 1+7 {
-		t.Errorf("%d blob requests, want 8", n)
-	}
-	if last != int64(len(data)) {
-		t.Errorf("progress ended at %d", last)
-	}
-}
-
-func TestParallelResumeAfterSegmentFailure(t *testing.T) {
-	dir := t.TempDir()
-	data := randBytes(100 << 20)
-	os.WriteFile(filepath.Join(dir, "big.img"), data, 0o644)
-	var fail atomic.Bool
-	fail.Store(true)
-	fs := http.FileServer(http.Dir(dir))
-	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		// The segment at 48 MiB fails mid-way until the test lifts the fault
-		// (outlasting the cache's own retries).
-		var start int64 = -1
-		fmt.Sscanf(r.Header.Get("Range"), "bytes=%d-", &start)
-		if fail.Load() && start >= 48<<20 && start < 64<<20 {
-			w.Header().Set("Content-Range", fmt.Sprintf("bytes %d-%d/104857600", start, 104857600-1))
-			w.Header().Set("Content-Length", strconv.Itoa(104857600-int(start)))
-			w.WriteHeader(http.StatusPartialContent)
-			w.Write(data[start : start+1<<10])
-			hj, _ := w.(http.Hijacker)
-			conn, _, _ := hj.Hijack()
-			conn.Close()
-			return
-		}
-		fs.ServeHTTP(w, r)
-	}))
-	defer s.Close()
-	c, _ := Open(t.TempDir(), Options{Connections: 4})
-	o := EnsureOptions{Checksum: digest.FromBytes(data)}
-	if _, err := c.Ensure(ctx, s.URL+"/big.img", o); !errors.Is(err, errdefs.ErrUnavailable) {
-		t.Fatalf("failed segment = %v, want ErrUnavailable", err)
-	}
-	// What is kept is a verified-in-order prefix of at least the 3 good
-	// segments: either recorded as such (parallel) or the whole part file
-	// (the retries, under 64 MiB left, ran sequentially).
-	st, ok, _ := readJSON[ingestState](filepath.Join(c.Dir(), "ingest", digest.FromBytes(data).Encoded()+".json"))
-	part, _ := os.ReadFile(filepath.Join(c.Dir(), "ingest", digest.FromBytes(data).Encoded()+".part"))
-	kept := st.Prefix
-	if st.Prefix == -1 {
-		kept = int64(len(part))
-	}
-	if !ok || kept < 48<<20 || !bytes.Equal(part[:kept], data[:kept]) {
-		t.Fatalf("state after failure: %+v, part %d bytes (want a valid prefix of at least 48 MiB)", st, len(part))
-	}
-	fail.Store(false)
-	img, err := c.Ensure(ctx, s.URL+"/big.img", o)
-	if err != nil || !bytes.Equal(mustRead(t, img.Path), data) {
-		t.Fatalf("resume: %v", err)
-	}
-}
-
-// TestTransferRetriesAfterOneCut: a single interruption is resumed inside
-// the same Ensure, by Range, without failing the caller.
-func TestTransferRetriesAfterOneCut(t *testing.T) {
-	dir := t.TempDir()
-	data := randBytes(8 << 20)
-	os.WriteFile(filepath.Join(dir, "big.img"), data, 0o644)
-	var cuts atomic.Int32
-	fs := http.FileServer(http.Dir(dir))
-	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if cuts.Add(1) == 1 {
-			w.Header().Set("Content-Length", "8388608")
-			w.Header().Set("Accept-Ranges", "bytes")
-			w.WriteHeader(200)
-			w.Write(data[:2<<20])
-			hj, _ := w.(http.Hijacker)
-			conn, _, _ := hj.Hijack()
-			conn.Close()
-			return
-		}
-		if r.Header.Get("Range") != "bytes=2097152-" {
-			t.Errorf("the retry asked for %q, want the rest from 2 MiB", r.Header.Get("Range"))
-		}
-		fs.ServeHTTP(w, r)
-	}))
-	defer s.Close()
-	c, _ := Open(t.TempDir(), Options{})
-	img, err := c.Ensure(ctx, s.URL+"/big.img", EnsureOptions{Checksum: digest.FromBytes(data)})
-	if err != nil || !bytes.Equal(mustRead(t, img.Path), data) {
-		t.Fatalf("one cut: %v", err)
 	}
 }

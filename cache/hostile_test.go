@@ -10,10 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"path/filepath"
 	"runtime"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -27,8 +24,6 @@ import (
 
 	"github.com/depot-images/depot/client"
 	"github.com/depot-images/depot/errdefs"
-	"github.com/depot-images/depot/internal/contenthash"
-	"github.com/depot-images/depot/internal/format"
 	"github.com/depot-images/depot/internal/ref"
 	"github.com/depot-images/depot/internal/testenv"
 )
@@ -93,11 +88,6 @@ func rawServer(t *testing.T, handle func(c net.Conn, r *http.Request)) string {
 		wg.Wait()
 	})
 	return "http://" + l.Addr().String()
-}
-
-// stallClient is the cache's HTTP client with a short stall timeout.
-func stallClient(stall time.Duration) *http.Client {
-	return client.NewHTTPClient(client.Timeouts{Stall: stall})
 }
 
 func TestHostileRedirectDowngrade(t *testing.T) {
@@ -224,26 +214,6 @@ func TestHostileDeclaredSize(t *testing.T) {
 				t.Errorf("Ensure allocated %d MiB for a declared %d TiB", n>>20, size>>40)
 			}
 		})
-	}
-}
-
-// TestParallelSchedulesLazily: the parallel path allocates per segment in
-// flight, not per segment of the declared size (a source may declare any
-// size, and the free-space check is the only thing in front of this).
-func TestParallelSchedulesLazily(t *testing.T) {
-	url := lyingServer(t, 64<<40) + "/disk.img"
-	c, _ := Open(t.TempDir(), Options{Connections: 4})
-	src, err := c.sourceFor(mustParse(t, url), EnsureOptions{Checksum: digest.FromString("x")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := newTestPartial(t, c, digest.FromString("x"))
-	n := allocated(func() { err = c.parallel(ctx, p, src, 64<<40, "", 4, EnsureOptions{}) })
-	if !errors.Is(err, errdefs.ErrUnavailable) {
-		t.Errorf("parallel = %v, want the first segment's ErrUnavailable", err)
-	}
-	if n > allocBound {
-		t.Errorf("parallel allocated %d MiB for a declared 64 TiB", n>>20)
 	}
 }
 
@@ -419,115 +389,6 @@ func TestHostileBareDigestInSHA256SUMS(t *testing.T) {
 	}
 }
 
-// stallAfter serves data with a Content-Length, sends the first n bytes and
-// then goes silent until the test ends.
-func stallAfter(t *testing.T, data []byte, n int) string {
-	return rawServer(t, func(c net.Conn, r *http.Request) {
-		fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n", len(data))
-		c.Write(data[:n])
-		io.Copy(io.Discard, c) // silent until the client or the test closes
-	})
-}
-
-func TestStall(t *testing.T) {
-	const stall = time.Second
-	data := randBytes(2 << 20)
-	d := digest.FromBytes(data)
-	for _, tc := range []struct {
-		name string
-		url  string
-	}{
-		{"mid-body", stallAfter(t, data, 1<<20) + "/disk.img"},
-		{"before headers", rawServer(t, func(c net.Conn, r *http.Request) { io.Copy(io.Discard, c) }) + "/disk.img"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			c, _ := Open(t.TempDir(), Options{HTTPClient: stallClient(stall)})
-			start := time.Now()
-			_, err := c.Ensure(ctx, tc.url, EnsureOptions{Checksum: d})
-			took := time.Since(start)
-			if !client.IsStall(err) || !errors.Is(err, errdefs.ErrUnavailable) {
-				t.Fatalf("Ensure = %v, want a StallError (ErrUnavailable)", err)
-			}
-			if took < stall || took > 3*stall {
-				t.Errorf("a stall of %s failed after %s", stall, took)
-			}
-		})
-	}
-}
-
-// TestSlowButMovingNotCut: a body that trickles (a byte every quarter of
-// the stall timeout) for longer than the stall timeout completes.
-func TestSlowButMovingNotCut(t *testing.T) {
-	const stall = 400 * time.Millisecond
-	data := randBytes(12)
-	url := rawServer(t, func(c net.Conn, r *http.Request) {
-		fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n", len(data))
-		for i := range data {
-			time.Sleep(stall / 4) // the fault under test is the pace itself
-			if _, err := c.Write(data[i : i+1]); err != nil {
-				return
-			}
-		}
-	})
-	c, _ := Open(t.TempDir(), Options{HTTPClient: stallClient(stall)})
-	start := time.Now()
-	img, err := c.Ensure(ctx, url+"/disk.img", EnsureOptions{Checksum: digest.FromBytes(data)})
-	if err != nil || img.Digest != digest.FromBytes(data) {
-		t.Fatalf("slow but moving: %+v %v", img, err)
-	}
-	if took := time.Since(start); took < 2*stall {
-		t.Fatalf("the trickle took %s, not longer than the stall timeout: the test proves nothing", took)
-	}
-}
-
-// TestStallFailsOverToNextHead: of two depot heads holding the same
-// content, the first stalls mid-body; the cache moves to the second and
-// resumes by Range, and the result is verified.
-func TestStallFailsOverToNextHead(t *testing.T) {
-	const stall = time.Second
-	a, b := newHead(t), newHead(t)
-	data := randBytes(8 << 20)
-	d := a.push(t, "img", data)
-	b.push(t, "img", data)
-	a.hostile.Store(func(w http.ResponseWriter, r *http.Request) bool {
-		if !strings.HasPrefix(r.URL.Path, "/api/v1/blob/") {
-			return false
-		}
-		w.Header().Set("Content-Length", strconv.Itoa(len(data)))
-		w.Header().Set("Accept-Ranges", "bytes")
-		w.WriteHeader(http.StatusOK)
-		w.Write(data[:3<<20])
-		w.(http.Flusher).Flush()
-		<-r.Context().Done() // silent until the client gives up
-		return true
-	})
-	var ranges []string
-	var mu sync.Mutex
-	b.hostile.Store(func(w http.ResponseWriter, r *http.Request) bool {
-		if strings.HasPrefix(r.URL.Path, "/api/v1/blob/") {
-			mu.Lock()
-			ranges = append(ranges, r.Header.Get("Range"))
-			mu.Unlock()
-		}
-		return false
-	})
-	// Each head has its own token store: read anonymously, by digest.
-	dc, err := client.New(a.url+","+b.url, "", client.WithTimeouts(client.Timeouts{Stall: stall}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, _ := Open(t.TempDir(), Options{Depot: dc})
-	img, err := c.Ensure(ctx, "img@"+d.String(), EnsureOptions{})
-	if err != nil || img.Digest != d || !bytes.Equal(mustRead(t, img.Path), data) {
-		t.Fatalf("Ensure = %+v, %v; want the content from the second head", img, err)
-	}
-	mu.Lock()
-	defer mu.Unlock()
-	if len(ranges) != 1 || !strings.HasPrefix(ranges[0], "bytes=") || strings.HasPrefix(ranges[0], "bytes=0-") {
-		t.Fatalf("the second head got ranges %q, want one resume past the stalled head's bytes", ranges)
-	}
-}
-
 func mustParse(t *testing.T, s string) ref.Ref {
 	t.Helper()
 	r, err := ref.Parse(s)
@@ -535,18 +396,4 @@ func mustParse(t *testing.T, s string) ref.Ref {
 		t.Fatal(err)
 	}
 	return r
-}
-
-// newTestPartial is an empty ingest of d, as transfer starts one.
-func newTestPartial(t *testing.T, c *Cache, d digest.Digest) *partial {
-	t.Helper()
-	p := &partial{c: c, d: d, path: filepath.Join(c.dir, "ingest", d.Encoded()+".part"),
-		statePath: filepath.Join(c.dir, "ingest", d.Encoded()+".json"), h: contenthash.NewDualHasher(), sniff: &format.Sniffer{}}
-	f, err := os.OpenFile(p.path, os.O_RDWR|os.O_CREATE, 0o644)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.f = f
-	t.Cleanup(func() { f.Close(); p.h.Close() })
-	return p
 }

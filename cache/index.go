@@ -9,6 +9,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"sort"
+	"strings"
 	"syscall"
 	"time"
 
@@ -116,4 +118,63 @@ func writeJSON(path string, v any, durable bool) error {
 		return err
 	}
 	return atomicfile.Write(path, data, 0o600, durable)
+}
+
+func (c *Cache) pointers() ([]Pointer, error) {
+	dir := filepath.Join(c.dir, "index", "pointers")
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	var out []Pointer
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), ".") {
+			continue
+		}
+		if p, ok, err := readJSON[Pointer](filepath.Join(dir, e.Name())); err == nil && ok {
+			out = append(out, p)
+		}
+	}
+	return out, nil
+}
+
+// records lists the blob records, plus blobs without one (adopted by a full
+// re-hash on their next check), in digest order.
+func (c *Cache) records() ([]BlobRecord, error) {
+	byDigest := map[digest.Digest]BlobRecord{}
+	dir := filepath.Join(c.dir, "index", "blobs")
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), ".") {
+			continue
+		}
+		if r, ok, err := readJSON[BlobRecord](filepath.Join(dir, e.Name())); err == nil && ok && r.Digest.Validate() == nil {
+			byDigest[r.Digest] = r
+		}
+	}
+	blobs, err := os.ReadDir(filepath.Join(c.dir, "blobs", "sha256"))
+	if err != nil {
+		return nil, err
+	}
+	for _, e := range blobs {
+		d := digest.NewDigestFromEncoded(digest.SHA256, e.Name())
+		if _, ok := byDigest[d]; !ok && d.Validate() == nil {
+			byDigest[d] = BlobRecord{Digest: d} // no record: the zero fingerprint forces a full re-hash
+		}
+	}
+	out := make([]BlobRecord, 0, len(byDigest))
+	for _, r := range byDigest {
+		out = append(out, r)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Digest < out[j].Digest })
+	return out, nil
+}
+
+// ownsPointer reports whether a depot pointer was resolved against the
+// server this cache is configured with (keys carry the server URL).
+func (c *Cache) ownsPointer(p Pointer) bool {
+	return !strings.HasPrefix(p.Key, "depot:") || strings.HasPrefix(p.Key, "depot:"+c.server()+"/")
 }

@@ -42,13 +42,3 @@ func (c *Cache) lockDigest(ctx context.Context, d digest.Digest) (unlock func(),
 // finds d's lock taken; testHookRecordRead runs in local between reading
 // d's record and writing it back.
 var testHookLockBusy, testHookRecordRead func(d digest.Digest)
-
-// localLocked is local under d's lock, for callers that do not hold it.
-func (c *Cache) localLocked(ctx context.Context, d digest.Digest) (Image, bool, error) {
-	unlock, err := c.lockDigest(ctx, d)
-	if err != nil {
-		return Image{}, false, err
-	}
-	defer unlock()
-	return c.local(d)
-}

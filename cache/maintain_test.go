@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -287,6 +288,13 @@ func TestPruneRules(t *testing.T) {
 	}
 	if ents, _ := c.List(ctx); len(ents) != 5 {
 		t.Fatal("dry run deleted something")
+	}
+	var order []string
+	for _, r := range dry.Rules {
+		order = append(order, r.Rule)
+	}
+	if want := []string{RuleIdentical, RuleOrphans, RuleSize, RulePartials}; !slices.Equal(order, want) || !dry.DryRun {
+		t.Errorf("report rules %q (dry run %v), want one result per rule in %q", order, dry.DryRun, want)
 	}
 	rep, err := c.Prune(ctx, PruneOptions{})
 	if err != nil {

@@ -64,16 +64,6 @@ type PruneReport struct {
 	Kept         []string     `json:"kept,omitempty"` // why candidates were kept (leased, workspace)
 }
 
-// HasWorkspace reports whether an edit workspace is bound to uid (such
-// entries are never pruned: they may hold unpushed work).
-func (c *Cache) HasWorkspace(uid string) bool {
-	if uid == "" {
-		return false
-	}
-	_, err := os.Stat(filepath.Join(c.dir, "work", uid))
-	return err == nil
-}
-
 // Prune applies the rules in order: reap expired leases, seed 000's rule
 // (and orphan detection), orphans (when allowed), the size budget, then
 // abandoned partials. Leased blobs and entries with a workspace are never
@@ -88,62 +78,112 @@ func (c *Cache) Prune(ctx context.Context, o PruneOptions) (PruneReport, error) 
 	if o.PartAge == 0 {
 		o.PartAge = 24 * time.Hour
 	}
-	now := time.Now().UTC()
-	rep := PruneReport{DryRun: o.DryRun}
-	if !o.DryRun {
-		n, err := c.ReapLeases(now)
+	pr := &pruneRun{c: c, ctx: ctx, o: o, now: time.Now().UTC(), rep: PruneReport{DryRun: o.DryRun},
+		deleted: map[digest.Digest]bool{}, protected: map[digest.Digest]bool{}}
+	if err := pr.load(); err != nil {
+		return pr.rep, err
+	}
+	identical := pr.identicalToServer()
+	orphans := pr.orphans()
+	size := pr.sizeBudget()
+	if pr.err != nil {
+		pr.rep.Rules = []RuleResult{identical, orphans, size}
+		return pr.rep, pr.err
+	}
+	parts, err := pr.abandonedPartials()
+	if err != nil {
+		return pr.rep, err
+	}
+	pr.rep.Rules = []RuleResult{identical, orphans, size, parts}
+	return pr.rep, nil
+}
+
+// pruneRun is one Prune: what it read before the rules run, what they
+// have deleted and protected so far, and the report.
+type pruneRun struct {
+	c   *Cache
+	ctx context.Context
+	o   PruneOptions
+	now time.Time
+	rep PruneReport
+
+	leased   map[digest.Digest]bool
+	recs     []BlobRecord
+	byDigest map[digest.Digest]BlobRecord
+	ptrs     []Pointer
+	named    map[digest.Digest][]Pointer // loaded once; deleting a blob drops these
+
+	deleted   map[digest.Digest]bool
+	protected map[digest.Digest]bool // workspace-bound or orphaned without --orphans
+	orphaned  []digest.Digest        // for the orphans rule (--orphans)
+	err       error                  // the first deletion failure stops every later deletion
+}
+
+// load reaps expired leases (unless a dry run) and reads the leases,
+// records and pointers the rules judge by.
+func (pr *pruneRun) load() error {
+	c := pr.c
+	if !pr.o.DryRun {
+		n, err := c.ReapLeases(pr.now)
 		if err != nil {
-			return rep, err
+			return err
 		}
-		rep.LeasesReaped = n
+		pr.rep.LeasesReaped = n
 	}
-	leased, err := c.leased(now)
-	if err != nil {
-		return rep, err
+	var err error
+	if pr.leased, err = c.leased(pr.now); err != nil {
+		return err
 	}
-	recs, err := c.records()
-	if err != nil {
-		return rep, err
+	if pr.recs, err = c.records(); err != nil {
+		return err
 	}
-	byDigest := map[digest.Digest]BlobRecord{}
-	for _, r := range recs {
-		byDigest[r.Digest] = r
+	pr.byDigest = map[digest.Digest]BlobRecord{}
+	for _, r := range pr.recs {
+		pr.byDigest[r.Digest] = r
 	}
-	ptrs, err := c.pointers()
-	if err != nil {
-		return rep, err
+	if pr.ptrs, err = c.pointers(); err != nil {
+		return err
 	}
-	named := map[digest.Digest][]Pointer{} // loaded once; deleting a blob drops these
-	for _, p := range ptrs {
-		named[p.Digest] = append(named[p.Digest], p)
+	pr.named = map[digest.Digest][]Pointer{}
+	for _, p := range pr.ptrs {
+		pr.named[p.Digest] = append(pr.named[p.Digest], p)
 	}
-	deleted := map[digest.Digest]bool{}
-	protected := map[digest.Digest]bool{} // workspace-bound or orphaned without --orphans
-	var delErr error                      // the first failure stops every later deletion
-	del := func(res *RuleResult, d digest.Digest) {
-		if delErr != nil || deleted[d] || leased[d] || protected[d] {
+	return nil
+}
+
+// del deletes d for the rule res (or, on a dry run, says it would), unless
+// it is gone already, leased or protected, or a deletion failed before.
+func (pr *pruneRun) del(res *RuleResult, d digest.Digest) {
+	if pr.err != nil || pr.deleted[d] || pr.leased[d] || pr.protected[d] {
+		return
+	}
+	pr.deleted[d] = true
+	if !pr.o.DryRun {
+		kept, err := pr.c.deleteBlob(pr.ctx, d, pr.named[d], pr.now)
+		if err != nil {
+			pr.err = err
 			return
 		}
-		deleted[d] = true
-		if !o.DryRun {
-			kept, err := c.deleteBlob(ctx, d, named[d], now)
-			if err != nil {
-				delErr = err
-				return
-			}
-			if kept != "" {
-				rep.Kept = append(rep.Kept, kept)
-				return
-			}
+		if kept != "" {
+			pr.rep.Kept = append(pr.rep.Kept, kept)
+			return
 		}
-		res.Blobs = append(res.Blobs, d)
-		res.Bytes += byDigest[d].Size
 	}
+	res.Blobs = append(res.Blobs, d)
+	res.Bytes += pr.byDigest[d].Size
+}
 
+// identicalToServer is seed 000's rule: a depot entry unused for MaxAge
+// whose content is what the server holds for its UID goes (it can be
+// fetched again). On the way it protects entries bound to a workspace and
+// finds orphans (the server no longer knows the UID): they are reported,
+// marked gone, and protected unless --orphans lets the orphans rule take
+// them. Entries from another server, or when the server is unreachable,
+// are kept.
+func (pr *pruneRun) identicalToServer() RuleResult {
+	c, o, now := pr.c, pr.o, pr.now
 	identical := RuleResult{Rule: RuleIdentical}
-	orphans := RuleResult{Rule: RuleOrphans}
-	var orphanDigests []digest.Digest
-	for _, p := range ptrs {
+	for _, p := range pr.ptrs {
 		r, err := ref.Parse(p.Ref)
 		if err != nil || r.Kind != ref.Depot || p.UID == "" {
 			continue
@@ -152,17 +192,17 @@ func (c *Cache) Prune(ctx context.Context, o PruneOptions) (PruneReport, error) 
 			continue // fetched from another server: this one cannot judge it
 		}
 		if c.HasWorkspace(p.UID) {
-			protected[p.Digest] = true
-			rep.Kept = append(rep.Kept, fmt.Sprintf("%s: bound to a workspace (work/%s)", p.Ref, p.UID))
+			pr.protected[p.Digest] = true
+			pr.rep.Kept = append(pr.rep.Kept, fmt.Sprintf("%s: bound to a workspace (work/%s)", p.Ref, p.UID))
 			continue
 		}
 		if c.opts.Depot == nil {
 			continue
 		}
-		img, err := c.opts.Depot.GetImage(ctx, p.UID)
+		img, err := c.opts.Depot.GetImage(pr.ctx, p.UID)
 		switch {
 		case errors.Is(err, errdefs.ErrNotFound):
-			rep.Orphans = append(rep.Orphans, Orphan{Ref: p.Ref, UID: p.UID, Digest: p.Digest,
+			pr.rep.Orphans = append(pr.rep.Orphans, Orphan{Ref: p.Ref, UID: p.UID, Digest: p.Digest,
 				Reason: fmt.Sprintf("image %s no longer exists on %s", p.UID, c.server()),
 				Next:   fmt.Sprintf("keep it, or delete it with depot rm %s (or depot prune --orphans)", p.Ref)})
 			if !o.DryRun {
@@ -170,63 +210,74 @@ func (c *Cache) Prune(ctx context.Context, o PruneOptions) (PruneReport, error) 
 				writeJSON(c.pointerPath(p.Key), p, false)
 			}
 			if o.Orphans {
-				orphanDigests = append(orphanDigests, p.Digest)
+				pr.orphaned = append(pr.orphaned, p.Digest)
 			} else {
-				protected[p.Digest] = true
+				pr.protected[p.Digest] = true
 			}
 			continue
 		case err != nil:
 			continue // unreachable: cannot tell "identical", keep
 		}
-		rec := byDigest[p.Digest]
+		rec := pr.byDigest[p.Digest]
 		if o.MaxAge > 0 && img.Content != nil && img.Content.Chksum == p.Digest.String() && now.Sub(rec.LastUsed) >= o.MaxAge {
-			if leased[p.Digest] {
-				rep.Kept = append(rep.Kept, p.Ref+": leased")
+			if pr.leased[p.Digest] {
+				pr.rep.Kept = append(pr.rep.Kept, p.Ref+": leased")
 				continue
 			}
-			del(&identical, p.Digest)
+			pr.del(&identical, p.Digest)
 		}
 	}
-	for _, d := range orphanDigests {
-		del(&orphans, d)
-	}
+	return identical
+}
 
-	size := RuleResult{Rule: RuleSize}
-	if o.MaxSize > 0 {
-		var total int64
-		var cands []BlobRecord
-		for _, r := range recs {
-			if deleted[r.Digest] {
-				continue
-			}
-			if _, err := os.Stat(c.BlobPath(r.Digest)); err != nil {
-				continue // quarantined or missing: takes no space in blobs/
-			}
-			total += r.Size
-			if !leased[r.Digest] && !protected[r.Digest] {
-				cands = append(cands, r)
-			}
-		}
-		sort.Slice(cands, func(i, j int) bool { return cands[i].LastUsed.Before(cands[j].LastUsed) })
-		for _, r := range cands {
-			if total <= o.MaxSize {
-				break
-			}
-			del(&size, r.Digest)
-			total -= r.Size
-		}
+// orphans deletes the orphans identicalToServer found, when --orphans
+// allows it.
+func (pr *pruneRun) orphans() RuleResult {
+	res := RuleResult{Rule: RuleOrphans}
+	for _, d := range pr.orphaned {
+		pr.del(&res, d)
 	}
+	return res
+}
 
-	if delErr != nil {
-		rep.Rules = []RuleResult{identical, orphans, size}
-		return rep, delErr
+// sizeBudget deletes the least recently used blobs, of those no other
+// rule deleted or protected, until the committed blobs fit MaxSize.
+func (pr *pruneRun) sizeBudget() RuleResult {
+	res := RuleResult{Rule: RuleSize}
+	if pr.o.MaxSize <= 0 {
+		return res
 	}
-	parts := RuleResult{Rule: RulePartials}
-	if err := c.sweepPartials(&parts, now.Add(-o.PartAge), o.DryRun); err != nil {
-		return rep, err
+	var total int64
+	var cands []BlobRecord
+	for _, r := range pr.recs {
+		if pr.deleted[r.Digest] {
+			continue
+		}
+		if _, err := os.Stat(pr.c.BlobPath(r.Digest)); err != nil {
+			continue // quarantined or missing: takes no space in blobs/
+		}
+		total += r.Size
+		if !pr.leased[r.Digest] && !pr.protected[r.Digest] {
+			cands = append(cands, r)
+		}
 	}
-	rep.Rules = []RuleResult{identical, orphans, size, parts}
-	return rep, nil
+	sort.Slice(cands, func(i, j int) bool { return cands[i].LastUsed.Before(cands[j].LastUsed) })
+	for _, r := range cands {
+		if total <= pr.o.MaxSize {
+			break
+		}
+		pr.del(&res, r.Digest)
+		total -= r.Size
+	}
+	return res
+}
+
+// abandonedPartials sweeps partial downloads older than PartAge that no
+// transfer holds.
+func (pr *pruneRun) abandonedPartials() (RuleResult, error) {
+	res := RuleResult{Rule: RulePartials}
+	err := pr.c.sweepPartials(&res, pr.now.Add(-pr.o.PartAge), pr.o.DryRun)
+	return res, err
 }
 
 // sweepPartials removes partial downloads untouched since cutoff whose lock
@@ -284,10 +335,4 @@ func (c *Cache) deleteBlob(ctx context.Context, d digest.Digest, named []Pointer
 	os.Remove(c.BlobPath(d))
 	c.log.Info("pruned", "digest", d)
 	return "", nil
-}
-
-// ownsPointer reports whether a depot pointer was resolved against the
-// server this cache is configured with (keys carry the server URL).
-func (c *Cache) ownsPointer(p Pointer) bool {
-	return !strings.HasPrefix(p.Key, "depot:") || strings.HasPrefix(p.Key, "depot:"+c.server()+"/")
 }

@@ -10,10 +10,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
-	"path/filepath"
 	"runtime"
-	"sort"
-	"strings"
 	"sync"
 	"time"
 
@@ -248,41 +245,6 @@ func (c *Cache) repair(ctx context.Context, rec BlobRecord, res VerifyResult) Ve
 	return res
 }
 
-// records lists the blob records, plus blobs without one (adopted by a full
-// re-hash on their next check), in digest order.
-func (c *Cache) records() ([]BlobRecord, error) {
-	byDigest := map[digest.Digest]BlobRecord{}
-	dir := filepath.Join(c.dir, "index", "blobs")
-	ents, err := os.ReadDir(dir)
-	if err != nil {
-		return nil, err
-	}
-	for _, e := range ents {
-		if strings.HasPrefix(e.Name(), ".") {
-			continue
-		}
-		if r, ok, err := readJSON[BlobRecord](filepath.Join(dir, e.Name())); err == nil && ok && r.Digest.Validate() == nil {
-			byDigest[r.Digest] = r
-		}
-	}
-	blobs, err := os.ReadDir(filepath.Join(c.dir, "blobs", "sha256"))
-	if err != nil {
-		return nil, err
-	}
-	for _, e := range blobs {
-		d := digest.NewDigestFromEncoded(digest.SHA256, e.Name())
-		if _, ok := byDigest[d]; !ok && d.Validate() == nil {
-			byDigest[d] = BlobRecord{Digest: d} // no record: the zero fingerprint forces a full re-hash
-		}
-	}
-	out := make([]BlobRecord, 0, len(byDigest))
-	for _, r := range byDigest {
-		out = append(out, r)
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Digest < out[j].Digest })
-	return out, nil
-}
-
 func (c *Cache) refsByDigest() map[digest.Digest][]string {
 	out := map[digest.Digest][]string{}
 	ptrs, _ := c.pointers()
@@ -299,89 +261,4 @@ func (c *Cache) dropPointersTo(d digest.Digest) {
 			os.Remove(c.pointerPath(p.Key))
 		}
 	}
-}
-
-// Upstream states reported by CheckSources.
-const (
-	UpstreamCurrent     = "current"
-	UpstreamChanged     = "changed"
-	UpstreamGone        = "gone"
-	UpstreamUnreachable = "unreachable"
-)
-
-// SourceCheck is the outcome of checking one pointer against its source.
-type SourceCheck struct {
-	Ref      string        `json:"ref"`
-	Cached   digest.Digest `json:"cached"`
-	Upstream digest.Digest `json:"upstream,omitempty"`
-	Status   string        `json:"status"`
-	Detail   string        `json:"detail,omitempty"`
-	// Refreshed is set when --refresh fetched the new content.
-	Refreshed bool `json:"refreshed,omitempty"`
-}
-
-// CheckSources asks every pointer's source what it names now (metadata or a
-// checksum file, never a body) and records the answer in the pointer.
-// With refresh, changed entries are fetched.
-func (c *Cache) CheckSources(ctx context.Context, refresh bool) ([]SourceCheck, error) {
-	ptrs, err := c.pointers()
-	if err != nil {
-		return nil, err
-	}
-	sort.Slice(ptrs, func(i, j int) bool { return ptrs[i].Ref < ptrs[j].Ref })
-	var out []SourceCheck
-	for _, p := range ptrs {
-		if ctx.Err() != nil {
-			return out, ctx.Err()
-		}
-		r, err := ref.Parse(p.Ref)
-		if err != nil || r.Pinned() {
-			continue // a pinned manifest cannot change
-		}
-		if !c.ownsPointer(p) {
-			out = append(out, SourceCheck{Ref: p.Ref, Cached: p.Digest, Status: UpstreamUnreachable,
-				Detail: "resolved against another server (" + p.Source + "); run with that --server"})
-			continue
-		}
-		chk := SourceCheck{Ref: p.Ref, Cached: p.Digest}
-		src, err := c.sourceFor(r, EnsureOptions{})
-		var desc sourceDesc
-		if err == nil {
-			d, rerr := src.Resolve(ctx)
-			desc, err = sourceDesc{d.Digest, d.Identity}, rerr
-		}
-		switch {
-		case errors.Is(err, errdefs.ErrNotFound):
-			chk.Status, chk.Detail = UpstreamGone, err.Error()
-		case errors.Is(err, errdefs.ErrUnavailable):
-			chk.Status, chk.Detail = UpstreamUnreachable, err.Error()
-		case err != nil:
-			chk.Status, chk.Detail = UpstreamUnreachable, err.Error()
-		case p.UID != "" && desc.identity != "" && desc.identity != p.UID:
-			chk.Status, chk.Upstream = UpstreamChanged, desc.digest
-			chk.Detail = fmt.Sprintf("image %s was deleted; the name now belongs to UID %s", p.UID, desc.identity)
-		case desc.digest != p.Digest:
-			chk.Status, chk.Upstream = UpstreamChanged, desc.digest
-		default:
-			chk.Status, chk.Upstream = UpstreamCurrent, desc.digest
-		}
-		if chk.Status != UpstreamUnreachable {
-			p.Upstream, p.CheckedAt = chk.Status, time.Now().UTC()
-			writeJSON(c.pointerPath(p.Key), p, false)
-		}
-		if refresh && chk.Status == UpstreamChanged {
-			if _, err := c.Ensure(ctx, p.Ref, EnsureOptions{Policy: Always}); err != nil {
-				chk.Detail = strings.TrimPrefix(chk.Detail+"; refresh failed: "+err.Error(), "; ")
-			} else {
-				chk.Refreshed = true
-			}
-		}
-		out = append(out, chk)
-	}
-	return out, nil
-}
-
-type sourceDesc struct {
-	digest   digest.Digest
-	identity string
 }
