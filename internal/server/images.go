@@ -74,14 +74,7 @@ func (s *Server) createImage(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	img, err = s.cfg.Catalog.Create(r.Context(), img)
-	if err != nil {
-		s.fail(w, r, err)
-		return
-	}
-	s.log.Info("image created", "uid", img.UID, "name", img.Name, "by", img.LastModifiedBy)
-	w.Header().Set("Location", api.Prefix+"/image/"+img.UID)
-	s.ok(w, http.StatusCreated, img.UID)
+	s.create(w, r, img, "image created", "by", img.LastModifiedBy)
 }
 
 func (s *Server) listImages(w http.ResponseWriter, r *http.Request) {
@@ -217,12 +210,17 @@ func (s *Server) cloneImage(w http.ResponseWriter, r *http.Request) {
 	if src.Content != nil {
 		img.History = []catalog.Content{*src.Content}
 	}
-	img, err = s.cfg.Catalog.Create(r.Context(), img)
+	s.create(w, r, img, "image cloned", "from", src.UID)
+}
+
+// create records a new image and answers 201 with its UID and Location.
+func (s *Server) create(w http.ResponseWriter, r *http.Request, img catalog.Image, msg string, attrs ...any) {
+	img, err := s.cfg.Catalog.Create(r.Context(), img)
 	if err != nil {
 		s.fail(w, r, err)
 		return
 	}
-	s.log.Info("image cloned", "uid", img.UID, "name", img.Name, "from", src.UID)
+	s.log.Info(msg, append([]any{"uid", img.UID, "name", img.Name}, attrs...)...)
 	w.Header().Set("Location", api.Prefix+"/image/"+img.UID)
 	s.ok(w, http.StatusCreated, img.UID)
 }
