@@ -51,7 +51,7 @@ func (x *Index) Encode() ([]byte, error) {
 	}
 	sum, err := hex.DecodeString(x.Blob.Encoded())
 	if err != nil { // Validate checked the digest; kept for safety
-		return nil, fmt.Errorf("%w: blob digest: %w", ErrBadIndex, err)
+		return nil, fmt.Errorf("blob digest: %v: %w", err, ErrBadIndex)
 	}
 	b := make([]byte, 0, fixedHeader+len(x.Params.Algorithm)+len(x.Chunks)*entrySize)
 	b = append(b, magic...)
@@ -86,7 +86,7 @@ func (d *decoder) next(n int) []byte {
 		return nil
 	}
 	if len(d.b) < n {
-		d.err = fmt.Errorf("%w: truncated header", ErrBadIndex)
+		d.err = fmt.Errorf("truncated header: %w", ErrBadIndex)
 		return nil
 	}
 	v := d.b[:n]
@@ -128,14 +128,14 @@ func (d *decoder) u64() uint64 {
 // Validate. Every error wraps ErrBadIndex.
 func Decode(b []byte) (*Index, error) {
 	if len(b) > MaxEncodedSize {
-		return nil, fmt.Errorf("%w: %d bytes, over the limit of %d", ErrBadIndex, len(b), MaxEncodedSize)
+		return nil, fmt.Errorf("%d bytes, over the limit of %d: %w", len(b), MaxEncodedSize, ErrBadIndex)
 	}
 	d := &decoder{b: b}
 	if m := d.next(len(magic)); m != nil && string(m) != magic {
-		return nil, fmt.Errorf("%w: not a chunk index (bad magic)", ErrBadIndex)
+		return nil, fmt.Errorf("not a chunk index (bad magic): %w", ErrBadIndex)
 	}
 	if v := d.u16(); d.err == nil && v != version {
-		return nil, fmt.Errorf("%w: unsupported version %d", ErrBadIndex, v)
+		return nil, fmt.Errorf("unsupported version %d: %w", v, ErrBadIndex)
 	}
 	var x Index
 	x.Params.Algorithm = string(d.next(int(d.u8())))
@@ -146,23 +146,23 @@ func Decode(b []byte) (*Index, error) {
 	if d.err != nil {
 		return nil, d.err
 	}
-	if err := x.Params.Validate(); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrBadIndex, err)
+	if err := x.Params.check(); err != nil {
+		return nil, fmt.Errorf("%v: %w", err, ErrBadIndex)
 	}
 	if size > 1<<63-1 {
-		return nil, fmt.Errorf("%w: size %d out of range", ErrBadIndex, size)
+		return nil, fmt.Errorf("size %d out of range: %w", size, ErrBadIndex)
 	}
 	x.Size = int64(size)
 	x.Blob = digest.NewDigestFromEncoded(digest.SHA256, hex.EncodeToString(sum))
 	if lo, hi := x.Params.chunkCountBounds(x.Size); count > MaxChunks || int64(count) < lo || int64(count) > hi {
-		return nil, fmt.Errorf("%w: %d chunks cannot cover %d bytes with sizes %d..%d (limit %d)",
-			ErrBadIndex, count, x.Size, x.Params.Min, x.Params.Max, MaxChunks)
+		return nil, fmt.Errorf("%d chunks cannot cover %d bytes with sizes %d..%d (limit %d): %w",
+			count, x.Size, x.Params.Min, x.Params.Max, MaxChunks, ErrBadIndex)
 	}
 	// count <= MaxChunks, so the product cannot overflow; the entries must
 	// be exactly the rest of the input.
 	if uint64(len(d.b)) != count*entrySize {
-		return nil, fmt.Errorf("%w: %d chunks need %d bytes of entries, %d follow the header",
-			ErrBadIndex, count, count*entrySize, len(d.b))
+		return nil, fmt.Errorf("%d chunks need %d bytes of entries, %d follow the header: %w",
+			count, count*entrySize, len(d.b), ErrBadIndex)
 	}
 	if count > 0 {
 		x.Chunks = make([]Chunk, count)
@@ -190,8 +190,8 @@ func DecodeVerified(b []byte, want digest.Digest) (*Index, error) {
 
 // Read reads one encoded index from r, at most MaxEncodedSize bytes, and
 // decodes it; with a non-empty want it verifies the bytes first, as
-// DecodeVerified does. A longer input is refused with errdefs.ErrTooLarge
-// without reading past the limit.
+// DecodeVerified does. A longer input is refused (ErrBadIndex) without
+// reading more than one byte past the limit.
 func Read(r io.Reader, want digest.Digest) (*Index, error) {
 	var buf bytes.Buffer
 	n, err := buf.ReadFrom(io.LimitReader(r, int64(MaxEncodedSize)+1))
@@ -199,7 +199,7 @@ func Read(r io.Reader, want digest.Digest) (*Index, error) {
 		return nil, fmt.Errorf("read chunk index: %w", err)
 	}
 	if n > int64(MaxEncodedSize) {
-		return nil, fmt.Errorf("chunk index over %d bytes: %w: %w", MaxEncodedSize, ErrBadIndex, errdefs.ErrTooLarge)
+		return nil, fmt.Errorf("over %d bytes: %w", MaxEncodedSize, ErrBadIndex)
 	}
 	if want != "" {
 		return DecodeVerified(buf.Bytes(), want)

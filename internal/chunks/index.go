@@ -59,11 +59,11 @@ func (x *Index) Extents() iter.Seq[Extent] {
 // [1, Max] bytes and each but the last at least Min. The error wraps
 // ErrBadIndex.
 func (x *Index) Validate() error {
-	if err := x.Params.Validate(); err != nil {
-		return fmt.Errorf("%w: %w", ErrBadIndex, err)
+	if err := x.Params.check(); err != nil {
+		return fmt.Errorf("%v: %w", err, ErrBadIndex)
 	}
 	if x.Blob.Algorithm() != digest.SHA256 || x.Blob.Validate() != nil {
-		return fmt.Errorf("%w: blob digest %q is not a valid sha256 digest", ErrBadIndex, x.Blob)
+		return fmt.Errorf("blob digest %q is not a valid sha256 digest: %w", x.Blob, ErrBadIndex)
 	}
 	return checkChunks(x.Params, x.Size, x.Chunks)
 }
@@ -71,25 +71,25 @@ func (x *Index) Validate() error {
 // checkChunks is the coverage check shared by Validate and Decode.
 func checkChunks(p Params, size int64, chunks []Chunk) error {
 	if size < 0 {
-		return fmt.Errorf("%w: negative size %d", ErrBadIndex, size)
+		return fmt.Errorf("negative size %d: %w", size, ErrBadIndex)
 	}
 	n := int64(len(chunks))
 	if n > MaxChunks {
-		return fmt.Errorf("%w: %d chunks, over the limit of %d", ErrBadIndex, n, MaxChunks)
+		return fmt.Errorf("%d chunks, over the limit of %d: %w", n, MaxChunks, ErrBadIndex)
 	}
 	if lo, hi := p.chunkCountBounds(size); n < lo || n > hi {
-		return fmt.Errorf("%w: %d chunks cannot cover %d bytes with sizes %d..%d", ErrBadIndex, n, size, p.Min, p.Max)
+		return fmt.Errorf("%d chunks cannot cover %d bytes with sizes %d..%d: %w", n, size, p.Min, p.Max, ErrBadIndex)
 	}
 	var off int64
 	for i, c := range chunks {
 		last := i == len(chunks)-1
 		if c.Length == 0 || c.Length > p.Max || (!last && c.Length < p.Min) {
-			return fmt.Errorf("%w: chunk %d at offset %d has length %d, outside %d..%d", ErrBadIndex, i, off, c.Length, p.Min, p.Max)
+			return fmt.Errorf("chunk %d at offset %d has length %d, outside %d..%d: %w", i, off, c.Length, p.Min, p.Max, ErrBadIndex)
 		}
 		off += int64(c.Length) // at most MaxChunks*MaxChunkCeil = 2^46: no overflow
 	}
 	if off != size {
-		return fmt.Errorf("%w: chunks cover %d bytes, the blob has %d", ErrBadIndex, off, size)
+		return fmt.Errorf("chunks cover %d bytes, the blob has %d: %w", off, size, ErrBadIndex)
 	}
 	return nil
 }

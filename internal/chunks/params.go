@@ -42,14 +42,23 @@ var DefaultParams = Params{Algorithm: Algorithm, Min: 16 << 10, Avg: 64 << 10, M
 // of two (FastCDC derives its masks from log2(Avg)). The error wraps
 // errdefs.ErrInvalidArgument.
 func (p Params) Validate() error {
+	if err := p.check(); err != nil {
+		return fmt.Errorf("%v: %w", err, errdefs.ErrInvalidArgument)
+	}
+	return nil
+}
+
+// check is Validate without an error class, for callers that give their own
+// (an index's params are ErrBadIndex, a caller's ErrInvalidArgument).
+func (p Params) check() error {
 	switch {
 	case p.Algorithm != Algorithm:
-		return fmt.Errorf("chunk params: unknown algorithm %q: %w", p.Algorithm, errdefs.ErrInvalidArgument)
+		return fmt.Errorf("chunk params: unknown algorithm %q", p.Algorithm)
 	case p.Min < MinChunkFloor || p.Max > MaxChunkCeil || p.Min >= p.Avg || p.Avg >= p.Max:
-		return fmt.Errorf("chunk params: need %d <= min < avg < max <= %d, got %d/%d/%d: %w",
-			MinChunkFloor, MaxChunkCeil, p.Min, p.Avg, p.Max, errdefs.ErrInvalidArgument)
+		return fmt.Errorf("chunk params: need %d <= min < avg < max <= %d, got %d/%d/%d",
+			MinChunkFloor, MaxChunkCeil, p.Min, p.Avg, p.Max)
 	case p.Avg&(p.Avg-1) != 0:
-		return fmt.Errorf("chunk params: avg %d is not a power of two: %w", p.Avg, errdefs.ErrInvalidArgument)
+		return fmt.Errorf("chunk params: avg %d is not a power of two", p.Avg)
 	}
 	return nil
 }
