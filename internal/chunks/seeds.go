@@ -32,7 +32,7 @@ type Location struct {
 // Seeds maps chunk hashes to places in blobs the node already has, within a
 // fixed number of entries.
 //
-// Memory: at most max entries of SeedEntryBytes each, plus about 100 bytes
+// Memory: at most max entries of SeedEntryBytes each, plus about 200 bytes
 // per seed blob; while Add merges it briefly holds a second copy of the
 // entries and of the added index's. Lookups match on the first 8 bytes of
 // the hash and on the length: a false match (2^-64 per pair) only costs a
