@@ -81,4 +81,6 @@ fuzz ./internal/qcow2 FuzzHeaderBuffer
 fuzz ./cache FuzzDecodeIndex
 fuzz ./cache FuzzIndexRoundTrip
 fuzz ./internal/blob/s3 FuzzParseURL
+fuzz ./internal/chunks FuzzDecodeIndex
+fuzz ./internal/chunks FuzzSplitterChunking
 echo "== all tests passed"
