@@ -28,7 +28,7 @@ func TestContentSeedShape(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := map[string]any{
-		"qcow2": map[string]any{"size": 3.0, "mtime": 1.5, "chksum": d.String(), "filename": d.Encoded(), "uid": d.Encoded()[:32], "blake3": "b3"},
+		"qcow2":         map[string]any{"size": 3.0, "mtime": 1.5, "chksum": d.String(), "filename": d.Encoded(), "uid": d.Encoded()[:32], "blake3": "b3"},
 		"last_modified": 1.5, "last_modified_on": "head1", "last_modified_by": "ci",
 	}
 	if !reflect.DeepEqual(m, want) {
