@@ -47,30 +47,130 @@ type Envelope struct {
 }
 
 // Image is the wire form of an image record (the server renders it from
-// its catalog; clients never see the catalog).
+// its catalog; clients never see the catalog). Its shape is seed 004's
+// (GET /image/DefaultImage), plus depot's history and created.
 type Image struct {
-	UID            string     `json:"uid"`
-	Name           string     `json:"name"`
-	Description    string     `json:"description"`
-	Frozen         bool       `json:"frozen"`
-	Parent         *string    `json:"parent"`
-	Distro         *string    `json:"distro"`
-	Content        *Content   `json:"content"`
-	History        []Revision `json:"history"`
-	Created        float64    `json:"created"`
-	LastModified   float64    `json:"last_modified"`
-	LastModifiedBy string     `json:"last_modified_by,omitempty"`
+	UID         string     `json:"uid"`
+	Name        string     `json:"name"`
+	Description string     `json:"description"`
+	Frozen      bool       `json:"frozen"`
+	Parent      *string    `json:"parent"`
+	Distro      *string    `json:"distro"`
+	Content     *Content   `json:"content"`
+	History     []Revision `json:"history"`
+	Created     float64    `json:"created"`
+	// LastModified, LastModifiedOn and LastModifiedBy say when, on which
+	// head (its --head-name) and by whom the image record last changed.
+	// LastModifiedOn is "" for a change made before heads recorded it.
+	LastModified   float64 `json:"last_modified"`
+	LastModifiedOn string  `json:"last_modified_on"`
+	LastModifiedBy string  `json:"last_modified_by"`
 }
 
-// Content describes an image's current content.
+// Content is an image's current content in seed 004's shape: the file,
+// keyed by its format, next to when, on which head and by whom it was
+// uploaded:
+//
+//	{"qcow2": {"size": …, "mtime": …, "chksum": "sha256:…", "filename": "<hex>", "uid": "<32 hex>", "blake3": "…"},
+//	 "last_modified": …, "last_modified_on": "head1", "last_modified_by": "ci"}
+//
+// depot keeps one file per image, so there is exactly one format key. No
+// format is named like the three fixed keys. Fields of ContentFile are
+// promoted, so c.Chksum and c.Size read the file's.
 type Content struct {
-	Size           int64   `json:"size"`
-	MTime          float64 `json:"mtime"`
-	Chksum         string  `json:"chksum"`
-	Fmt            string  `json:"fmt"`
-	BLAKE3         string  `json:"blake3,omitempty"`
-	LastModified   float64 `json:"last_modified"`
-	LastModifiedBy string  `json:"last_modified_by,omitempty"`
+	// Fmt is the format the file is keyed by, detected from its bytes
+	// (qcow2, squashfs, raw, tar, …: see GET …/content/info).
+	Fmt string
+	ContentFile
+	LastModified   float64
+	LastModifiedOn string
+	LastModifiedBy string
+}
+
+// ContentFile is the entry of Content under its format key.
+type ContentFile struct {
+	Size   int64   `json:"size"`
+	MTime  float64 `json:"mtime"`
+	Chksum string  `json:"chksum"`
+	// Filename is the file's name in depot's blob store: the hex of its
+	// SHA-256 digest, which GET /api/v1/blob/sha256:<filename> serves and
+	// a qcow2 overlay names as its backing file.
+	Filename string `json:"filename"`
+	// UID is the content's stable id: the first 32 hex digits of its
+	// SHA-256 (ContentUID), the shape of the seed's UIDs. The same bytes
+	// have the same UID on every head and in every image.
+	UID string `json:"uid"`
+	// BLAKE3 is depot's second digest of the file, when the blob store
+	// computed one.
+	BLAKE3 string `json:"blake3,omitempty"`
+}
+
+// The fixed keys of a Content object next to its format key.
+const (
+	keyLastModified   = "last_modified"
+	keyLastModifiedOn = "last_modified_on"
+	keyLastModifiedBy = "last_modified_by"
+)
+
+// ContentUID is the uid of the content with digest d (ContentFile.UID).
+func ContentUID(d digest.Digest) string {
+	h := d.Encoded()
+	if len(h) > 32 {
+		h = h[:32]
+	}
+	return h
+}
+
+// MarshalJSON writes c keyed by its format.
+func (c Content) MarshalJSON() ([]byte, error) {
+	switch c.Fmt {
+	case "", keyLastModified, keyLastModifiedOn, keyLastModifiedBy:
+		return nil, fmt.Errorf("content format %q cannot be a key of the content object: %w", c.Fmt, errdefs.ErrInvalidArgument)
+	}
+	return json.Marshal(map[string]any{
+		c.Fmt:             c.ContentFile,
+		keyLastModified:   c.LastModified,
+		keyLastModifiedOn: c.LastModifiedOn,
+		keyLastModifiedBy: c.LastModifiedBy,
+	})
+}
+
+// UnmarshalJSON reads the seed's shape: the three fixed keys and exactly
+// one format key whose value is the file's object.
+func (c *Content) UnmarshalJSON(b []byte) error {
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(b, &m); err != nil {
+		return err
+	}
+	var out Content
+	for k, v := range m {
+		var err error
+		switch k {
+		case keyLastModified:
+			err = json.Unmarshal(v, &out.LastModified)
+		case keyLastModifiedOn:
+			err = json.Unmarshal(v, &out.LastModifiedOn)
+		case keyLastModifiedBy:
+			err = json.Unmarshal(v, &out.LastModifiedBy)
+		default:
+			if out.Fmt != "" {
+				return fmt.Errorf("content has two formats, %q and %q; depot keeps one: %w", out.Fmt, k, errdefs.ErrInvalidArgument)
+			}
+			out.Fmt = k
+			if string(v) == "null" {
+				return fmt.Errorf("content format %q has no file: %w", k, errdefs.ErrInvalidArgument)
+			}
+			err = json.Unmarshal(v, &out.ContentFile)
+		}
+		if err != nil {
+			return fmt.Errorf("content key %q: %w", k, err)
+		}
+	}
+	if out.Fmt == "" {
+		return fmt.Errorf("content has no format key: %w", errdefs.ErrInvalidArgument)
+	}
+	*c = out
+	return nil
 }
 
 // Revision is one entry of an image's content history.

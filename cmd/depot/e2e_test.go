@@ -47,12 +47,16 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// headProc is a running `depot serve`.
+// headProc is a running `depot serve`. url is the contract proxy in front
+// of it (contract_e2e_test.go), which checks every request and answer
+// against docs/openapi.yaml; direct is the head itself, for tests that
+// speak raw HTTP on purpose.
 type headProc struct {
-	cmd  *exec.Cmd
-	url  string
-	data string
-	log  *syncBuffer
+	cmd    *exec.Cmd
+	url    string
+	direct string
+	data   string
+	log    *syncBuffer
 }
 
 // syncBuffer is a log buffer written by the reader goroutine and read by
@@ -106,6 +110,8 @@ func startServe(t *testing.T, data string, extra ...string) *headProc {
 		t.Fatalf("depot serve did not start:\n%s", h.log)
 	}
 	t.Cleanup(func() { h.cmd.Process.Kill(); h.cmd.Wait() })
+	h.direct = h.url
+	h.url = contractProxy(t, h.direct)
 	return h
 }
 

@@ -23,7 +23,7 @@ import (
 // the connection (EOF within 5 s) without the test sending anything more.
 func exchange(t *testing.T, h *headProc, checkClose bool, req string, thenSend ...string) (status int, body string, closed bool) {
 	t.Helper()
-	c, err := net.Dial("tcp", strings.TrimPrefix(h.url, "http://"))
+	c, err := net.Dial("tcp", strings.TrimPrefix(h.direct, "http://")) // hostile on purpose: not through the contract proxy
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -22,6 +22,9 @@ type Image struct {
 	Created        time.Time `json:"created"`
 	LastModified   time.Time `json:"last_modified"`
 	LastModifiedBy string    `json:"last_modified_by,omitempty"`
+	// LastModifiedOn names the head that made the last change (its
+	// --head-name); empty in records written before heads recorded it.
+	LastModifiedOn string `json:"last_modified_on,omitempty"`
 }
 
 // Content is one content revision of an image: a reference to a blob.
@@ -33,6 +36,9 @@ type Content struct {
 	BLAKE3  string        `json:"blake3,omitempty"`
 	By      string        `json:"by,omitempty"`
 	Message string        `json:"message,omitempty"`
+	// On names the head that received the upload; empty in records
+	// written before heads recorded it.
+	On string `json:"on,omitempty"`
 }
 
 // Digests is the set of blobs the image references: its current content and

@@ -128,15 +128,23 @@ func printImage(w io.Writer, img api.Image) {
 	}
 	fmt.Fprintf(w, "name:          %s\nuid:           %s\ndescription:   %s\nfrozen:        %v\nparent:        %s\ndistro:        %s\n",
 		inert(img.Name), inert(img.UID), inert(img.Description), img.Frozen, deref(img.Parent), deref(img.Distro))
-	fmt.Fprintf(w, "last modified: %s by %s\n", fmtTime(img.LastModified), inert(img.LastModifiedBy))
+	fmt.Fprintf(w, "last modified: %s by %s%s\n", fmtTime(img.LastModified), inert(img.LastModifiedBy), onHead(img.LastModifiedOn))
 	if img.Content == nil {
 		fmt.Fprintln(w, "content:       none")
 		return
 	}
 	c := img.Content
-	fmt.Fprintf(w, "content:       %s, %s (%d bytes)\n  chksum:      %s\n  uploaded:    %s by %s\n",
-		inert(c.Fmt), humanBytes(c.Size), c.Size, inert(c.Chksum), fmtTime(c.MTime), inert(c.LastModifiedBy))
+	fmt.Fprintf(w, "content:       %s, %s (%d bytes)\n  chksum:      %s\n  uid:         %s\n  uploaded:    %s by %s%s\n",
+		inert(c.Fmt), humanBytes(c.Size), c.Size, inert(c.Chksum), inert(c.UID), fmtTime(c.LastModified), inert(c.LastModifiedBy), onHead(c.LastModifiedOn))
 	fmt.Fprintf(w, "revisions:     %d retained\n", len(img.History))
+}
+
+// onHead names the head a change was made on, when the record says.
+func onHead(head string) string {
+	if head == "" {
+		return ""
+	}
+	return " on " + inert(head)
 }
 
 func newImageUpdateCmd(g *globals) *cobra.Command {

@@ -13,6 +13,7 @@ import (
 	"github.com/depot-images/depot/api"
 	"github.com/depot-images/depot/client"
 	"github.com/depot-images/depot/internal/auth"
+	"github.com/depot-images/depot/internal/server"
 	"github.com/depot-images/depot/internal/server/servertest"
 	"github.com/depot-images/depot/internal/workspace"
 )
@@ -63,6 +64,9 @@ const (
 	hostileDistro  = "deb\rian \u202eevil"
 	hostileSubject = "ci\x1b[31mred\x1b[0m"
 	hostileMessage = "fix\u009b2J\tdone"
+	// hostileHead is what a hostile head could send as last_modified_on
+	// (depot serve refuses such a --head-name; a server answer is data).
+	hostileHead = "head\x1b[8m1"
 )
 
 // runCLI runs the depot command line in-process, against server with token.
@@ -81,7 +85,7 @@ func runCLI(t *testing.T, server, token string, args ...string) (string, string,
 // revision's author, the revision message) reaches a human's terminal only
 // escaped; --json gives it back exactly.
 func TestHumanOutputInert(t *testing.T) {
-	h := servertest.Start(t, servertest.Options{})
+	h := servertest.Start(t, servertest.Options{Config: func(c *server.Config) { c.HeadName = hostileHead }})
 	ctx := context.Background()
 	tok, _, err := h.Auth.Mint(ctx, hostileSubject, auth.RoleAdmin, "test", 0)
 	if err != nil {
@@ -114,7 +118,7 @@ func TestHumanOutputInert(t *testing.T) {
 		}
 	}
 	out, _, _ = runCLI(t, h.URL, tok, "image", "show", "disk")
-	for _, want := range []string{`gold\x1b]0;pwned\a\x1b[2J image`, `deb\rian \u202eevil`, `ci\x1b[31mred\x1b[0m`} {
+	for _, want := range []string{`gold\x1b]0;pwned\a\x1b[2J image`, `deb\rian \u202eevil`, `ci\x1b[31mred\x1b[0m`, `on head\x1b[8m1`} {
 		if !strings.Contains(out, want) {
 			t.Errorf("image show does not show %s:\n%s", want, out)
 		}
@@ -171,7 +175,7 @@ func TestRemoteErrorInert(t *testing.T) {
 func TestWorkspaceStatusInert(t *testing.T) {
 	var b bytes.Buffer
 	st := workspace.Status{Meta: workspace.Meta{Server: "http://h\x1b[2J", UID: "u", Name: "n\r", BaseFormat: "raw"},
-		Dir: "/w\x07", State: workspace.StateBaseMoved, ServerDigest: "sha256:x", By: hostileSubject, NewUID: "v\x1b"}
+		Dir: "/w\x07", State: workspace.StateBaseMoved, ServerDigest: "sha256:x", By: hostileSubject, On: hostileHead, NewUID: "v\x1b"}
 	printStatus(&b, st)
 	if hasLive(b.String()) {
 		t.Errorf("printStatus: %q", b.String())

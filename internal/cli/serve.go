@@ -95,6 +95,7 @@ func runServe(ctx context.Context, g *globals, o *serveOptions) error {
 		GCInterval: o.gcInterval, GCGrace: graceFor(o.gcGrace), MaxContentSize: int64(o.maxContentSize),
 		BodyIdleTimeout: o.bodyIdle,
 		RedirectContent: redirectFor(o),
+		HeadName:        o.headName,
 	})
 	if err != nil {
 		return err
@@ -103,7 +104,7 @@ func runServe(ctx context.Context, g *globals, o *serveOptions) error {
 	if err != nil {
 		return fmt.Errorf("listen %s: %v: %w", o.addr, err, errdefs.ErrUnavailable)
 	}
-	log.Info("depot serve listening", "url", "http://"+ln.Addr().String(), "data", o.data, "blobs", fmt.Sprint(blobs), "anonymous_read", o.anonRead, "redirect_content", o.redirect)
+	log.Info("depot serve listening", "url", "http://"+ln.Addr().String(), "data", o.data, "blobs", fmt.Sprint(blobs), "anonymous_read", o.anonRead, "redirect_content", o.redirect, "head_name", o.headName)
 	hs := &http.Server{ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
 	if err := srv.Run(ctx, ln, hs); err != nil {
 		return err

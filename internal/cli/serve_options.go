@@ -36,6 +36,7 @@ type serveOptions struct {
 	etcdCA         string
 	etcdCert       string
 	etcdKey        string
+	headName       string
 }
 
 func (o *serveOptions) AddFlags(f *pflag.FlagSet) {
@@ -58,6 +59,29 @@ func (o *serveOptions) AddFlags(f *pflag.FlagSet) {
 	f.Var(&o.maxContentSize, "max-content-size", "largest accepted content upload, e.g. 500G (binary units); a larger declared size is refused (413) before the body is read")
 	f.DurationVar(&o.bodyIdle, "body-idle-timeout", server.DefaultBodyIdleTimeout, "abort a request whose body sends nothing for this long (its partial upload is removed)")
 	f.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
+	f.StringVar(&o.headName, "head-name", envOr("DEPOT_HEAD_NAME", ""), "this head's name, recorded as last_modified_on in the images and content it changes (default the hostname; env DEPOT_HEAD_NAME)")
+}
+
+// headNameRE is what a head name may be: a hostname's characters, so it is
+// safe in JSON, logs and terminals.
+var headNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$`)
+
+// resolveHeadName applies the hostname default to --head-name and checks it.
+func (o *serveOptions) resolveHeadName() error {
+	if o.headName == "" {
+		host, err := os.Hostname()
+		if err != nil {
+			return usageError{fmt.Errorf("--head-name is not set and the hostname cannot be read (%v); set --head-name", err)}
+		}
+		if !headNameRE.MatchString(host) {
+			return usageError{fmt.Errorf("the hostname %s is not usable as a head name; set --head-name (letters, digits, '.', '_' and '-', at most 253)", strconv.QuoteToASCII(host))}
+		}
+		o.headName = host
+	}
+	if !headNameRE.MatchString(o.headName) {
+		return usageError{fmt.Errorf("--head-name %s: letters, digits, '.', '_' and '-' only, starting with a letter or digit, at most 253", strconv.QuoteToASCII(o.headName))}
+	}
+	return nil
 }
 
 // Validate checks the options after flags and environment are applied.
@@ -85,7 +109,7 @@ func (o *serveOptions) Validate() error {
 	if _, _, err := blobsDir(o.blobsDir); err != nil {
 		return err
 	}
-	return nil
+	return o.resolveHeadName()
 }
 
 // schemeRE is the start of a URL: a scheme (RFC 3986) and a colon.

@@ -38,7 +38,7 @@ func printStatus(w io.Writer, st workspace.Status) {
 		fmt.Fprintf(w, " (the name now belongs to %s)", inert(st.NewUID))
 	}
 	if st.ServerDigest != "" {
-		fmt.Fprintf(w, " (now %s by %s)", inert(st.ServerDigest.String()), inert(st.By))
+		fmt.Fprintf(w, " (now %s by %s%s)", inert(st.ServerDigest.String()), inert(st.By), onHead(st.On))
 	}
 	fmt.Fprintln(w)
 }

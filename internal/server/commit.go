@@ -34,7 +34,7 @@ func (s *Server) commitUpload(r *http.Request, u upload, got received) (catalog.
 	}
 	by := principal(r).Subject
 	now := time.Now().UTC()
-	c := catalog.Content{Digest: info.Digest, Size: info.Size, MTime: now, Format: got.format, BLAKE3: info.BLAKE3, By: by, Message: u.msg}
+	c := catalog.Content{Digest: info.Digest, Size: info.Size, MTime: now, Format: got.format, BLAKE3: info.BLAKE3, By: by, Message: u.msg, On: s.cfg.HeadName}
 	keep := s.cfg.KeepRevisions
 	img, err := s.cfg.Catalog.Update(ctx, u.img.UID, func(img *catalog.Image) error {
 		if img.Frozen {
@@ -51,7 +51,7 @@ func (s *Server) commitUpload(r *http.Request, u upload, got received) (catalog.
 		if len(img.History) > keep {
 			img.History = img.History[len(img.History)-keep:]
 		}
-		img.LastModified, img.LastModifiedBy = now, by
+		img.LastModified, img.LastModifiedBy, img.LastModifiedOn = now, by, s.cfg.HeadName
 		return nil
 	})
 	if err != nil {

@@ -63,7 +63,7 @@ func (s *Server) deleteContent(w http.ResponseWriter, r *http.Request) {
 			return noContent(*img)
 		}
 		img.Content, img.History = nil, nil
-		img.LastModified, img.LastModifiedBy = time.Now().UTC(), by
+		img.LastModified, img.LastModifiedBy, img.LastModifiedOn = time.Now().UTC(), by, s.cfg.HeadName
 		return nil
 	})
 	if err != nil {

@@ -54,7 +54,7 @@ func (s *Server) createImage(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	img := catalog.Image{Name: req.Name, LastModifiedBy: principal(r).Subject}
+	img := catalog.Image{Name: req.Name, LastModifiedBy: principal(r).Subject, LastModifiedOn: s.cfg.HeadName}
 	if err := names.ValidateName(req.Name); err != nil {
 		s.fail(w, r, err)
 		return
@@ -152,7 +152,7 @@ func (s *Server) patchImage(w http.ResponseWriter, r *http.Request) {
 			}
 			img.Parent = parent
 		}
-		img.LastModified, img.LastModifiedBy = time.Now().UTC(), by
+		img.LastModified, img.LastModifiedBy, img.LastModifiedOn = time.Now().UTC(), by, s.cfg.HeadName
 		return nil
 	})
 	if err != nil {
@@ -202,7 +202,7 @@ func (s *Server) cloneImage(w http.ResponseWriter, r *http.Request) {
 	now := time.Now().UTC()
 	img := catalog.Image{
 		Name: req.Name, Description: src.Description, Distro: src.Distro, Parent: src.UID,
-		Content: src.Content, LastModified: now, LastModifiedBy: principal(r).Subject,
+		Content: src.Content, LastModified: now, LastModifiedBy: principal(r).Subject, LastModifiedOn: s.cfg.HeadName,
 	}
 	if req.Description != nil {
 		img.Description = *req.Description

@@ -70,6 +70,10 @@ type Config struct {
 	// presigned URL valid for this long, so the head does not carry the
 	// bytes. Zero serves the bytes. It needs a blob.Presigner store.
 	RedirectContent time.Duration
+	// HeadName names this head in the records it changes (an image's and
+	// its content's last_modified_on), so that with several heads one can
+	// tell which made a change. depot serve defaults it to the hostname.
+	HeadName string
 }
 
 func (c *Config) setDefaults() {

@@ -12,7 +12,8 @@ func wireImage(img catalog.Image) api.Image {
 	out := api.Image{
 		UID: img.UID, Name: img.Name, Description: img.Description, Frozen: img.Frozen,
 		Created: api.UnixFloat(img.Created), LastModified: api.UnixFloat(img.LastModified), LastModifiedBy: img.LastModifiedBy,
-		History: []api.Revision{},
+		LastModifiedOn: img.LastModifiedOn,
+		History:        []api.Revision{},
 	}
 	if img.Parent != "" {
 		p := img.Parent
@@ -23,8 +24,12 @@ func wireImage(img catalog.Image) api.Image {
 		out.Distro = &d
 	}
 	if c := img.Content; c != nil {
-		out.Content = &api.Content{Size: c.Size, MTime: api.UnixFloat(c.MTime), Chksum: c.Digest.String(), Fmt: c.Format,
-			BLAKE3: c.BLAKE3, LastModified: api.UnixFloat(c.MTime), LastModifiedBy: c.By}
+		// Seed 004's shape: the file keyed by its format. filename is
+		// the blob's name in the store (its SHA-256 hex), uid the
+		// content's stable id (api.ContentUID).
+		out.Content = &api.Content{Fmt: c.Format, ContentFile: api.ContentFile{Size: c.Size, MTime: api.UnixFloat(c.MTime),
+			Chksum: c.Digest.String(), Filename: c.Digest.Encoded(), UID: api.ContentUID(c.Digest), BLAKE3: c.BLAKE3},
+			LastModified: api.UnixFloat(c.MTime), LastModifiedOn: c.On, LastModifiedBy: c.By}
 	}
 	for i := len(img.History) - 1; i >= 0; i-- {
 		h := img.History[i]

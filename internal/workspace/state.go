@@ -40,10 +40,12 @@ type Status struct {
 	// the server).
 	State ServerState `json:"state"`
 	// ServerDigest is the image's content now; NewUID is who has the name
-	// now when the bound UID is gone. By/At say who moved the base and when.
+	// now when the bound UID is gone. By/At say who moved the base and
+	// when, On through which head (its last_modified_on).
 	ServerDigest digest.Digest `json:"server_digest,omitempty"`
 	NewUID       string        `json:"new_uid,omitempty"`
 	By           string        `json:"by,omitempty"`
+	On           string        `json:"on,omitempty"`
 	At           time.Time     `json:"at,omitzero"`
 	Detail       string        `json:"detail,omitempty"`
 }
@@ -61,9 +63,13 @@ func conflictErr(st Status) error {
 			"Create one (depot image create %s) and commit with --to <its UID>, or discard: depot workspace discard %s: %w",
 			st.Name, st.UID, st.Name, st.Name, st.UID, errdefs.ErrConflict)
 	case StateBaseMoved:
+		by := st.By
+		if st.On != "" {
+			by += " on head " + st.On
+		}
 		return fmt.Errorf("the content of %s (%s) moved since this workspace was checked out: base %s, now %s, uploaded by %s at %s. "+
 			"Overwrite it with: depot commit %s --force; or discard your changes: depot workspace discard %s: %w",
-			st.Name, st.UID, st.Base, st.ServerDigest, st.By, st.At.Local().Format(time.DateTime), st.Name, st.UID,
+			st.Name, st.UID, st.Base, st.ServerDigest, by, st.At.Local().Format(time.DateTime), st.Name, st.UID,
 			&errdefs.PreconditionError{UID: st.UID, Want: st.Base, Have: st.ServerDigest})
 	case StateFrozen:
 		return fmt.Errorf("image %s (%s) is frozen; unfreeze it first: depot image update %s frozen=false: %w", st.Name, st.UID, st.Name, errdefs.ErrConflict)
@@ -133,7 +139,7 @@ func (m *Manager) check(ctx context.Context, meta Meta) Status {
 	case img.Content == nil || digest.Digest(img.Content.Chksum) != meta.Base:
 		st.State = StateBaseMoved
 		if img.Content != nil {
-			st.ServerDigest, st.By, st.At = digest.Digest(img.Content.Chksum), img.Content.LastModifiedBy, api.FromUnixFloat(img.Content.MTime)
+			st.ServerDigest, st.By, st.On, st.At = digest.Digest(img.Content.Chksum), img.Content.LastModifiedBy, img.Content.LastModifiedOn, api.FromUnixFloat(img.Content.LastModified)
 		}
 	case img.Frozen:
 		st.State = StateFrozen

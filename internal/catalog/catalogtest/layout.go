@@ -72,6 +72,18 @@ func testStoredRecords(t *testing.T, c catalog.Catalog, raw Raw) {
 	wantNoRaw(t, c, raw, "names", "layout")
 	wantRaw(t, c, raw, "names", "renamed", uid)
 
+	// Which head made a change is stored next to who made it.
+	on := ct
+	on.On = "head2"
+	if _, err := c.Update(ctx, "renamed", func(i *catalog.Image) error {
+		i.Content, i.History, i.LastModifiedOn = &on, []catalog.Content{on}, "head1"
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	onj := `{"digest":"` + d.String() + `","size":6,"mtime":"2024-05-06T07:08:09Z","fmt":"raw","on":"head2"}`
+	wantRaw(t, c, raw, "images", uid, `{"uid":"`+uid+`","name":"renamed","content":`+onj+`,"history":[`+onj+`],"created":"2024-05-06T07:08:09Z","last_modified":"2024-05-06T07:08:09Z","last_modified_on":"head1"}`)
+
 	if err := c.Touch(ctx, fresh, t0); err != nil {
 		t.Fatal(err)
 	}
