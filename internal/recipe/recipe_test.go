@@ -152,7 +152,9 @@ func TestReadRefuses(t *testing.T) {
 	firstBase := slices.IndexFunc(rc.Entries, func(e Entry) bool { return e.Kind == Base })
 	firstInline := slices.IndexFunc(rc.Entries, func(e Entry) bool { return e.Kind == Inline })
 	ent := func(i int) int { return HeaderSize + i*EntrySize }
-	put32 := func(b []byte, at int, v uint32) { b[at], b[at+1], b[at+2], b[at+3] = byte(v>>24), byte(v>>16), byte(v>>8), byte(v) }
+	put32 := func(b []byte, at int, v uint32) {
+		b[at], b[at+1], b[at+2], b[at+3] = byte(v>>24), byte(v>>16), byte(v>>8), byte(v)
+	}
 	put64 := func(b []byte, at int, v uint64) { put32(b, at, uint32(v>>32)); put32(b, at+4, uint32(v)) }
 	cases := map[string]func(b []byte) (Limits, []byte){
 		"magic":          func(b []byte) (Limits, []byte) { b[0] = 'X'; return lim, b },
