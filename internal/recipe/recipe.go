@@ -41,12 +41,13 @@ import (
 
 	"github.com/zeebo/blake3"
 
+	"github.com/depot-images/depot/api"
 	"github.com/depot-images/depot/errdefs"
 	"github.com/depot-images/depot/internal/chunks"
 )
 
 // MediaType is the Content-Type of a delta push body.
-const MediaType = "application/vnd.depot.delta.v1"
+const MediaType = api.DeltaMediaType
 
 // Bounds of the format.
 const (
