@@ -423,6 +423,4 @@ func TestDeltaRefusals(t *testing.T) {
 	}
 }
 
-
-
 func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }
