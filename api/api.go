@@ -28,9 +28,17 @@ const (
 	HeaderDigest = "X-Depot-Digest"
 	// HeaderMessage is an optional revision message on a content PUT.
 	HeaderMessage = "X-Depot-Message"
+	// HeaderDeltaBase names the base blob ("sha256:<hex>") of a delta
+	// push: a content PUT whose body (of type DeltaMediaType) is a recipe
+	// against that blob plus the bytes it lacks; X-Depot-Size is then the
+	// assembled blob's size.
+	HeaderDeltaBase = "X-Depot-Delta-Base"
 	// HeaderFormat reports the detected format on content GET and HEAD.
 	HeaderFormat = "X-Depot-Format"
 )
+
+// DeltaMediaType is the Content-Type of a delta push body (docs/api.md).
+const DeltaMediaType = "application/vnd.depot.delta.v1"
 
 // Envelope wraps every JSON response.
 type Envelope struct {

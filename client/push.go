@@ -31,6 +31,27 @@ type PushOptions struct {
 	IfMatch digest.Digest
 	// Message is recorded with the revision.
 	Message string
+
+	// DeltaBase, when set and the content is a file (an io.ReaderAt and
+	// io.Seeker), makes the push a delta against this blob: only the
+	// chunks the base lacks are sent, with a recipe the server assembles
+	// the content from (see delta.go). When a delta is not possible the
+	// content is sent whole, and Stats says why.
+	DeltaBase digest.Digest
+	// DeltaIndex gives the base's chunk index; nil means the server's.
+	DeltaIndex IndexSource
+	// Progress, when set, is called as the body is read: the bytes sent so
+	// far, the bytes the server reuses from the base (0 for a whole push)
+	// and the body's length (-1 when unknown). A push resent to another
+	// head starts over.
+	Progress func(sent, reused, total int64)
+	// Stats, when not nil, is filled in with what the push moved.
+	Stats *PushStats
+}
+
+type readAtSeeker interface {
+	io.ReaderAt
+	io.Seeker
 }
 
 // PushContent streams r (size bytes, or -1 if unknown) as the new content of
@@ -44,12 +65,51 @@ type PushOptions struct {
 // went away, the retry can meet its own work: with IfMatch that is a 412
 // naming the digest being pushed, which PushContent reports as the success
 // it was (without IfMatch the revision is recorded twice).
+//
+// With opts.DeltaBase the push is a delta when it can be, and otherwise
+// whole (see PushOptions.DeltaBase).
 func (c *Client) PushContent(ctx context.Context, ref string, r io.Reader, size int64, opts PushOptions) (api.ContentInfo, error) {
+	var stats PushStats
+	if opts.Stats != nil {
+		defer func() { *opts.Stats = stats }()
+	}
+	if opts.DeltaBase != "" {
+		ra, ok := r.(readAtSeeker)
+		start, err := int64(0), error(nil)
+		if ok {
+			start, err = ra.Seek(0, io.SeekCurrent)
+		}
+		if !ok || err != nil {
+			stats.Fallback = "the content is not a file"
+		} else {
+			info, st, sum, err := c.pushDelta(ctx, ref, ra, start, size, opts)
+			var nd errNoDelta
+			if !errors.As(err, &nd) {
+				stats = st
+				return info, err
+			}
+			stats.Fallback = nd.Error()
+			if opts.Digest == "" {
+				opts.Digest = sum // known now: declared up front
+			}
+		}
+	}
+	var sent atomic.Int64
+	info, err := c.pushWhole(ctx, ref, r, size, opts, &sent)
+	stats.BytesSent = sent.Load()
+	return info, err
+}
+
+// pushWhole sends the whole content; sent counts the body of the last
+// attempt.
+func (c *Client) pushWhole(ctx context.Context, ref string, r io.Reader, size int64, opts PushOptions, sent *atomic.Int64) (api.ContentInfo, error) {
 	var trailer http.Header
 	if opts.Digest == "" {
 		trailer = http.Header{api.HeaderDigest: nil}
 	}
 	body := func(r io.Reader) io.Reader {
+		sent.Store(0)
+		r = &countBody{r: r, n: sent, reused: 0, total: size, fn: opts.Progress}
 		if opts.Digest != "" {
 			return r
 		}
@@ -57,10 +117,7 @@ func (c *Client) PushContent(ctx context.Context, ref string, r io.Reader, size 
 	}
 	var fresh func() io.Reader // a new reader of the whole content, when r can give one
 	var resent atomic.Bool
-	if ra, ok := r.(interface {
-		io.ReaderAt
-		io.Seeker
-	}); ok {
+	if ra, ok := r.(readAtSeeker); ok {
 		if start, err := ra.Seek(0, io.SeekCurrent); err == nil {
 			// To the end, not to size: a file that changed length since it
 			// was measured is then a size mismatch the server refuses, not
@@ -91,24 +148,35 @@ func (c *Client) PushContent(ctx context.Context, ref string, r io.Reader, size 
 			req.Header.Set("X-Depot-Size", strconv.FormatInt(size, 10))
 		}
 	}
+	setPushHeaders(req, opts)
+	return c.finishPush(ctx, ref, req, resent.Load, func() digest.Digest {
+		// A pass of its own: the attempts' hashes may still be in use.
+		if opts.Digest != "" || fresh == nil {
+			return opts.Digest
+		}
+		d, _ := digest.SHA256.FromReader(fresh())
+		return d
+	})
+}
+
+// setPushHeaders sets the headers every push carries.
+func setPushHeaders(req *http.Request, opts PushOptions) {
 	if opts.IfMatch != "" {
 		req.Header.Set("If-Match", api.ETag(opts.IfMatch))
 	}
 	if opts.Message != "" {
 		req.Header.Set(api.HeaderMessage, opts.Message)
 	}
+}
+
+// finishPush sends a push and reads its answer. When the push was resent to
+// another head and the answer is a 412 naming the digest being pushed, an
+// earlier attempt committed it: that is the success it was.
+func (c *Client) finishPush(ctx context.Context, ref string, req *http.Request, resent func() bool, pushed func() digest.Digest) (api.ContentInfo, error) {
 	resp, err := c.send(req, "push content to "+ref)
 	var pe *errdefs.PreconditionError
-	if err != nil && resent.Load() && errors.As(err, &pe) && pe.Have != "" {
-		// Did an earlier attempt commit exactly this content? Hash it (a
-		// pass of its own: the attempts' hashes may still be in use).
-		pushed := opts.Digest
-		if pushed == "" {
-			pushed, _ = digest.SHA256.FromReader(fresh())
-		}
-		if pe.Have == pushed {
-			return c.ContentInfo(ctx, ref)
-		}
+	if err != nil && resent() && errors.As(err, &pe) && pe.Have != "" && pe.Have == pushed() {
+		return c.ContentInfo(ctx, ref)
 	}
 	if err != nil {
 		return api.ContentInfo{}, err
@@ -123,6 +191,24 @@ func (c *Client) PushContent(ctx context.Context, ref string, r io.Reader, size 
 		return info, fmt.Errorf("push content to %s: bad response data: %v", ref, err)
 	}
 	return info, nil
+}
+
+// countBody counts the bytes read of a push body and reports them to fn
+// (when set).
+type countBody struct {
+	r             io.Reader
+	n             *atomic.Int64
+	reused, total int64
+	fn            func(sent, reused, total int64)
+}
+
+func (p *countBody) Read(b []byte) (int, error) {
+	n, err := p.r.Read(b)
+	sent := p.n.Add(int64(n))
+	if p.fn != nil {
+		p.fn(sent, p.reused, p.total)
+	}
+	return n, err
 }
 
 // WriteTo sends the stream in 1 MiB writes, so the chunked request has

@@ -83,4 +83,5 @@ fuzz ./cache FuzzIndexRoundTrip
 fuzz ./internal/blob/s3 FuzzParseURL
 fuzz ./internal/chunks FuzzDecodeIndex
 fuzz ./internal/chunks FuzzSplitterChunking
+fuzz ./internal/recipe FuzzRecipe
 echo "== all tests passed"

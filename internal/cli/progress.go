@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"fmt"
 	"io"
 	"os"
 	"sync"
@@ -50,6 +51,22 @@ func (p *progress) callback() func(done, total int64) {
 		return nil
 	}
 	return p.set
+}
+
+// pushCallback is set as the Progress option of a push: the body sent of
+// its length, with what the server reuses from the base in the label.
+func (p *progress) pushCallback() func(sent, reused, total int64) {
+	if p == nil {
+		return nil
+	}
+	return func(sent, reused, total int64) {
+		p.mu.Lock()
+		if p.bar == nil && reused > 0 {
+			p.label += fmt.Sprintf(" (delta: %s reused)", humanBytes(reused))
+		}
+		p.mu.Unlock()
+		p.set(sent, total)
+	}
 }
 
 // finish completes the bar, if one was drawn.

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -15,14 +16,28 @@ import (
 	"github.com/depot-images/depot/api"
 	"github.com/depot-images/depot/client"
 	"github.com/depot-images/depot/errdefs"
+	"github.com/depot-images/depot/internal/chunks"
 	"github.com/depot-images/depot/internal/contenthash"
 )
 
 type pushOptions struct {
-	message string
-	ifMatch string
-	digest  string
-	create  bool
+	message   string
+	ifMatch   string
+	digest    string
+	create    bool
+	noDelta   bool
+	deltaBase string
+	cache     cacheOptions
+}
+
+// pushResult is what image push reports: the stored content and what the
+// push moved.
+type pushResult struct {
+	api.ContentInfo
+	BytesSent   int64  `json:"bytes_sent"`
+	BytesReused int64  `json:"bytes_reused"`
+	Delta       bool   `json:"delta"`
+	Fallback    string `json:"delta_fallback,omitempty"`
 }
 
 func newImagePushCmd(g *globals) *cobra.Command {
@@ -42,7 +57,15 @@ file does not match.
 When the server says a digest declared up front saves it work (GET
 /api/v1/server: prefer_declared_digest, true with S3 blobs, where it avoids
 a server-side copy of the whole blob), push hashes the file first and then
-declares it.`,
+declares it.
+
+Push sends only what the server lacks: it chunks FILE, reads the server's
+chunk index of the image's current content (or of --delta-base), and sends
+a recipe with the missing chunks, from which the server assembles and
+verifies the whole file. When the server has no index, the cached copy of
+the base is indexed instead (--cache). Without either, or against a server
+that predates delta pushes, the file is sent whole. --no-delta always sends
+it whole.`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := g.client()
@@ -56,6 +79,9 @@ declares it.`,
 	cmd.Flags().StringVar(&o.ifMatch, "if-match", "", "only upload if the current content is this digest")
 	cmd.Flags().StringVar(&o.digest, "digest", "", "the file's known sha256 (sha256:<hex> or <hex>); skips hashing on the client")
 	cmd.Flags().BoolVar(&o.create, "create", true, "create the image when it does not exist")
+	cmd.Flags().BoolVar(&o.noDelta, "no-delta", false, "send the whole file, never a delta")
+	cmd.Flags().StringVar(&o.deltaBase, "delta-base", "", "send a delta against this blob (sha256:<hex>) instead of the image's current content")
+	o.cache.addDirFlag(cmd.Flags())
 	return cmd
 }
 
@@ -90,15 +116,28 @@ func runPush(cmd *cobra.Command, g *globals, c *client.Client, o *pushOptions, r
 			return usageError{fmt.Errorf("--digest %q: want sha256:<64 hex>", o.digest)}
 		}
 	}
-	if _, err := c.GetImage(ctx, ref); errors.Is(err, errdefs.ErrNotFound) && o.create {
+	var deltaBase digest.Digest
+	if o.deltaBase != "" {
+		deltaBase = digest.Digest(o.deltaBase)
+		if contenthash.Validate(deltaBase) != nil {
+			return usageError{fmt.Errorf("--delta-base %q: want sha256:<64 hex>", o.deltaBase)}
+		}
+		if o.noDelta {
+			return usageError{errors.New("--delta-base and --no-delta contradict each other")}
+		}
+	}
+	img, err := c.GetImage(ctx, ref)
+	if errors.Is(err, errdefs.ErrNotFound) && o.create {
 		if _, err := c.CreateImage(ctx, api.CreateImageRequest{Name: ref}); err != nil {
 			return err
 		}
 	} else if err != nil {
 		return err
+	} else if deltaBase == "" && !o.noDelta && img.Content != nil {
+		deltaBase = digest.Digest(img.Content.Chksum)
 	}
 	start := time.Now()
-	if declared == "" {
+	if declared == "" && deltaBase == "" {
 		// With S3 blobs a digest declared up front saves the server a copy
 		// of the whole blob, which costs more than hashing the file here
 		// first. A server without GET /server simply gets a trailer.
@@ -110,14 +149,46 @@ func runPush(cmd *cobra.Command, g *globals, c *client.Client, o *pushOptions, r
 	}
 	bar := g.newProgress("push " + ref)
 	defer bar.finish()
-	body := bar.file(f, fi.Size())
-	info, err := c.PushContent(ctx, ref, body, fi.Size(), client.PushOptions{IfMatch: base, Message: o.message, Digest: declared})
+	var stats client.PushStats
+	po := client.PushOptions{IfMatch: base, Message: o.message, Digest: declared, Stats: &stats, Progress: bar.pushCallback()}
+	if deltaBase != "" {
+		po.DeltaBase = deltaBase
+		po.DeltaIndex = client.FirstIndex(c.ServerIndex(), cachedIndex(g, &o.cache))
+	}
+	info, err := c.PushContent(ctx, ref, f, fi.Size(), po)
 	if err != nil {
 		return err
 	}
 	secs := time.Since(start).Seconds()
-	return g.emit(info, func(w io.Writer) {
-		fmt.Fprintf(w, "pushed %s: %s (%s, %s) in %.1fs, %.0f MB/s\n", inert(ref), inert(info.Chksum), inert(info.Fmt), humanBytes(info.Size), secs, float64(info.Size)/secs/1e6)
+	res := pushResult{ContentInfo: info, BytesSent: stats.BytesSent, BytesReused: stats.BytesReused, Delta: stats.Delta, Fallback: stats.Fallback}
+	return g.emit(res, func(w io.Writer) {
+		fmt.Fprintf(w, "pushed %s: %s (%s, %s) in %.1fs, %.0f MB/s", inert(ref), inert(info.Chksum), inert(info.Fmt), humanBytes(info.Size), secs, float64(info.Size)/secs/1e6)
+		if stats.Delta {
+			fmt.Fprintf(w, "; sent %s, reused %s", humanBytes(stats.BytesSent), humanBytes(stats.BytesReused))
+		}
+		fmt.Fprintln(w)
+		if stats.Fallback != "" {
+			fmt.Fprintf(w, "sent whole, not as a delta: %s\n", inert(stats.Fallback))
+		}
+	})
+}
+
+// cachedIndex indexes the node cache's copy of a delta base, when the
+// cache directory exists and holds it: the index source after the
+// server's.
+func cachedIndex(g *globals, o *cacheOptions) client.IndexSource {
+	return client.IndexSourceFunc(func(ctx context.Context, base digest.Digest) (*chunks.Index, error) {
+		if o.dir == "" {
+			return nil, fmt.Errorf("no cache directory: %w", errdefs.ErrNotFound)
+		}
+		if _, err := os.Stat(o.dir); err != nil {
+			return nil, fmt.Errorf("no cache at %s: %w", o.dir, errdefs.ErrNotFound)
+		}
+		cc, err := o.open(g)
+		if err != nil {
+			return nil, err
+		}
+		return client.FileIndex(cc.BlobPath(base)).BaseIndex(ctx, base)
 	})
 }
 

@@ -182,6 +182,11 @@ func newCommitCmd(g *globals) *cobra.Command {
 					return
 				}
 				fmt.Fprintf(w, "committed %s (uid %s): %s (%s, %s); the workspace now builds on it\n", inert(res.Name), inert(res.UID), inert(res.Digest.String()), inert(res.Format), humanBytes(res.Size))
+				if res.Delta {
+					fmt.Fprintf(w, "sent %s as a delta, reused %s the server had\n", humanBytes(res.BytesSent), humanBytes(res.BytesReused))
+				} else if res.DeltaFallback != "" {
+					fmt.Fprintf(w, "sent whole, not as a delta: %s\n", inert(res.DeltaFallback))
+				}
 			})
 		},
 	}
@@ -189,5 +194,6 @@ func newCommitCmd(g *globals) *cobra.Command {
 	cmd.Flags().StringVarP(&co.Message, "message", "m", "", "revision message")
 	cmd.Flags().StringVar(&co.To, "to", "", "upload into this image UID instead (the bound one was deleted)")
 	cmd.Flags().BoolVar(&co.Force, "force", false, "overwrite content that moved on the server")
+	cmd.Flags().BoolVar(&co.NoDelta, "no-delta", false, "send the whole image, never a delta against the content it replaces")
 	return cmd
 }

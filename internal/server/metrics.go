@@ -13,6 +13,7 @@ type metrics struct {
 	gcBlobs       prometheus.Counter
 	gcBytes       prometheus.Counter
 	redirects     prometheus.Counter
+	deltaSaved    prometheus.Counter
 }
 
 func newMetrics(reg *prometheus.Registry) *metrics {
@@ -29,8 +30,9 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 		gcBlobs:       prometheus.NewCounter(prometheus.CounterOpts{Name: "depot_gc_deleted_blobs_total", Help: "Blobs deleted by garbage collection."}),
 		gcBytes:       prometheus.NewCounter(prometheus.CounterOpts{Name: "depot_gc_deleted_bytes_total", Help: "Bytes deleted by garbage collection."}),
 		redirects:     prometheus.NewCounter(prometheus.CounterOpts{Name: "depot_content_redirects_total", Help: "Downloads answered with a presigned object-store URL (--redirect-content)."}),
+		deltaSaved:    prometheus.NewCounter(prometheus.CounterOpts{Name: "depot_delta_bytes_saved_total", Help: "Bytes of committed delta pushes taken from their base instead of the body."}),
 	}
-	reg.MustRegister(m.requests, m.duration, m.bytesSent, m.bytesReceived, m.gcBlobs, m.gcBytes, m.redirects,
+	reg.MustRegister(m.requests, m.duration, m.bytesSent, m.bytesReceived, m.gcBlobs, m.gcBytes, m.redirects, m.deltaSaved,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

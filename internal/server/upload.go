@@ -15,7 +15,13 @@ func (s *Server) putContent(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	got, err := s.receive(w, r, u)
+	var got received
+	var reused int64 // bytes a delta push took from its base
+	if u.delta != "" {
+		got, reused, err = s.receiveDelta(w, r, u)
+	} else {
+		got, err = s.receive(w, r, u)
+	}
 	if err != nil {
 		s.fail(w, r, err)
 		return
@@ -27,6 +33,12 @@ func (s *Server) putContent(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	s.log.Info("content uploaded", "uid", img.UID, "name", img.Name, "digest", c.Digest, "bytes", c.Size, "fmt", c.Format, "by", c.By)
+	if u.delta != "" {
+		s.metrics.deltaSaved.Add(float64(reused))
+		s.log.Info("content uploaded", "uid", img.UID, "name", img.Name, "digest", c.Digest, "bytes", c.Size, "fmt", c.Format, "by", c.By,
+			"delta_base", u.delta, "reused", reused)
+	} else {
+		s.log.Info("content uploaded", "uid", img.UID, "name", img.Name, "digest", c.Digest, "bytes", c.Size, "fmt", c.Format, "by", c.By)
+	}
 	s.answerInfo(w, r, img, http.StatusOK)
 }

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -25,6 +26,11 @@ type upload struct {
 	base     digest.Digest
 	haveBase bool
 	msg      string
+	// delta, when set, is the delta base (X-Depot-Delta-Base): the body
+	// is a recipe against that blob, of deltaBaseSize bytes, and size is
+	// the assembled blob's.
+	delta         digest.Digest
+	deltaBaseSize int64
 }
 
 // parseUpload reads the headers of a content PUT and refuses, before any
@@ -32,7 +38,16 @@ type upload struct {
 // frozen image, a malformed digest declaration, a failed If-Match, an
 // over-long message.
 func (s *Server) parseUpload(r *http.Request) (upload, error) {
-	size, err := s.declaredSize(r)
+	delta, err := deltaBase(r)
+	if err != nil {
+		return upload{}, err
+	}
+	var size int64
+	if delta != "" {
+		size, err = s.deltaSize(r)
+	} else {
+		size, err = s.declaredSize(r)
+	}
 	if err != nil {
 		return upload{}, err
 	}
@@ -60,7 +75,21 @@ func (s *Server) parseUpload(r *http.Request) (upload, error) {
 	if len(msg) > maxStringField {
 		return upload{}, fmt.Errorf("revision message over %d bytes: %w", maxStringField, errdefs.ErrTooLarge)
 	}
-	return upload{img: img, size: size, want: want, base: base, haveBase: haveBase, msg: msg}, nil
+	u := upload{img: img, size: size, want: want, base: base, haveBase: haveBase, msg: msg, delta: delta}
+	if delta != "" {
+		// Any blob the head stores may be a base: a writer may read
+		// every blob by digest anyway. One it does not have is refused
+		// before the body, and the client sends the whole content.
+		bi, err := s.cfg.Blobs.Stat(r.Context(), delta)
+		if errors.Is(err, errdefs.ErrNotFound) {
+			return upload{}, fmt.Errorf("the delta base %s is not a blob on this server; push the whole content: %w", delta, errdefs.ErrPrecondition)
+		}
+		if err != nil {
+			return upload{}, err
+		}
+		u.deltaBaseSize = bi.Size
+	}
+	return u, nil
 }
 
 // declaredSize reads the size a PUT declares: Content-Length, or

@@ -7,7 +7,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"sync"
 
 	"github.com/opencontainers/go-digest"
 
@@ -32,8 +31,13 @@ type CommitOptions struct {
 	To string
 	// Force overwrites content that moved on the server.
 	Force bool
-	// Progress is called as the upload proceeds (done, total).
+	// Progress is called as the upload proceeds: the body sent of its
+	// length (the whole file, or a delta's recipe and missing chunks).
 	Progress func(done, total int64)
+	// NoDelta sends the whole file. By default only the chunks the server
+	// lacks relative to the content being replaced are sent (see
+	// client.PushOptions.DeltaBase).
+	NoDelta bool
 }
 
 // CommitResult reports a commit.
@@ -46,6 +50,15 @@ type CommitResult struct {
 	Base   digest.Digest `json:"previous_base"`
 	// Unchanged is set when there was nothing to commit.
 	Unchanged bool `json:"unchanged,omitempty"`
+	// BytesSent is the upload's body: a delta's recipe and the chunks the
+	// server lacked, or the whole file; BytesReused what the server took
+	// from the content it replaced instead.
+	BytesSent   int64 `json:"bytes_sent"`
+	BytesReused int64 `json:"bytes_reused"`
+	Delta       bool  `json:"delta"`
+	// DeltaFallback says why a delta was not sent ("" when it was, or when
+	// there was no content to send one against).
+	DeltaFallback string `json:"delta_fallback,omitempty"`
 }
 
 // Commit repacks the working copy, uploads it to the bound image with
@@ -106,11 +119,23 @@ func (m *Manager) Commit(ctx context.Context, ref string, o CommitOptions) (Comm
 		f.Close()
 		return CommitResult{}, err
 	}
-	var body io.Reader = f
+	var stats client.PushStats
+	po := client.PushOptions{Digest: sum, IfMatch: ifMatch, Message: o.Message, Stats: &stats}
 	if o.Progress != nil {
-		body = &progressReader{f: f, total: fi.Size(), fn: o.Progress}
+		po.Progress = func(sent, _, total int64) { o.Progress(sent, total) }
 	}
-	info, err := m.Client.PushContent(ctx, target, body, fi.Size(), client.PushOptions{Digest: sum, IfMatch: ifMatch, Message: o.Message})
+	if !o.NoDelta && ifMatch != "" {
+		// A delta against the content being replaced: the server's index
+		// of it, or, when that is the workspace's base, the index of the
+		// cached copy (a server without chunk indexes).
+		po.DeltaBase = ifMatch
+		srcs := []client.IndexSource{m.Client.ServerIndex()}
+		if ifMatch == meta.Base {
+			srcs = append(srcs, client.FileIndex(m.Cache.BlobPath(meta.Base)))
+		}
+		po.DeltaIndex = client.FirstIndex(srcs...)
+	}
+	info, err := m.Client.PushContent(ctx, target, f, fi.Size(), po)
 	f.Close()
 	if err != nil && !refused(err) {
 		// The server may have committed before the answer was lost: keep
@@ -143,7 +168,8 @@ func (m *Manager) Commit(ctx context.Context, ref string, o CommitOptions) (Comm
 	if err != nil {
 		return CommitResult{}, fmt.Errorf("uploaded %s, but re-basing the workspace failed: %w", sum, err)
 	}
-	res := CommitResult{UID: target, Name: targetName, Digest: base.Digest, Size: base.Size, Format: base.Format, Base: meta.Base}
+	res := CommitResult{UID: target, Name: targetName, Digest: base.Digest, Size: base.Size, Format: base.Format, Base: meta.Base,
+		BytesSent: stats.BytesSent, BytesReused: stats.BytesReused, Delta: stats.Delta, DeltaFallback: stats.Fallback}
 	if err := m.rebase(ctx, meta, target, targetName, base); err != nil {
 		return res, fmt.Errorf("uploaded %s, but re-basing the workspace failed: %w", sum, err)
 	}
@@ -272,37 +298,3 @@ func refused(err error) bool {
 	}
 	return false
 }
-
-// progressReader reports the reads of f to fn, and keeps f's ReadAt and
-// Seek: PushContent resends an upload a head dropped to the next head,
-// through a fresh section reader, and the progress then starts over too.
-// Calls to fn are serialized (an attempt the transport has not quite let
-// go of may still read while the next one starts).
-type progressReader struct {
-	f     *os.File
-	total int64
-	fn    func(done, total int64)
-
-	mu   sync.Mutex
-	done int64
-}
-
-func (p *progressReader) Read(b []byte) (int, error) {
-	n, err := p.f.Read(b)
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.done += int64(n)
-	p.fn(p.done, p.total)
-	return n, err
-}
-
-func (p *progressReader) ReadAt(b []byte, off int64) (int, error) {
-	n, err := p.f.ReadAt(b, off)
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.done = off + int64(n)
-	p.fn(p.done, p.total)
-	return n, err
-}
-
-func (p *progressReader) Seek(off int64, whence int) (int64, error) { return p.f.Seek(off, whence) }
