@@ -69,6 +69,7 @@ type Content struct {
 	Chksum         string  `json:"chksum"`
 	Fmt            string  `json:"fmt"`
 	BLAKE3         string  `json:"blake3,omitempty"`
+	Chunks         string  `json:"chunks,omitempty"` // digest of the chunk index (GET /blob/<digest>/chunks), when recorded
 	LastModified   float64 `json:"last_modified"`
 	LastModifiedBy string  `json:"last_modified_by,omitempty"`
 }
