@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sync/errgroup"
@@ -72,9 +73,14 @@ const (
 	lazyIndexBlobs = 2
 	// deltaRunMax is the longest byte range one request fetches.
 	deltaRunMax = 16 << 20
-	// deltaSaveEvery is how many bytes put in place between saves of the
-	// resume state.
-	deltaSaveEvery = 32 << 20
+	// The resume state is saved when deltaSaveEvery bytes were put in
+	// place since the last save and deltaSaveGap has passed, or after
+	// deltaSaveMax bytes whatever the time: a kill -9 loses at most that
+	// much, and a fast transfer of a large blob writes its bitmap (one
+	// bit per chunk) a few times a second at most.
+	deltaSaveEvery = 4 << 20
+	deltaSaveGap   = 200 * time.Millisecond
+	deltaSaveMax   = 256 << 20
 )
 
 // Seed priority classes, high bits of a Seeds priority (the low bits are
@@ -445,6 +451,7 @@ type deltaRun struct {
 
 	mu      sync.Mutex // done, and the state file
 	done    []byte
+	saved   time.Time
 	moved   atomic.Int64 // bytes in place: progress
 	unsaved atomic.Int64
 }
@@ -468,6 +475,7 @@ func (dl *deltaRun) save() error {
 	dl.mu.Lock()
 	defer dl.mu.Unlock()
 	dl.unsaved.Store(0)
+	dl.saved = time.Now()
 	dl.p.st.Done = dl.done
 	if err := writeJSON(dl.p.statePath, dl.p.st, false); err != nil {
 		return dl.c.diskErr(err)
@@ -494,10 +502,16 @@ func (dl *deltaRun) landed(i int, reused bool) error {
 	if dl.o.DeltaProgress != nil {
 		dl.o.DeltaProgress(dl.xs.reused.Load(), dl.xs.fetched.Load(), dl.total)
 	}
-	if dl.unsaved.Add(n) >= deltaSaveEvery {
+	if u := dl.unsaved.Add(n); u >= deltaSaveMax || (u >= deltaSaveEvery && dl.sinceSave() >= deltaSaveGap) {
 		return dl.save()
 	}
 	return nil
+}
+
+func (dl *deltaRun) sinceSave() time.Duration {
+	dl.mu.Lock()
+	defer dl.mu.Unlock()
+	return time.Since(dl.saved)
 }
 
 // end saves what is in place when an attempt stops, and empties the

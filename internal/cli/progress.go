@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"fmt"
 	"io"
 	"os"
 	"sync"
@@ -50,6 +51,23 @@ func (p *progress) callback() func(done, total int64) {
 		return nil
 	}
 	return p.set
+}
+
+// deltaCallback is set as the DeltaProgress option of the cache: the bar
+// says how much of the transfer was reused and how much fetched.
+func (p *progress) deltaCallback() func(reused, fetched, total int64) {
+	if p == nil {
+		return nil
+	}
+	return func(reused, fetched, total int64) {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		if p.bar == nil {
+			p.bar = progressbar.DefaultBytes(total, p.label)
+		}
+		p.bar.Describe(fmt.Sprintf("%s (reused %s, fetched %s)", inert(p.label), humanBytes(reused), humanBytes(fetched)))
+		p.bar.Set64(reused + fetched)
+	}
 }
 
 // finish completes the bar, if one was drawn.
