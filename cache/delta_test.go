@@ -6,9 +6,12 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 
@@ -390,5 +393,33 @@ func TestPlanPullMatchesPull(t *testing.T) {
 	}
 	if plan, err := c.PlanPull(ctx, "img", EnsureOptions{Policy: Always}); err != nil || !plan.Present || plan.BytesFetched != 0 {
 		t.Fatalf("plan of a cached image: %+v %v", plan, err)
+	}
+}
+
+// TestDeltaHTTPSourceSaysWhole: a plain URL serves no chunk index; with a
+// seed in the cache the pull is whole and says why.
+func TestDeltaHTTPSourceSaysWhole(t *testing.T) {
+	v1 := seeded(2<<20, 1)
+	v2 := rewrite(v1, 2, 4096, 2)
+	var cur atomic.Pointer[[]byte]
+	cur.Store(&v1)
+	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.ServeContent(w, r, "disk.img", time.Time{}, bytes.NewReader(*cur.Load()))
+	}))
+	defer s.Close()
+	c, err := Open(t.TempDir(), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Ensure(ctx, s.URL+"/disk.img", EnsureOptions{Checksum: digest.FromBytes(v1)}); err != nil {
+		t.Fatal(err)
+	}
+	cur.Store(&v2)
+	img, err := c.Ensure(ctx, s.URL+"/disk.img", EnsureOptions{Checksum: digest.FromBytes(v2)})
+	if err != nil || !bytes.Equal(mustRead(t, img.Path), v2) {
+		t.Fatalf("pull: %+v %v", img, err)
+	}
+	if img.Transfer != "whole" || !strings.Contains(img.Note, "serves no chunk index") || img.BytesFetched != int64(len(v2)) {
+		t.Fatalf("%+v; want a whole transfer that says why", img)
 	}
 }
