@@ -111,6 +111,10 @@ type ContentFile struct {
 	// BLAKE3 is depot's second digest of the file, when the blob store
 	// computed one.
 	BLAKE3 string `json:"blake3,omitempty"`
+	// Chunks is the digest of the blob's chunk index (GET
+	// /api/v1/blob/<chksum>/chunks), when the head recorded one: a node
+	// verifies the index against it before a delta pull trusts it.
+	Chunks string `json:"chunks,omitempty"`
 }
 
 // The fixed keys of a Content object next to its format key.

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/opencontainers/go-digest"
@@ -34,6 +35,9 @@ type Options struct {
 	// Connections is how many parallel ranged requests fetch one large blob
 	// (default 1: a single stream).
 	Connections int
+	// SeedEntries bounds the seed lookup of a delta transfer, in chunks
+	// (chunks.SeedEntryBytes each); 0 is DefaultSeedEntries (96 MiB).
+	SeedEntries int
 	// Sources overrides source construction (tests, embedding programs).
 	Sources func(r ref.Ref, o EnsureOptions) (source.Source, error)
 }
@@ -44,6 +48,8 @@ type Cache struct {
 	dir  string
 	opts Options
 	log  *slog.Logger
+	// stats count every transfer's bytes (TransferStats).
+	stats struct{ fetched, reused atomic.Int64 }
 }
 
 // Open prepares dir for use. The cache keeps dir as an absolute path, so
@@ -54,7 +60,7 @@ func Open(dir string, opts Options) (*Cache, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cache %s: %w", dir, err)
 	}
-	for _, d := range []string{"blobs/sha256", "ingest", "locks", "index/pointers", "index/blobs", "leases", "quarantine"} {
+	for _, d := range []string{"blobs/sha256", "ingest", "locks", "index/pointers", "index/blobs", "index/chunks", "leases", "quarantine"} {
 		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
 			return nil, fmt.Errorf("cache %s: %w", dir, err)
 		}

@@ -20,6 +20,7 @@ import (
 	"github.com/depot-images/depot/client"
 	"github.com/depot-images/depot/errdefs"
 	"github.com/depot-images/depot/internal/auth"
+	"github.com/depot-images/depot/internal/blob/local"
 	"github.com/depot-images/depot/internal/server"
 	"github.com/depot-images/depot/internal/server/servertest"
 	"github.com/depot-images/depot/internal/testenv"
@@ -36,6 +37,16 @@ type head struct {
 	blobGets atomic.Int64
 	infoGets atomic.Int64
 	down     atomic.Bool
+	// bodyBytes counts the body bytes of blob GETs (ranges included),
+	// indexGets the chunk index GETs.
+	bodyBytes atomic.Int64
+	indexGets atomic.Int64
+	inflight  atomic.Int64 // requests being handled
+	blobs     *local.Store
+	// noIndex makes the chunk index endpoint answer 404 (an older
+	// server); lieIndex, when set, edits every index served.
+	noIndex  atomic.Bool
+	lieIndex atomic.Value // func(*chunks.Index)
 	// hostile, when set, sees every request first and answers it when it
 	// returns true (func(http.ResponseWriter, *http.Request) bool).
 	hostile atomic.Value
@@ -57,8 +68,16 @@ func newHead(t *testing.T) *head {
 				if f, ok := h.hostile.Load().(func(http.ResponseWriter, *http.Request) bool); ok && f(w, r) {
 					return
 				}
+				if strings.HasPrefix(r.URL.Path, "/api/v1/blob/") && strings.HasSuffix(r.URL.Path, "/chunks") {
+					h.indexGets.Add(1)
+					h.serveIndex(t, w, r, next)
+					return
+				}
 				if strings.HasPrefix(r.URL.Path, "/api/v1/blob/") && r.Method == http.MethodGet {
 					h.blobGets.Add(1)
+					h.inflight.Add(1)
+					defer h.inflight.Add(-1)
+					w = &countingWriter{ResponseWriter: w, n: &h.bodyBytes}
 				}
 				// A resolve is one GET of the image object (metadata, no body).
 				if p := strings.TrimPrefix(r.URL.Path, "/api/v1/image/"); p != r.URL.Path && !strings.Contains(p, "/") && r.Method == http.MethodGet {
@@ -68,7 +87,7 @@ func newHead(t *testing.T) *head {
 			})
 		},
 	})
-	h.url, h.srv = hs.URL, hs.Server
+	h.url, h.srv, h.blobs = hs.URL, hs.Server, hs.Blobs
 	h.admin = hs.Client(t, "admin", auth.RoleAdmin)
 	return h
 }

@@ -13,6 +13,8 @@
 //	leases/<h>.json           who uses which digest (lease.go); unreadable: nothing is deleted
 //	index/pointers/<h>.json   pointer key → digest, resolved_at (h = sha256(key))
 //	index/blobs/<hex>.json    size, BLAKE3, format, verified_at, last_used, stat fingerprint
+//	index/chunks/<hex>        the blob's chunk index (chunkindex.go): a seeding hint, never trusted
+//	ingest/<hex>.cix          the chunk index a delta transfer of <hex> follows
 //	quarantine/<hex>.<time>   a blob that failed verification, kept for forensics
 //	work/<uid>/               edit workspaces (package workspace; the cache only looks)
 //
@@ -49,7 +51,9 @@
 // policy and pointers), integrity.go (lookup, re-verification,
 // quarantine), fetch.go and retry.go (one transfer per digest, and its
 // retry policy), partial.go (the part file: resume, reset, commit),
-// download.go (sequential and parallel transfers), claim.go (size bounds),
+// download.go (sequential and parallel transfers), delta.go (delta
+// transfers from seeds and their bounded lookup, PlanPull), chunkindex.go
+// (every blob's chunk index), claim.go (size bounds),
 // chain.go (qcow2 backing chains), index.go, lease.go, locks.go, and the
 // maintenance in verify.go, sources.go, prune.go, remove.go, list.go and
 // adopt.go.

@@ -5,9 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"syscall"
 
 	"golang.org/x/sync/errgroup"
+
+	"github.com/opencontainers/go-digest"
 
 	"github.com/depot-images/depot/errdefs"
 	"github.com/depot-images/depot/internal/ref"
@@ -24,7 +27,37 @@ const (
 // transfer fetches want.Digest from src into its partial, resuming what a
 // previous run left, and commits it. One call is one attempt: fetch
 // decides whether another is worth making.
-func (c *Cache) transfer(ctx context.Context, r ref.Ref, src source.Source, want source.Descriptor, o EnsureOptions) (Image, error) {
+func (c *Cache) transfer(ctx context.Context, r ref.Ref, src source.Source, want source.Descriptor, o EnsureOptions, xs *xferStats) (Image, error) {
+	if ok, why := c.canDelta(src, want, o); ok {
+		img, err := c.delta(ctx, r, src, want, o, xs)
+		if err == nil {
+			img.Transfer = "delta"
+			return img, nil
+		}
+		if !errors.Is(err, errNoDelta) {
+			return Image{}, err
+		}
+		if !errors.Is(err, errNoSeed) {
+			c.note(xs, want.Digest, strings.TrimSuffix(err.Error(), ": "+errNoDelta.Error())+"; transferring whole")
+		}
+	} else if why != "" {
+		c.note(xs, want.Digest, why)
+	}
+	img, err := c.whole(ctx, r, src, want, o, xs)
+	img.Transfer = "whole"
+	return img, err
+}
+
+// note records (and logs) why a transfer that could have been a delta is
+// whole.
+func (c *Cache) note(xs *xferStats, d digest.Digest, why string) {
+	c.log.Info("no delta transfer", "digest", d, "why", why)
+	xs.note.Store(&why)
+}
+
+// whole fetches want.Digest whole (a sequential or a parallel download),
+// resuming the in-order prefix a previous attempt left.
+func (c *Cache) whole(ctx context.Context, r ref.Ref, src source.Source, want source.Descriptor, o EnsureOptions, xs *xferStats) (Image, error) {
 	d, validator := want.Digest, want.Validator
 	buf := make([]byte, 1<<20)
 	p, err := c.openPartial(d, r.String(), src.String(), buf)
@@ -68,6 +101,8 @@ func (c *Cache) transfer(ctx context.Context, r ref.Ref, src source.Source, want
 		}
 	}
 	p.st.Validator = body.Validator
+	start := p.done
+	defer func() { c.addFetched(xs, p.done-start) }()
 	// The expected size: what the body declares, else what the source
 	// declared on resolving. Two declarations that disagree are a lie.
 	size := body.Size

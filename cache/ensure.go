@@ -50,6 +50,12 @@ type EnsureOptions struct {
 	// Progress, when set, is called as bytes arrive (done, total; total -1
 	// when unknown).
 	Progress func(done, total int64)
+	// NoDelta transfers whole even when seeds and a chunk index are at
+	// hand (delta.go).
+	NoDelta bool
+	// DeltaProgress, when set, is called during a delta transfer with the
+	// bytes taken from seeds and fetched so far, of total.
+	DeltaProgress func(reused, fetched, total int64)
 	// Lease, when set, leases the image and its backing chain to this
 	// holder (for LeaseTTL; 0 until removed), so prune and rm leave them
 	// alone. Each digest is leased before it is looked up or fetched, so
@@ -82,6 +88,16 @@ type Image struct {
 	Chain []Link `json:"chain,omitempty"`
 	// Fetched is true when bytes were transferred by this call.
 	Fetched bool `json:"fetched"`
+	// BytesFetched is what this call received from the source (bodies
+	// and chunk indexes), BytesReused what a delta transfer took from
+	// blobs already in the cache instead (and chunks an interrupted
+	// earlier run left in place).
+	BytesFetched int64 `json:"bytes_fetched"`
+	BytesReused  int64 `json:"bytes_reused"`
+	// Transfer is "delta" or "whole" when this call transferred; Note
+	// says why a transfer that could have been a delta was whole.
+	Transfer string `json:"transfer,omitempty"`
+	Note     string `json:"note,omitempty"`
 	// Offline is true when the source was unreachable and the last
 	// resolved copy was used (EnsureOptions.OfflineOK).
 	Offline bool `json:"offline,omitempty"`

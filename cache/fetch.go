@@ -34,7 +34,8 @@ func (c *Cache) fetch(ctx context.Context, r ref.Ref, src source.Source, want so
 			return img, err // another process fetched it while we waited
 		}
 	}
-	img, err := c.withRetries(ctx, src, d, func() (Image, error) { return c.transfer(ctx, r, src, want, o) })
+	xs := &xferStats{}
+	img, err := c.withRetries(ctx, src, d, func() (Image, error) { return c.transfer(ctx, r, src, want, o, xs) })
 	if err != nil && errors.Is(err, errdefs.ErrNotFound) {
 		return Image{}, c.unavailable(ctx, r, src, d)
 	}
@@ -42,6 +43,10 @@ func (c *Cache) fetch(ctx context.Context, r ref.Ref, src source.Source, want so
 		return Image{}, err
 	}
 	img.Fetched = true
+	img.BytesFetched, img.BytesReused = xs.fetched.Load(), xs.reused.Load()
+	if n := xs.note.Load(); n != nil && img.Transfer == "whole" {
+		img.Note = *n
+	}
 	return img, nil
 }
 

@@ -78,7 +78,8 @@ func (c *Cache) reverify(d digest.Digest, path string, old BlobRecord) (BlobReco
 	h := contenthash.NewDualHasher()
 	defer h.Close()
 	var sniff format.Sniffer
-	if _, err := io.CopyBuffer(io.MultiWriter(h, &sniff), f, make([]byte, 1<<20)); err != nil {
+	ix := newIndexer()
+	if _, err := io.CopyBuffer(io.MultiWriter(h, &sniff, ix), f, make([]byte, 1<<20)); err != nil {
 		return BlobRecord{}, err
 	}
 	if h.Digest() != d {
@@ -89,6 +90,9 @@ func (c *Cache) reverify(d digest.Digest, path string, old BlobRecord) (BlobReco
 	fi, err := f.Stat()
 	if err != nil {
 		return BlobRecord{}, err
+	}
+	if x, err := ix.finish(d); err == nil {
+		c.storeChunkIndex(x)
 	}
 	rec := BlobRecord{Digest: d, Size: h.Size(), BLAKE3: h.BLAKE3(), Format: sniff.Format(), VerifiedAt: time.Now().UTC(), Stat: fingerprint(fi), Source: old.Source, Ref: old.Ref, LastUsed: old.LastUsed}
 	if err := writeJSON(c.recordPath(d), rec, true); err != nil {

@@ -22,6 +22,12 @@ type ingestState struct {
 	// in order. -1 means the file was written strictly sequentially, so its
 	// whole length is a valid prefix.
 	Prefix int64 `json:"prefix"`
+	// Chunks, set during a delta transfer (delta.go), is the digest of
+	// the index the transfer follows, kept beside as ingest/<hex>.cix, and
+	// Done the chunks of it already in place (a bitmap, bit i for chunk
+	// i). Claimed chunks are re-hashed before a resume trusts them.
+	Chunks digest.Digest `json:"chunks,omitempty"`
+	Done   []byte        `json:"done,omitempty"`
 }
 
 // partial is an ingest in progress: the part file ingest/<hex>.part, its
@@ -37,8 +43,9 @@ type partial struct {
 	st        ingestState
 	h         *contenthash.DualHasher
 	sniff     *format.Sniffer
-	done      int64  // bytes hashed in order
-	ref       string // the reference it is fetched through
+	index     *indexer // the chunk index, cut in the same pass
+	done      int64    // bytes hashed in order
+	ref       string   // the reference it is fetched through
 }
 
 // openPartial opens d's part file (creating it) for a transfer from
@@ -49,11 +56,14 @@ type partial struct {
 // here. The caller closes it.
 func (c *Cache) openPartial(d digest.Digest, refStr, origin string, buf []byte) (*partial, error) {
 	p := &partial{c: c, d: d, ref: refStr, path: filepath.Join(c.dir, "ingest", d.Encoded()+".part"),
-		statePath: filepath.Join(c.dir, "ingest", d.Encoded()+".json"), h: contenthash.NewDualHasher(), sniff: &format.Sniffer{}}
+		statePath: filepath.Join(c.dir, "ingest", d.Encoded()+".json"), h: contenthash.NewDualHasher(), sniff: &format.Sniffer{}, index: newIndexer()}
 	st, ok, _ := readJSON[ingestState](p.statePath)
 	if !ok {
 		st = ingestState{Prefix: 0} // no state: nothing in the part file is known good
 	}
+	// A delta transfer's chunks are in place out of order: a whole
+	// transfer keeps only the in-order prefix (0 after a delta).
+	st.Chunks, st.Done = "", nil
 	if st.Source != origin {
 		st.Source, st.Validator = origin, ""
 	}
@@ -100,6 +110,7 @@ func (p *partial) complete() bool {
 func (p *partial) hash(b []byte) {
 	p.h.Write(b)
 	p.sniff.Write(b)
+	p.index.Write(b)
 	p.done += int64(len(b))
 }
 
@@ -110,11 +121,16 @@ func (p *partial) reset() error {
 		return p.c.diskErr(err)
 	}
 	p.h.Close()
-	p.h, p.sniff, p.done = contenthash.NewDualHasher(), &format.Sniffer{}, 0
+	p.resetHashes()
 	if _, err := p.f.Seek(0, io.SeekStart); err != nil {
 		return err
 	}
 	return nil
+}
+
+// resetHashes starts the in-order hashes over, at offset 0.
+func (p *partial) resetHashes() {
+	p.h, p.sniff, p.index, p.done = contenthash.NewDualHasher(), &format.Sniffer{}, newIndexer(), 0
 }
 
 // setPrefix records that the first n bytes of the part file are written in
@@ -141,6 +157,12 @@ func (p *partial) discard() {
 	p.f.Close()
 	os.Remove(p.path)
 	os.Remove(p.statePath)
+	os.Remove(p.indexPath())
+}
+
+// indexPath is ingest/<hex>.cix, the index a delta transfer follows.
+func (p *partial) indexPath() string {
+	return filepath.Join(p.c.dir, "ingest", p.d.Encoded()+".cix")
 }
 
 // commit verifies the digest, then fsyncs, makes read-only and renames the
@@ -172,6 +194,12 @@ func (p *partial) commit(src source.Source) (Image, error) {
 		return Image{}, err
 	}
 	os.Remove(p.statePath)
+	os.Remove(p.indexPath())
+	if x, err := p.index.finish(d); err == nil {
+		c.storeChunkIndex(x)
+	} else {
+		c.log.Debug("no chunk index", "digest", d, "err", err)
+	}
 	img, err := c.publish(BlobRecord{Digest: d, BLAKE3: p.h.BLAKE3(), Format: p.sniff.Format(), Source: src.String(), Ref: p.ref})
 	if err != nil {
 		return Image{}, err

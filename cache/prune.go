@@ -306,6 +306,7 @@ func (c *Cache) sweepPartials(res *RuleResult, cutoff time.Time, dryRun bool) er
 		if !dryRun {
 			os.Remove(filepath.Join(dir, e.Name()))
 			os.Remove(filepath.Join(dir, hexName+".json"))
+			os.Remove(filepath.Join(dir, hexName+".cix"))
 		}
 		lock.Unlock()
 	}
@@ -332,6 +333,7 @@ func (c *Cache) deleteBlob(ctx context.Context, d digest.Digest, named []Pointer
 		os.Remove(c.pointerPath(p.Key))
 	}
 	os.Remove(c.recordPath(d))
+	os.Remove(c.chunkIndexPath(d))
 	os.Remove(c.BlobPath(d))
 	c.log.Info("pruned", "digest", d)
 	return "", nil

@@ -113,6 +113,7 @@ func (c *Cache) Remove(ctx context.Context, refStr string, o RemoveOptions) ([]d
 			return deleted, err
 		}
 		os.Remove(c.recordPath(d))
+		os.Remove(c.chunkIndexPath(d))
 		if err == nil {
 			deleted = append(deleted, d)
 		}

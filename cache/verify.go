@@ -56,6 +56,11 @@ type VerifyResult struct {
 	Leased bool          `json:"leased,omitempty"`
 	Refs   []string      `json:"refs,omitempty"`
 	Detail string        `json:"detail,omitempty"`
+	// BytesFetched and BytesReused are what a repair moved from the
+	// source and took from the cache (the blob's own good chunks, by its
+	// chunk index, and other cached blobs).
+	BytesFetched int64 `json:"bytes_fetched,omitempty"`
+	BytesReused  int64 `json:"bytes_reused,omitempty"`
 }
 
 // Bad reports whether the result needs attention (exit code non-zero).
@@ -234,14 +239,20 @@ func (c *Cache) repair(ctx context.Context, rec BlobRecord, res VerifyResult) Ve
 		r.Digest, o.Checksum = "", rec.Digest
 	}
 	src, err := c.sourceFor(r, o)
+	var img Image
 	if err == nil {
-		_, err = c.fetch(ctx, r, src, source.Descriptor{Digest: rec.Digest, Size: -1}, o)
+		img, err = c.fetch(ctx, r, src, source.Descriptor{Digest: rec.Digest, Size: -1}, o)
 	}
 	if err != nil {
 		res.Detail += "; repair failed: " + err.Error()
 		return res
 	}
-	res.Status, res.Detail = StatusRepaired, res.Detail+"; a verified copy was fetched from "+src.String()
+	res.BytesFetched, res.BytesReused = img.BytesFetched, img.BytesReused
+	how := "a verified copy was fetched from " + src.String()
+	if img.Transfer == "delta" {
+		how = fmt.Sprintf("repaired from %s: %d bytes fetched, %d reused, verified", src, img.BytesFetched, img.BytesReused)
+	}
+	res.Status, res.Detail = StatusRepaired, res.Detail+"; "+how
 	return res
 }
 

@@ -71,6 +71,9 @@ func Run(ctx context.Context, c Cache, o Options) error {
 	}
 	reg := prometheus.NewRegistry()
 	m := newMetrics(reg)
+	if s, ok := c.(interface{ TransferStats() cache.TransferStats }); ok {
+		registerDelta(reg, s.TransferStats)
+	}
 	if o.Metrics != nil {
 		stop := serveMetrics(o.Metrics, reg)
 		defer stop() // joined: the server is gone when Run returns

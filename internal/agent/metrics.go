@@ -8,6 +8,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/depot-images/depot/cache"
 )
 
 // metrics are the agent's counters. Their names and labels are an
@@ -25,6 +27,19 @@ func newMetrics(reg prometheus.Registerer) metrics {
 	}
 	reg.MustRegister(m.blobs, m.bytes, m.runs)
 	return m
+}
+
+// registerDelta counts the bytes the cache's transfers took from cached
+// blobs (reused) and from sources (fetched), as the cache counts them
+// (cache.TransferStats: every transfer of this process, the agent's
+// repairs and refreshes).
+func registerDelta(reg prometheus.Registerer, stats func() cache.TransferStats) {
+	const name, help = "depot_cache_delta_bytes_total", "Bytes of cache transfers by kind: reused from cached blobs, or fetched from the source."
+	reg.MustRegister(
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help, ConstLabels: prometheus.Labels{"kind": "reused"}},
+			func() float64 { return float64(stats().Reused) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help, ConstLabels: prometheus.Labels{"kind": "fetched"}},
+			func() float64 { return float64(stats().Fetched) }))
 }
 
 // serveMetrics serves reg at /metrics on ln until stop is called; stop

@@ -27,6 +27,8 @@ type cacheOptions struct {
 	printChain  bool
 	connections int
 	maxDownload budgetValue
+	noDelta     bool
+	dryRun      bool
 }
 
 func (o *cacheOptions) addDirFlag(f *pflag.FlagSet) {
@@ -40,7 +42,8 @@ func (o *cacheOptions) addEnsureFlags(f *pflag.FlagSet, defPolicy string) {
 	f.BoolVar(&o.offlineOK, "offline-ok", false, "with Always: use the last resolved copy when the source is unreachable")
 	f.StringVar(&o.checksum, "checksum", "", "pin an http(s) reference to sha256:<hex>")
 	f.StringVar(&o.checksumURL, "checksum-url", "", "checksum file of an http(s) reference (default: <url>.sha256, SHA256SUMS, CHECKSUM)")
-	f.IntVar(&o.connections, "connections", 4, "parallel ranged connections for blobs over 64 MiB (1: one stream)")
+	f.IntVar(&o.connections, "connections", 4, "parallel ranged connections for blobs over 64 MiB, and for the ranges of a delta (1: one stream)")
+	f.BoolVar(&o.noDelta, "no-delta", false, "transfer whole: do not reuse chunks of cached blobs")
 	o.addMaxDownloadFlag(f)
 }
 
@@ -90,9 +93,10 @@ func (o *cacheOptions) ensureOptions(g *globals, label string) (cache.EnsureOpti
 	if err != nil {
 		return cache.EnsureOptions{}, nil, usageError{err}
 	}
-	eo := cache.EnsureOptions{Policy: p, Force: o.force, OfflineOK: o.offlineOK, ChecksumURL: o.checksumURL, Checksum: digest.Digest(o.checksum)}
+	eo := cache.EnsureOptions{Policy: p, Force: o.force, OfflineOK: o.offlineOK, ChecksumURL: o.checksumURL, Checksum: digest.Digest(o.checksum), NoDelta: o.noDelta}
 	bar := g.newProgress(label)
 	eo.Progress = bar.callback()
+	eo.DeltaProgress = bar.deltaCallback()
 	return eo, bar.finish, nil
 }
 
@@ -109,13 +113,24 @@ A pinned digest is fetched by digest, bypassing every name or URL pointer; if
 the source no longer has it, the error names the wanted digest and what the
 name points to now (exit 7).
 
+From a depot server, a pull into a cache that already holds related content
+(the previous revision, other images from the same base) is a delta: chunks
+the cache has are copied from it (each re-hashed), only the rest is fetched,
+and the result is verified whole as always. --no-delta transfers whole;
+--dry-run prints what would be fetched and reused without fetching the body.
+With --json the result reports bytes_fetched and bytes_reused.
+
 ` + exitHelp,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if o.dryRun {
+				return runPlan(cmd, g, o, args[0])
+			}
 			return runEnsure(cmd, g, o, args[0], false)
 		},
 	}
 	o.addEnsureFlags(cmd.Flags(), "Always")
+	cmd.Flags().BoolVar(&o.dryRun, "dry-run", false, "print what would be fetched and reused, fetch no body")
 	return cmd
 }
 
@@ -157,6 +172,9 @@ func runEnsure(cmd *cobra.Command, g *globals, o *cacheOptions, refStr string, p
 		if img.Offline {
 			fmt.Fprintf(g.stderr, "depot: %s: source unreachable; using the last resolved copy %s\n", inert(refStr), img.Digest)
 		}
+		if img.Note != "" {
+			fmt.Fprintf(g.stderr, "depot: %s: %s\n", inert(refStr), inert(img.Note))
+		}
 		switch {
 		case pathOnly:
 			fmt.Fprintln(w, inert(img.Path))
@@ -169,10 +187,44 @@ func runEnsure(cmd *cobra.Command, g *globals, o *cacheOptions, refStr string, p
 			verb := "up to date"
 			if img.Fetched {
 				verb = "fetched"
+				if img.Transfer == "delta" {
+					verb = fmt.Sprintf("fetched %s, reused %s of", humanBytes(img.BytesFetched), humanBytes(img.BytesReused))
+				}
 			}
 			fmt.Fprintf(w, "%s: %s %s (%s, %s)\n%s\n", inert(refStr), verb, img.Digest, inert(img.Format), humanBytes(img.Size), inert(img.Path))
 			for _, l := range img.Chain {
 				fmt.Fprintf(w, "  backing: %s %s\n", l.Digest, inert(l.Path))
+			}
+		}
+	})
+}
+
+// runPlan is pull --dry-run: what a pull of refStr would fetch and reuse.
+func runPlan(cmd *cobra.Command, g *globals, o *cacheOptions, refStr string) error {
+	c, err := o.open(g)
+	if err != nil {
+		return err
+	}
+	eo, _, err := o.ensureOptions(g, "")
+	if err != nil {
+		return err
+	}
+	eo.Progress, eo.DeltaProgress = nil, nil
+	plan, err := c.PlanPull(cmd.Context(), refStr, eo)
+	if err != nil {
+		return err
+	}
+	return g.emit(plan, func(w io.Writer) {
+		switch {
+		case plan.Present:
+			fmt.Fprintf(w, "%s: %s is cached; nothing to fetch\n", inert(refStr), plan.Digest)
+		case plan.Transfer == "delta":
+			fmt.Fprintf(w, "%s: %s (%s): would fetch %s and reuse %s from %d cached blobs\n", inert(refStr), plan.Digest,
+				humanBytes(plan.Size), humanBytes(plan.BytesFetched), humanBytes(plan.BytesReused), plan.Seeds)
+		default:
+			fmt.Fprintf(w, "%s: %s: would fetch it whole (%s)\n", inert(refStr), plan.Digest, humanBytes(plan.BytesFetched))
+			if plan.Note != "" {
+				fmt.Fprintf(w, "  %s\n", inert(plan.Note))
 			}
 		}
 	})

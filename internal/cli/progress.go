@@ -69,6 +69,23 @@ func (p *progress) pushCallback() func(sent, reused, total int64) {
 	}
 }
 
+// deltaCallback is set as the DeltaProgress option of the cache: the bar
+// says how much of the transfer was reused and how much fetched.
+func (p *progress) deltaCallback() func(reused, fetched, total int64) {
+	if p == nil {
+		return nil
+	}
+	return func(reused, fetched, total int64) {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		if p.bar == nil {
+			p.bar = progressbar.DefaultBytes(total, p.label)
+		}
+		p.bar.Describe(fmt.Sprintf("%s (reused %s, fetched %s)", inert(p.label), humanBytes(reused), humanBytes(fetched)))
+		p.bar.Set64(reused + fetched)
+	}
+}
+
 // finish completes the bar, if one was drawn.
 func (p *progress) finish() {
 	if p == nil {

@@ -33,7 +33,9 @@ func newVerifyCmd(g *globals) *cobra.Command {
 		Long: `Check every cached blob, or the named ones, in parallel. The default compares the
 BLAKE3 recorded at ingest; --full re-computes sha256. A blob whose stat
 fingerprint changed is re-hashed in full. A corrupt blob is moved to
-quarantine/ and its pointers are dropped; --repair fetches a good copy.
+quarantine/ and its pointers are dropped; --repair fetches a good copy: with
+the blob's chunk index (made at ingest) only the corrupt chunks are fetched,
+and the result says how many bytes moved.
 
 --sources asks each entry's source what it names now (metadata or checksum
 file, never a body) and reports current, changed or gone; --refresh fetches
@@ -60,9 +62,10 @@ the changed ones. Exit code 9 when anything was corrupt or missing.`,
 				return err
 			}
 			bad := 0
-			var bytes int64
+			var bytes, moved int64
 			for _, r := range res {
 				bytes += r.Size
+				moved += r.BytesFetched
 				if r.Bad() {
 					bad++
 				}
@@ -76,6 +79,9 @@ the changed ones. Exit code 9 when anything was corrupt or missing.`,
 				}
 				tw.Flush()
 				fmt.Fprintf(w, "%d blobs, %s in %.1fs (%.0f MB/s); %d bad\n", len(res), humanBytes(bytes), secs, float64(bytes)/secs/1e6, bad)
+				if o.repair && moved > 0 {
+					fmt.Fprintf(w, "repair fetched %s\n", humanBytes(moved))
+				}
 			}); err != nil {
 				return err
 			}

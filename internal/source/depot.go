@@ -2,12 +2,14 @@ package source
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/opencontainers/go-digest"
 
 	"github.com/depot-images/depot/client"
 	"github.com/depot-images/depot/errdefs"
+	"github.com/depot-images/depot/internal/chunks"
 )
 
 // Depot is an image on a depot server. Resolve reads …/content/info; Open
@@ -17,7 +19,10 @@ type Depot struct {
 	Ref    string // image name or UID
 }
 
-var _ Source = (*Depot)(nil)
+var (
+	_ Source  = (*Depot)(nil)
+	_ Indexer = (*Depot)(nil)
+)
 
 // Resolve implements Source.
 func (d *Depot) Resolve(ctx context.Context) (Descriptor, error) {
@@ -28,7 +33,7 @@ func (d *Depot) Resolve(ctx context.Context) (Descriptor, error) {
 	if img.Content == nil {
 		return Descriptor{Identity: img.UID}, fmt.Errorf("image %s (%s) has no content: %w", img.Name, img.UID, errdefs.ErrNotFound)
 	}
-	return Descriptor{Digest: digest.Digest(img.Content.Chksum), Size: img.Content.Size, Identity: img.UID}, nil
+	return Descriptor{Digest: digest.Digest(img.Content.Chksum), Size: img.Content.Size, Identity: img.UID, Chunks: digest.Digest(img.Content.Chunks)}, nil
 }
 
 // Open implements Source.
@@ -38,6 +43,31 @@ func (d *Depot) Open(ctx context.Context, dg digest.Digest, offset, length int64
 		return Body{}, err
 	}
 	return Body{ReadCloser: c, Offset: c.Offset, Size: c.Total, Ranges: c.Ranges}, nil
+}
+
+// ChunkIndex implements Indexer: GET /api/v1/blob/<d>/chunks, at most
+// chunks.MaxEncodedSize bytes, decoded (and verified against want when
+// the revision recorded it). An index that names another blob is refused.
+func (d *Depot) ChunkIndex(ctx context.Context, dg, want digest.Digest) (*chunks.Index, error) {
+	c, err := d.Client.OpenChunkIndex(ctx, dg)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	if c.Size > int64(chunks.MaxEncodedSize) {
+		return nil, fmt.Errorf("chunk index of %s from %s declares %d bytes, over %d: %w", dg, d, c.Size, int64(chunks.MaxEncodedSize), chunks.ErrBadIndex)
+	}
+	x, err := chunks.Read(c, want)
+	if err != nil {
+		if errors.Is(err, errdefs.ErrCorrupt) || errors.Is(err, errdefs.ErrVerification) {
+			return nil, fmt.Errorf("chunk index of %s from %s: %w", dg, d, err)
+		}
+		return nil, fmt.Errorf("chunk index of %s from %s: %v: %w", dg, d, err, errdefs.ErrUnavailable)
+	}
+	if x.Blob != dg {
+		return nil, fmt.Errorf("chunk index from %s names %s, not %s: %w", d, x.Blob, dg, chunks.ErrBadIndex)
+	}
+	return x, nil
 }
 
 // Heads is how many heads the client fails over between.

@@ -12,6 +12,8 @@ import (
 	"io"
 
 	"github.com/opencontainers/go-digest"
+
+	"github.com/depot-images/depot/internal/chunks"
 )
 
 // Descriptor is what a pointer resolves to.
@@ -24,6 +26,11 @@ type Descriptor struct {
 	// Identity is the object the pointer named (a depot image's UID), so a
 	// delete-and-recreate under the same name is told apart (seed 000).
 	Identity string
+	// Chunks is the digest of the content's chunk index when the origin
+	// recorded one with the revision: an index fetched for Digest is
+	// trusted only if it hashes to it (chunks.DecodeVerified). Empty when
+	// unknown.
+	Chunks digest.Digest
 }
 
 // Body is an open download.
@@ -57,6 +64,21 @@ type Source interface {
 	ByDigest() bool
 	// String names the origin for messages.
 	String() string
+}
+
+// Indexer is a source that can serve the chunk index of a blob (a depot
+// server: GET /blob/<digest>/chunks), so a node fetches only the chunks
+// it lacks as byte ranges. Sources without one (plain HTTP, OCI) are
+// transferred whole.
+type Indexer interface {
+	// ChunkIndex returns the validated index of d. With a non-empty
+	// want (the digest a revision recorded) the encoded index must hash
+	// to it. The index is still a claim about d's bytes: callers verify
+	// every chunk and the whole-file digest. Errors: ErrNotFound when
+	// the origin has no index (an older server), ErrCorrupt
+	// (chunks.ErrBadIndex) or *errdefs.VerificationError for a bad one,
+	// ErrUnavailable when unreachable.
+	ChunkIndex(ctx context.Context, d, want digest.Digest) (*chunks.Index, error)
 }
 
 // Heads is how many origins s fails over between: a depot cluster's heads,

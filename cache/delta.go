@@ -1,0 +1,809 @@
+package cache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/depot-images/depot/errdefs"
+	"github.com/depot-images/depot/internal/atomicfile"
+	"github.com/depot-images/depot/internal/chunks"
+	"github.com/depot-images/depot/internal/ref"
+	"github.com/depot-images/depot/internal/source"
+)
+
+// Delta transfers (issue 14). A blob whose source serves its chunk index
+// (source.Indexer: a depot server), or whose index the cache already has
+// (a repair), is assembled from the chunks the cache already holds in
+// other blobs (the seeds) plus byte ranges of the ordinary blob URL for the
+// rest:
+//
+//  1. seedsFor picks the seeds, within a bounded lookup (see
+//     DefaultSeedEntries), by priority: a quarantined copy of the wanted
+//     blob itself (verify --repair), the previous content of the same
+//     pointer, other content of the same image (UID or name), then every
+//     other blob, most recently used first;
+//  2. the wanted index is fetched and checked (DecodeVerified when the
+//     revision recorded its digest; it must name the wanted blob and
+//     size, with the cache's chunk parameters);
+//  3. every chunk found in a seed is read from it and re-hashed (BLAKE3)
+//     before it is written into the part file; a mismatch only moves the
+//     chunk to the fetch list;
+//  4. the rest is fetched as coalesced single-range requests (at most
+//     deltaRunMax each) over Options.Connections connections, and every
+//     chunk is hashed as it lands; a chunk that does not match its index
+//     entry ends the delta (the index or the source lies) and the blob is
+//     transferred whole instead;
+//  5. the part file is hashed in order and committed exactly as a whole
+//     transfer is: nothing is visible before the whole-file sha256 passes,
+//     and a delta whose result does not verify falls back to a whole
+//     transfer too. A lying index costs a fallback, never a wrong byte.
+//
+// Resume: the index followed is kept as ingest/<hex>.cix and the chunks in
+// place as a bitmap in ingest/<hex>.json (saved every deltaSaveEvery bytes
+// and when an attempt ends); a later attempt, or a later run after kill -9,
+// re-hashes every claimed chunk before trusting it.
+
+// DefaultSeedEntries bounds the seed lookup of one delta transfer: 4 Mi
+// entries of chunks.SeedEntryBytes (24 bytes) is 96 MiB of memory, plus
+// about 200 bytes per seed blob and at most maxSeedBlobs of those,
+// whatever the size of the cache. At the default 64 KiB average chunk it
+// covers about 256 GiB of seed content; beyond that the lowest-priority
+// seeds are left out. Options.SeedEntries changes it.
+const DefaultSeedEntries = 4 << 20
+
+const (
+	// maxSeedBlobs bounds the blobs one transfer considers (and holds
+	// open) as seeds.
+	maxSeedBlobs = 64
+	// lazyIndexBlobs is how many seeds without an index (adopted, or
+	// cached before indexes existed) one transfer indexes, reading them
+	// whole: only the highest-priority ones of the same image.
+	lazyIndexBlobs = 2
+	// deltaRunMax is the longest byte range one request fetches.
+	deltaRunMax = 16 << 20
+	// The resume state is saved when deltaSaveEvery bytes were put in
+	// place since the last save and deltaSaveGap has passed, or after
+	// deltaSaveMax bytes whatever the time: a kill -9 loses at most that
+	// much, and a fast transfer of a large blob writes its bitmap (one
+	// bit per chunk) a few times a second at most.
+	deltaSaveEvery = 4 << 20
+	deltaSaveGap   = 200 * time.Millisecond
+	deltaSaveMax   = 256 << 20
+)
+
+// Seed priority classes, high bits of a Seeds priority (the low bits are
+// the blob's last use, in seconds).
+const (
+	classOther   = 1
+	classSame    = 2 // the same image (UID or name)
+	classPrev    = 3 // the previous content of the same pointer
+	classRepair  = 4 // a quarantined copy of the wanted blob
+	classShift   = 40
+	lastUsedMask = 1<<classShift - 1
+)
+
+// errNoDelta says a delta transfer cannot (or can no longer) be made; the
+// blob is transferred whole. It wraps the reason.
+var errNoDelta = errors.New("whole transfer")
+
+func noDelta(format string, args ...any) error {
+	return fmt.Errorf("%s: %w", fmt.Sprintf(format, args...), errNoDelta)
+}
+
+// errNoSeed is errNoDelta when the cache holds nothing to reuse: nothing
+// worth saying.
+var errNoSeed = fmt.Errorf("no seed in the cache: %w", errNoDelta)
+
+// errIndexKnown stops a partial's own indexer during a delta: the index
+// is the one the delta followed.
+var errIndexKnown = errors.New("index known")
+
+// TransferStats are a cache's transfer counters since Open: the bytes
+// received from sources (bodies and chunk indexes) and the bytes taken
+// from seeds instead.
+type TransferStats struct {
+	Fetched int64 `json:"bytes_fetched"`
+	Reused  int64 `json:"bytes_reused"`
+}
+
+// TransferStats returns the counters of every transfer made through c.
+func (c *Cache) TransferStats() TransferStats {
+	return TransferStats{Fetched: c.stats.fetched.Load(), Reused: c.stats.reused.Load()}
+}
+
+// xferStats counts bytes over the attempts of one fetch.
+type xferStats struct {
+	fetched, reused atomic.Int64
+	delta           atomic.Bool
+	note            atomic.Pointer[string]
+}
+
+func (c *Cache) addFetched(x *xferStats, n int64) {
+	x.fetched.Add(n)
+	c.stats.fetched.Add(n)
+}
+
+func (c *Cache) addReused(x *xferStats, n int64) {
+	x.reused.Add(n)
+	c.stats.reused.Add(n)
+}
+
+// seedBlob is a candidate seed.
+type seedBlob struct {
+	d    digest.Digest
+	path string
+	prio int64
+	x    *chunks.Index // known index (the wanted blob's own, for a quarantined copy)
+}
+
+// seedHints say which cached blobs are closest to the wanted one.
+type seedHints struct {
+	want digest.Digest
+	key  string // the pointer key of the reference (unpinned)
+	uid  string // the image UID the reference resolved to, if any
+}
+
+func (c *Cache) hintsFor(r ref.Ref, want source.Descriptor) seedHints {
+	u := r
+	u.Digest = ""
+	return seedHints{want: want.Digest, key: u.Key(c.server()), uid: want.Identity}
+}
+
+func priority(class int64, rec BlobRecord) int64 {
+	t := rec.LastUsed.Unix()
+	if t < 0 {
+		t = 0
+	}
+	return class<<classShift | t&lastUsedMask
+}
+
+// seedCandidates lists the seeds for h, highest priority first, at most
+// maxSeedBlobs.
+func (c *Cache) seedCandidates(h seedHints) ([]seedBlob, error) {
+	recs, err := c.records()
+	if err != nil {
+		return nil, err
+	}
+	ptrs, _ := c.pointers()
+	class := map[digest.Digest]int64{}
+	up := func(d digest.Digest, k int64) {
+		if class[d] < k {
+			class[d] = k
+		}
+	}
+	for _, p := range ptrs {
+		switch {
+		case p.Key == h.key:
+			up(p.Digest, classPrev)
+		case h.uid != "" && p.UID == h.uid:
+			up(p.Digest, classSame)
+		}
+	}
+	var out []seedBlob
+	for _, rec := range recs {
+		if rec.Digest == h.want {
+			if rec.Quarantined != "" {
+				if x, ok := c.chunkIndex(h.want); ok {
+					out = append(out, seedBlob{d: h.want, path: rec.Quarantined, prio: priority(classRepair, rec), x: x})
+				}
+			}
+			continue
+		}
+		if rec.Quarantined != "" {
+			continue
+		}
+		k := max(class[rec.Digest], classOther)
+		if k < classSame && rec.Ref != "" {
+			if rr, err := ref.Parse(rec.Ref); err == nil {
+				rr.Digest = ""
+				if rr.Key(c.server()) == h.key {
+					k = classSame
+				}
+			}
+		}
+		out = append(out, seedBlob{d: rec.Digest, path: c.BlobPath(rec.Digest), prio: priority(k, rec)})
+	}
+	sort.SliceStable(out, func(i, j int) bool { return out[i].prio > out[j].prio })
+	if len(out) > maxSeedBlobs {
+		out = out[:maxSeedBlobs]
+	}
+	return out, nil
+}
+
+// seedsFor builds the bounded seed lookup for h and the file of each seed.
+func (c *Cache) seedsFor(ctx context.Context, h seedHints) (*chunks.Seeds, map[digest.Digest]string, error) {
+	cands, err := c.seedCandidates(h)
+	if err != nil {
+		return nil, nil, err
+	}
+	limit := c.opts.SeedEntries
+	if limit <= 0 {
+		limit = DefaultSeedEntries
+	}
+	seeds, err := chunks.NewSeeds(chunks.DefaultParams, limit)
+	if err != nil {
+		return nil, nil, err
+	}
+	paths := map[digest.Digest]string{}
+	lazy := lazyIndexBlobs
+	for _, s := range cands {
+		if ctx.Err() != nil {
+			return nil, nil, ctx.Err()
+		}
+		if seeds.Len() >= limit {
+			break // a lower priority would only be dropped again
+		}
+		x := s.x
+		if x == nil {
+			var ok bool
+			x, ok = c.chunkIndex(s.d)
+			if !ok && lazy > 0 && s.prio>>classShift >= classSame {
+				lazy--
+				x, err = c.buildChunkIndex(ctx, s.d, s.path)
+				if err != nil {
+					c.log.Debug("seed not indexed", "digest", s.d, "err", err)
+					continue
+				}
+			}
+		}
+		if x == nil || x.Params != chunks.DefaultParams {
+			continue
+		}
+		if err := seeds.Add(x, s.prio); err != nil {
+			continue
+		}
+		paths[s.d] = s.path
+	}
+	return seeds, paths, nil
+}
+
+// wantedIndex returns the index of want.Digest: the cache's own (a blob it
+// had and lost) or the source's, checked against what the transfer
+// expects. Any failure is errNoDelta, except the caller giving up.
+func (c *Cache) wantedIndex(ctx context.Context, src source.Source, want source.Descriptor) (x *chunks.Index, enc []byte, fetched int64, err error) {
+	d := want.Digest
+	x, ok := c.chunkIndex(d)
+	if !ok || (want.Chunks != "" && !indexDigestIs(x, want.Chunks)) {
+		ix, isIx := src.(source.Indexer)
+		if !isIx {
+			return nil, nil, 0, noDelta("%s serves no chunk index", src)
+		}
+		x, err = ix.ChunkIndex(ctx, d, want.Chunks)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, nil, 0, ctx.Err()
+			}
+			if errors.Is(err, errdefs.ErrNotFound) {
+				return nil, nil, 0, noDelta("%s has no chunk index for %s (an older server?)", src, d)
+			}
+			return nil, nil, 0, noDelta("chunk index refused: %v", err)
+		}
+		ok = false
+	}
+	enc, err = x.Encode()
+	if err != nil {
+		return nil, nil, 0, noDelta("chunk index refused: %v", err)
+	}
+	if !ok {
+		fetched = int64(len(enc))
+	}
+	switch {
+	case x.Blob != d:
+		return nil, nil, fetched, noDelta("chunk index names %s, not %s", x.Blob, d)
+	case want.Size >= 0 && x.Size != want.Size:
+		return nil, nil, fetched, noDelta("chunk index of %s says %d bytes, the source %d", d, x.Size, want.Size)
+	case x.Params != chunks.DefaultParams:
+		return nil, nil, fetched, noDelta("chunk index of %s uses other chunk parameters (%+v)", d, x.Params)
+	}
+	return x, enc, fetched, nil
+}
+
+func indexDigestIs(x *chunks.Index, want digest.Digest) bool {
+	b, err := x.Encode()
+	return err == nil && chunks.DigestOf(b) == want
+}
+
+// canDelta reports whether a transfer of want from src may be a delta, and
+// if not, why (empty: nothing worth saying).
+func (c *Cache) canDelta(src source.Source, want source.Descriptor, o EnsureOptions) (bool, string) {
+	if o.NoDelta {
+		return false, ""
+	}
+	if _, ok := src.(source.Indexer); ok {
+		return true, ""
+	}
+	if _, err := os.Stat(c.chunkIndexPath(want.Digest)); err == nil {
+		return true, "" // a blob the cache had: its index names its chunks
+	}
+	return false, src.String() + " serves no chunk index; transferring whole"
+}
+
+// delta makes one delta attempt for want from src (see the top of this
+// file). errNoDelta means: transfer it whole instead; the partial is then
+// empty.
+func (c *Cache) delta(ctx context.Context, r ref.Ref, src source.Source, want source.Descriptor, o EnsureOptions, xs *xferStats) (Image, error) {
+	d := want.Digest
+	p, err := c.openDeltaPartial(d, r.String(), src.String())
+	if err != nil {
+		return Image{}, err
+	}
+	defer p.close()
+	seeds, paths, err := c.seedsFor(ctx, c.hintsFor(r, want))
+	if err != nil {
+		return Image{}, err
+	}
+	x, enc := p.resumeIndex(want)
+	resumed := x != nil
+	if !resumed {
+		if seeds.Len() == 0 {
+			return Image{}, errNoSeed
+		}
+		var n int64
+		x, enc, n, err = c.wantedIndex(ctx, src, want)
+		c.addFetched(xs, n)
+		if err != nil {
+			return Image{}, err
+		}
+	}
+	dl := &deltaRun{c: c, p: p, x: x, src: src, o: o, xs: xs, total: x.Size}
+	dl.ext = make([]chunks.Extent, 0, len(x.Chunks))
+	for e := range x.Extents() {
+		dl.ext = append(dl.ext, e)
+	}
+	if resumed {
+		dl.done = p.st.Done
+	} else {
+		dl.done = make([]byte, (len(x.Chunks)+7)/8)
+		prefix := p.st.Prefix // what a whole transfer left in order
+		if prefix < 0 {
+			if fi, err := p.f.Stat(); err == nil {
+				prefix = fi.Size()
+			}
+		}
+		for i, e := range dl.ext {
+			if e.Offset+int64(e.Length) <= prefix {
+				dl.set(i)
+			}
+		}
+		if err := writeIndexFile(p.indexPath(), enc); err != nil {
+			return Image{}, c.diskErr(err)
+		}
+		p.st.Chunks = chunks.DigestOf(enc)
+	}
+	if len(dl.done) != (len(x.Chunks)+7)/8 {
+		dl.done = make([]byte, (len(x.Chunks)+7)/8)
+	}
+	p.st.Prefix, p.st.Done = 0, dl.done
+	if err := dl.save(); err != nil {
+		return Image{}, err
+	}
+	xs.delta.Store(true)
+	// What is claimed is re-hashed before it counts.
+	buf := make([]byte, x.Params.Max)
+	for i, e := range dl.ext {
+		if dl.isSet(i) && !dl.check(e, p.f, e.Offset, buf) {
+			dl.clear(i)
+		}
+	}
+	p.done = dl.bytesSet()
+	err = c.claim(p, src, x.Size)
+	p.done = 0
+	if err != nil {
+		return Image{}, err
+	}
+	if err := p.f.Truncate(x.Size); err != nil {
+		return Image{}, c.diskErr(err)
+	}
+	if n := dl.bytesSet(); n > 0 {
+		c.addReused(xs, n)
+		dl.moved.Add(n)
+	}
+	if err := dl.fromSeeds(seeds, paths, buf); err != nil {
+		return Image{}, dl.end(err)
+	}
+	if err := dl.fetch(ctx); err != nil {
+		return Image{}, dl.end(err)
+	}
+	if err := dl.save(); err != nil {
+		return Image{}, err
+	}
+	if n := dl.bytesSet(); n != x.Size {
+		return Image{}, fmt.Errorf("delta transfer of %s ended with %d of %d bytes in place (it resumes next time): %w", d, n, x.Size, errdefs.ErrUnavailable)
+	}
+	// The whole-file check, exactly as a whole transfer ends.
+	if err := p.hashAll(); err != nil {
+		return Image{}, err
+	}
+	if got := p.h.Digest(); got != d {
+		p.discard()
+		return Image{}, noDelta("the chunks of %s's index assembled into %s", d, got)
+	}
+	img, err := p.commit(src)
+	if err != nil {
+		return Image{}, err
+	}
+	c.storeChunkIndex(x)
+	return img, nil
+}
+
+// deltaRun is one delta attempt in progress.
+type deltaRun struct {
+	c     *Cache
+	p     *partial
+	x     *chunks.Index
+	ext   []chunks.Extent
+	src   source.Source
+	o     EnsureOptions
+	xs    *xferStats
+	total int64
+
+	mu      sync.Mutex // done, and the state file
+	done    []byte
+	saved   time.Time
+	moved   atomic.Int64 // bytes in place: progress
+	unsaved atomic.Int64
+}
+
+func (dl *deltaRun) isSet(i int) bool { return dl.done[i/8]&(1<<(i%8)) != 0 }
+func (dl *deltaRun) set(i int)        { dl.done[i/8] |= 1 << (i % 8) }
+func (dl *deltaRun) clear(i int)      { dl.done[i/8] &^= 1 << (i % 8) }
+
+func (dl *deltaRun) bytesSet() int64 {
+	var n int64
+	for i, e := range dl.ext {
+		if dl.isSet(i) {
+			n += int64(e.Length)
+		}
+	}
+	return n
+}
+
+// save writes the resume state: the index digest and the chunks in place.
+func (dl *deltaRun) save() error {
+	dl.mu.Lock()
+	defer dl.mu.Unlock()
+	dl.unsaved.Store(0)
+	dl.saved = time.Now()
+	dl.p.st.Done = dl.done
+	if err := writeJSON(dl.p.statePath, dl.p.st, false); err != nil {
+		return dl.c.diskErr(err)
+	}
+	return nil
+}
+
+// landed marks chunk i in place and reports progress, saving the state
+// every deltaSaveEvery bytes.
+func (dl *deltaRun) landed(i int, reused bool) error {
+	n := int64(dl.ext[i].Length)
+	dl.mu.Lock()
+	dl.set(i)
+	dl.mu.Unlock()
+	if reused {
+		dl.c.addReused(dl.xs, n)
+	} else {
+		dl.c.addFetched(dl.xs, n)
+	}
+	moved := dl.moved.Add(n)
+	if dl.o.Progress != nil {
+		dl.o.Progress(moved, dl.total)
+	}
+	if dl.o.DeltaProgress != nil {
+		dl.o.DeltaProgress(dl.xs.reused.Load(), dl.xs.fetched.Load(), dl.total)
+	}
+	if u := dl.unsaved.Add(n); u >= deltaSaveMax || (u >= deltaSaveEvery && dl.sinceSave() >= deltaSaveGap) {
+		return dl.save()
+	}
+	return nil
+}
+
+func (dl *deltaRun) sinceSave() time.Duration {
+	dl.mu.Lock()
+	defer dl.mu.Unlock()
+	return time.Since(dl.saved)
+}
+
+// end saves what is in place when an attempt stops, and empties the
+// partial when the delta is abandoned (errNoDelta).
+func (dl *deltaRun) end(err error) error {
+	if errors.Is(err, errNoDelta) {
+		dl.p.discard()
+		return err
+	}
+	if serr := dl.save(); serr != nil {
+		dl.c.log.Warn("delta state not saved", "digest", dl.p.d, "err", serr)
+	}
+	return err
+}
+
+// check reads e's bytes at off of f and reports whether they hash to e.
+// buf holds at least e.Length bytes; on success buf[:e.Length] holds them.
+func (dl *deltaRun) check(e chunks.Extent, f *os.File, off int64, buf []byte) bool {
+	b := buf[:e.Length]
+	if _, err := f.ReadAt(b, off); err != nil {
+		return false
+	}
+	return chunks.HashOf(b) == e.Hash
+}
+
+// fromSeeds copies every chunk a seed has, re-hashed.
+func (dl *deltaRun) fromSeeds(seeds *chunks.Seeds, paths map[digest.Digest]string, buf []byte) error {
+	files := map[digest.Digest]*os.File{}
+	defer func() {
+		for _, f := range files {
+			if f != nil {
+				f.Close()
+			}
+		}
+	}()
+	bad := 0
+	for i, e := range dl.ext {
+		if dl.isSet(i) {
+			continue
+		}
+		loc, ok := seeds.Lookup(e.Chunk)
+		if !ok {
+			continue
+		}
+		f, opened := files[loc.Blob]
+		if !opened {
+			f, _ = os.Open(paths[loc.Blob]) // gone since: fetched instead
+			files[loc.Blob] = f
+		}
+		if f == nil || !dl.check(e, f, loc.Offset, buf) {
+			bad++
+			continue
+		}
+		if _, err := dl.p.f.WriteAt(buf[:e.Length], e.Offset); err != nil {
+			return dl.c.diskErr(err)
+		}
+		if err := dl.landed(i, true); err != nil {
+			return err
+		}
+	}
+	if bad > 0 {
+		dl.c.log.Warn("seed chunks failed their re-hash; fetching them instead", "digest", dl.p.d, "chunks", bad)
+	}
+	return nil
+}
+
+// fetch fetches every chunk not in place as coalesced byte ranges over the
+// cache's connections, verifying each chunk as it lands.
+func (dl *deltaRun) fetch(ctx context.Context) error {
+	type run struct{ first, end int } // chunk indexes [first, end)
+	var runs []run
+	var cur *run
+	var curLen int64
+	for i, e := range dl.ext {
+		if dl.isSet(i) {
+			cur = nil
+			continue
+		}
+		if cur == nil || curLen+int64(e.Length) > deltaRunMax {
+			runs = append(runs, run{i, i})
+			cur, curLen = &runs[len(runs)-1], 0
+		}
+		cur.end = i + 1
+		curLen += int64(e.Length)
+	}
+	if len(runs) == 0 {
+		return nil
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(max(dl.c.opts.Connections, 1))
+	for _, rn := range runs {
+		if gctx.Err() != nil {
+			break
+		}
+		g.Go(func() error { return dl.fetchRun(gctx, rn.first, rn.end) })
+	}
+	err := g.Wait()
+	if err != nil && ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return err
+}
+
+// fetchRun fetches chunks [first, end) with one range request.
+func (dl *deltaRun) fetchRun(ctx context.Context, first, end int) error {
+	off := dl.ext[first].Offset
+	last := dl.ext[end-1]
+	n := last.Offset + int64(last.Length) - off
+	d, src := dl.p.d, dl.src
+	body, err := src.Open(ctx, d, off, n, "")
+	if err != nil {
+		return err
+	}
+	defer body.Close()
+	if body.Offset != off {
+		return noDelta("%s ignored a range request", src)
+	}
+	if body.Size >= 0 && body.Size != dl.total {
+		return noDelta("%s says %s has %d bytes, its index %d", src, d, body.Size, dl.total)
+	}
+	buf := make([]byte, dl.x.Params.Max)
+	for i := first; i < end; i++ {
+		e := dl.ext[i]
+		b := buf[:e.Length]
+		if _, err := io.ReadFull(body, b); err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if errors.Is(err, errdefs.ErrUnavailable) {
+				return fmt.Errorf("delta transfer of %s from %s interrupted at %d (it resumes next time): %w", d, src, e.Offset, err)
+			}
+			return fmt.Errorf("delta transfer of %s from %s interrupted at %d (it resumes next time): %v: %w", d, src, e.Offset, err, errdefs.ErrUnavailable)
+		}
+		if chunks.HashOf(b) != e.Hash {
+			return noDelta("chunk at %d of %s from %s does not match its index entry", e.Offset, d, src)
+		}
+		if _, err := dl.p.f.WriteAt(b, e.Offset); err != nil {
+			return dl.c.diskErr(err)
+		}
+		if err := dl.landed(i, false); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// openDeltaPartial opens d's part file as it is, for a delta transfer:
+// unlike openPartial nothing is truncated or hashed yet.
+func (c *Cache) openDeltaPartial(d digest.Digest, refStr, origin string) (*partial, error) {
+	p := &partial{c: c, d: d, ref: refStr, path: filepath.Join(c.dir, "ingest", d.Encoded()+".part"),
+		statePath: filepath.Join(c.dir, "ingest", d.Encoded()+".json")}
+	st, ok, _ := readJSON[ingestState](p.statePath)
+	if !ok {
+		st = ingestState{Prefix: 0}
+	}
+	st.Source, st.Validator = origin, ""
+	p.st = st
+	f, err := os.OpenFile(p.path, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, c.diskErr(err)
+	}
+	p.f = f
+	p.resetHashes()
+	p.index.err = errIndexKnown
+	return p, nil
+}
+
+// resumeIndex returns the index an earlier delta attempt followed, when
+// the state names it and it still fits want.
+func (p *partial) resumeIndex(want source.Descriptor) (*chunks.Index, []byte) {
+	if p.st.Chunks == "" {
+		return nil, nil
+	}
+	enc, err := os.ReadFile(p.indexPath())
+	if err != nil || len(enc) > chunks.MaxEncodedSize {
+		return nil, nil
+	}
+	x, err := chunks.DecodeVerified(enc, p.st.Chunks)
+	if err != nil || x.Blob != p.d || (want.Size >= 0 && x.Size != want.Size) ||
+		(want.Chunks != "" && want.Chunks != p.st.Chunks) || x.Params != chunks.DefaultParams {
+		p.st.Chunks, p.st.Done, p.st.Prefix = "", nil, 0
+		return nil, nil
+	}
+	return x, enc
+}
+
+// hashAll hashes the whole part file in order, from fresh hashes.
+func (p *partial) hashAll() error {
+	p.h.Close()
+	p.resetHashes()
+	p.index.err = errIndexKnown
+	buf := make([]byte, 1<<20)
+	var off int64
+	for {
+		n, err := p.f.ReadAt(buf, off)
+		p.hash(buf[:n])
+		off += int64(n)
+		if err == io.EOF {
+			return nil
+		} else if err != nil {
+			return p.c.diskErr(err)
+		}
+	}
+}
+
+func writeIndexFile(path string, enc []byte) error {
+	return atomicfile.Write(path, enc, 0o644, false)
+}
+
+// PullPlan is what a pull would move, as PlanPull estimates it.
+type PullPlan struct {
+	Ref    string        `json:"ref"`
+	Digest digest.Digest `json:"digest"`
+	Size   int64         `json:"size"`
+	// Present: the content is cached and valid; a pull moves nothing.
+	Present bool `json:"present"`
+	// Transfer is "delta" or "whole" (empty when Present).
+	Transfer string `json:"transfer,omitempty"`
+	// BytesFetched is what would come from the source (ranges and the
+	// chunk index), BytesReused what would be taken from Seeds cached
+	// blobs. A seed chunk that fails its re-hash during the real pull is
+	// fetched instead.
+	BytesFetched int64  `json:"bytes_fetched"`
+	BytesReused  int64  `json:"bytes_reused"`
+	Seeds        int    `json:"seeds"`
+	Note         string `json:"note,omitempty"`
+}
+
+// PlanPull resolves refStr and reports what a pull of it would fetch and
+// reuse, without fetching its body: it reads the chunk index (the one
+// request beyond the resolve) and looks every chunk up in the seeds.
+func (c *Cache) PlanPull(ctx context.Context, refStr string, o EnsureOptions) (PullPlan, error) {
+	r, err := ref.Parse(refStr)
+	if err != nil {
+		return PullPlan{}, err
+	}
+	src, err := c.sourceFor(r, o)
+	if err != nil {
+		return PullPlan{}, err
+	}
+	desc := source.Descriptor{Digest: r.Digest, Size: -1}
+	if r.Kind == ref.HTTP && o.Checksum != "" {
+		desc.Digest = o.Checksum
+	}
+	if desc.Digest == "" || r.Kind == ref.OCI {
+		if desc, err = src.Resolve(ctx); err != nil {
+			return PullPlan{}, err
+		}
+	}
+	plan := PullPlan{Ref: refStr, Digest: desc.Digest, Size: desc.Size}
+	if !o.Force {
+		img, ok, err := c.localLocked(ctx, desc.Digest)
+		if err != nil {
+			return PullPlan{}, err
+		}
+		if ok {
+			plan.Present, plan.Size = true, img.Size
+			return plan, nil
+		}
+	}
+	whole := func(note string) (PullPlan, error) {
+		plan.Transfer, plan.BytesFetched, plan.BytesReused, plan.Note = "whole", max(plan.Size, 0), 0, note
+		return plan, nil
+	}
+	ok, why := c.canDelta(src, desc, o)
+	if !ok {
+		return whole(why)
+	}
+	seeds, _, err := c.seedsFor(ctx, c.hintsFor(r, desc))
+	if err != nil {
+		return PullPlan{}, err
+	}
+	if seeds.Len() == 0 {
+		return whole("")
+	}
+	x, _, n, err := c.wantedIndex(ctx, src, desc)
+	if err != nil {
+		if errors.Is(err, errNoDelta) {
+			return whole(strings.TrimSuffix(err.Error(), ": "+errNoDelta.Error()) + "; transferring whole")
+		}
+		return PullPlan{}, err
+	}
+	plan.Transfer, plan.Size, plan.BytesFetched = "delta", x.Size, n
+	used := map[digest.Digest]bool{}
+	for e := range x.Extents() {
+		if loc, ok := seeds.Lookup(e.Chunk); ok {
+			plan.BytesReused += int64(e.Length)
+			used[loc.Blob] = true
+		} else {
+			plan.BytesFetched += int64(e.Length)
+		}
+	}
+	plan.Seeds = len(used)
+	return plan, nil
+}

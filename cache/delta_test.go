@@ -1,0 +1,425 @@
+package cache
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/depot-images/depot/client"
+	"github.com/depot-images/depot/internal/chunks"
+)
+
+// seeded returns n reproducible random bytes.
+func seeded(n int, seed uint64) []byte {
+	b := make([]byte, n)
+	r := rand.NewChaCha8([32]byte{byte(seed), byte(seed >> 8)})
+	r.Read(b)
+	return b
+}
+
+// rewrite returns a copy of v with k extents of n bytes rewritten at
+// random offsets past the first MiB (which stays as it was).
+func rewrite(v []byte, k, n int, seed uint64) []byte {
+	out := bytes.Clone(v)
+	r := rand.New(rand.NewPCG(seed, seed))
+	for range k {
+		off := 1<<20 + r.IntN(len(v)-1<<20-n)
+		copy(out[off:off+n], seeded(n, seed+uint64(off)))
+	}
+	return out
+}
+
+// newChunks is what a delta of want over have must fetch: the bytes of
+// want's chunks that have does not hold, and the encoded index's length.
+func newChunks(t *testing.T, have, want []byte) (body int64, index int64) {
+	t.Helper()
+	hx := buildIndex(t, have)
+	wx := buildIndex(t, want)
+	in := map[chunks.Hash]bool{}
+	for _, c := range hx.Chunks {
+		in[c.Hash] = true
+	}
+	for _, c := range wx.Chunks {
+		if !in[c.Hash] {
+			body += int64(c.Length)
+		}
+	}
+	enc, _ := wx.Encode()
+	return body, int64(len(enc))
+}
+
+func buildIndex(t *testing.T, b []byte) *chunks.Index {
+	t.Helper()
+	x, err := chunks.Build(context.Background(), bytes.NewReader(b), chunks.DefaultParams, digest.FromBytes(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return x
+}
+
+// deltaPair pushes v1, pulls it into a fresh cache (whole: no seed), then
+// pushes v2 = v1 with 8 rewritten 4 KiB extents.
+func deltaPair(t *testing.T, h *head, size int) (c *Cache, v1, v2 []byte, d1, d2 digest.Digest) {
+	t.Helper()
+	v1 = seeded(size, 1)
+	v2 = rewrite(v1, 8, 4096, 2)
+	d1 = h.push(t, "img", v1)
+	c = openCache(t, h)
+	img, err := c.Ensure(ctx, "img", EnsureOptions{Policy: Always})
+	if err != nil || img.Digest != d1 || img.Transfer != "whole" || img.BytesFetched != int64(size) || img.BytesReused != 0 {
+		t.Fatalf("first pull: %+v %v; want a whole transfer of %d bytes", img, err, size)
+	}
+	d2 = h.push(t, "img", v2)
+	return c, v1, v2, d1, d2
+}
+
+// TestDeltaPullFetchesOnlyChangedChunks: v2 is v1 with a few rewritten
+// extents; a pull of v2 into a cache holding v1 moves exactly the chunks
+// v1 lacks (counted at the server), plus the index, and the result is
+// v2 byte for byte. Both blobs got their index at download.
+func TestDeltaPullFetchesOnlyChangedChunks(t *testing.T) {
+	h := newHead(t)
+	const size = 16 << 20
+	c, v1, v2, d1, d2 := deltaPair(t, h, size)
+	if _, ok := c.chunkIndex(d1); !ok {
+		t.Fatal("no chunk index stored for the downloaded v1")
+	}
+	wantBody, indexLen := newChunks(t, v1, v2)
+	before := h.bodyBytes.Load()
+	var progressed bool
+	img, err := c.Ensure(ctx, "img", EnsureOptions{Policy: Always, DeltaProgress: func(r, f, total int64) {
+		progressed = total == size
+	}})
+	if err != nil || img.Digest != d2 || !bytes.Equal(mustRead(t, img.Path), v2) {
+		t.Fatalf("delta pull: %+v %v", img, err)
+	}
+	moved := h.bodyBytes.Load() - before
+	t.Logf("v2 of %d bytes: the server sent %d body bytes (%.2f%%) and a %d-byte index; reused %d", size, moved, 100*float64(moved)/size, indexLen, img.BytesReused)
+	if img.Transfer != "delta" || moved != wantBody || img.BytesFetched != wantBody+indexLen || img.BytesReused != size-wantBody {
+		t.Fatalf("moved %d body bytes, reported %+v; want exactly the %d bytes of new chunks (+%d index)", moved, img, wantBody, indexLen)
+	}
+	if !progressed {
+		t.Error("DeltaProgress was not called")
+	}
+	if x, ok := c.chunkIndex(d2); !ok || x.Size != size {
+		t.Error("no chunk index stored for the delta-pulled v2")
+	}
+	if st := c.TransferStats(); st.Reused != img.BytesReused || st.Fetched != size+img.BytesFetched {
+		t.Errorf("TransferStats = %+v", st)
+	}
+}
+
+// TestNoDeltaTransfersWhole: NoDelta moves the whole blob even with a seed.
+func TestNoDeltaTransfersWhole(t *testing.T) {
+	h := newHead(t)
+	const size = 8 << 20
+	c, _, v2, _, d2 := deltaPair(t, h, size)
+	before, idx := h.bodyBytes.Load(), h.indexGets.Load()
+	img, err := c.Ensure(ctx, "img", EnsureOptions{Policy: Always, NoDelta: true})
+	if err != nil || img.Digest != d2 || !bytes.Equal(mustRead(t, img.Path), v2) {
+		t.Fatalf("pull: %+v %v", img, err)
+	}
+	if moved := h.bodyBytes.Load() - before; moved != size || img.Transfer != "whole" || img.BytesFetched != size || h.indexGets.Load() != idx {
+		t.Fatalf("NoDelta moved %d bytes (%+v), %d index GETs; want the whole %d and none", moved, img, h.indexGets.Load()-idx, size)
+	}
+}
+
+// TestDeltaOldServerFallsBack: a server without the index endpoint (404)
+// gets a whole transfer, and the result says so.
+func TestDeltaOldServerFallsBack(t *testing.T) {
+	h := newHead(t)
+	const size = 8 << 20
+	c, _, v2, _, d2 := deltaPair(t, h, size)
+	h.noIndex.Store(true)
+	before := h.bodyBytes.Load()
+	img, err := c.Ensure(ctx, "img", EnsureOptions{Policy: Always})
+	if err != nil || img.Digest != d2 || !bytes.Equal(mustRead(t, img.Path), v2) {
+		t.Fatalf("pull: %+v %v", img, err)
+	}
+	if moved := h.bodyBytes.Load() - before; moved != size || img.Transfer != "whole" || !strings.Contains(img.Note, "no chunk index") {
+		t.Fatalf("moved %d, %+v; want a whole transfer that says why", moved, img)
+	}
+}
+
+// TestDeltaCorruptSeedChunk: a chunk of the seed rotted on disk; it fails
+// its re-hash, is fetched instead, and the result is exact.
+func TestDeltaCorruptSeedChunk(t *testing.T) {
+	h := newHead(t)
+	const size = 8 << 20
+	c, v1, v2, d1, d2 := deltaPair(t, h, size)
+	wantBody, _ := newChunks(t, v1, v2)
+	first := buildIndex(t, v1).Chunks[0] // unchanged in v2 (the first MiB is)
+	path := c.BlobPath(d1)
+	os.Chmod(path, 0o644)
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteAt([]byte{v1[100] ^ 0xff}, 100)
+	f.Close()
+	before := h.bodyBytes.Load()
+	img, err := c.Ensure(ctx, "img", EnsureOptions{Policy: Always})
+	if err != nil || img.Digest != d2 || !bytes.Equal(mustRead(t, img.Path), v2) {
+		t.Fatalf("pull: %+v %v", img, err)
+	}
+	if moved := h.bodyBytes.Load() - before; img.Transfer != "delta" || moved != wantBody+int64(first.Length) {
+		t.Fatalf("moved %d (%+v); want the new chunks (%d) and the rotten one (%d)", moved, img, wantBody, first.Length)
+	}
+}
+
+// TestDeltaLyingIndex: an index that lies costs at most a whole transfer,
+// never a wrong byte: a wrong chunk hash (refused as the chunk lands), the
+// index of other content under v2's name (assembles v1: refused by the
+// whole-file sha256), wrong lengths or size, another blob's name.
+func TestDeltaLyingIndex(t *testing.T) {
+	const size = 8 << 20
+	for _, tc := range []struct {
+		name string
+		lie  func(v1 []byte) func(*chunks.Index)
+		note string
+	}{
+		{"chunk hash", func(v1 []byte) func(*chunks.Index) {
+			return func(x *chunks.Index) { x.Chunks[len(x.Chunks)/2].Hash[0] ^= 1 }
+		}, ""},
+		{"other content", func(v1 []byte) func(*chunks.Index) {
+			return func(x *chunks.Index) {
+				d := x.Blob
+				*x = *buildIndex(t, v1)
+				x.Blob = d
+			}
+		}, "assembled into"},
+		{"lengths", func([]byte) func(*chunks.Index) {
+			return func(x *chunks.Index) { x.Chunks[0].Length++; x.Chunks[1].Length-- }
+		}, ""},
+		{"size", func([]byte) func(*chunks.Index) {
+			return func(x *chunks.Index) { x.Chunks[len(x.Chunks)-1].Length++; x.Size++ }
+		}, "says"},
+		{"blob", func(v1 []byte) func(*chunks.Index) {
+			return func(x *chunks.Index) { x.Blob = digest.FromBytes(v1) }
+		}, "names"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHead(t)
+			c, v1, v2, _, d2 := deltaPair(t, h, size)
+			h.lieIndex.Store(tc.lie(v1))
+			img, err := c.Ensure(ctx, "img", EnsureOptions{Policy: Always})
+			if err != nil || img.Digest != d2 || !bytes.Equal(mustRead(t, img.Path), v2) {
+				t.Fatalf("pull: %+v %v", img, err)
+			}
+			if img.Transfer != "whole" || !strings.Contains(img.Note, tc.note) {
+				t.Fatalf("%+v; want a whole transfer after refusing the index (%q)", img, tc.note)
+			}
+			t.Logf("note: %s", img.Note)
+		})
+	}
+}
+
+// TestDeltaResumesAtChunkGranularity: a delta pull given up halfway keeps
+// the chunks in place; the next pull re-hashes them (one is rotten by
+// then and fetched again), fetches only the rest, and the result is
+// exact.
+func TestDeltaResumesAtChunkGranularity(t *testing.T) {
+	h := newHead(t)
+	const size = 16 << 20
+	v1 := seeded(size, 1)
+	v2 := bytes.Clone(v1)
+	copy(v2[size/2:], seeded(size/2, 3)) // the second half is new
+	h.push(t, "img", v1)
+	c, err := Open(t.TempDir(), Options{Depot: h.admin, Connections: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Ensure(ctx, "img", EnsureOptions{Policy: Always}); err != nil {
+		t.Fatal(err)
+	}
+	d2 := h.push(t, "img", v2)
+	wantBody, _ := newChunks(t, v1, v2)
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	_, err = c.Ensure(cctx, "img", EnsureOptions{Policy: Always, DeltaProgress: func(_, fetched, _ int64) {
+		if fetched > int64(wantBody)/2 {
+			cancel()
+		}
+	}})
+	if err == nil {
+		t.Fatal("the cancelled pull succeeded")
+	}
+	if _, err := os.Stat(c.BlobPath(d2)); err == nil {
+		t.Fatal("a cancelled delta left v2 visible")
+	}
+	st, ok, _ := readJSON[ingestState](c.dir + "/ingest/" + d2.Encoded() + ".json")
+	if !ok || st.Chunks == "" || len(st.Done) == 0 {
+		t.Fatalf("no delta resume state: %+v", st)
+	}
+	// Rot one byte the state claims, in the new half.
+	part, err := os.OpenFile(c.dir+"/ingest/"+d2.Encoded()+".part", os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	part.WriteAt([]byte{v2[size/2+10] ^ 1}, size/2+10)
+	part.Close()
+	h.quiet(t)
+	before := h.bodyBytes.Load()
+	img, err := c.Ensure(ctx, "img", EnsureOptions{Policy: Always})
+	if err != nil || img.Digest != d2 || !bytes.Equal(mustRead(t, img.Path), v2) {
+		t.Fatalf("resumed pull: %+v %v", img, err)
+	}
+	moved := h.bodyBytes.Load() - before
+	t.Logf("new chunks %d bytes; the resumed pull moved %d", wantBody, moved)
+	if moved >= wantBody*3/4 || moved == 0 || img.BytesFetched != moved {
+		t.Fatalf("the resumed pull moved %d of %d new bytes (%+v); want only what did not land", moved, wantBody, img)
+	}
+}
+
+// TestDeltaTwoHeadsOneDies: of two heads, the first dies in the middle of
+// a delta's range; the transfer resumes on the second at chunk
+// granularity and the result is exact.
+func TestDeltaTwoHeadsOneDies(t *testing.T) {
+	a, b := newHead(t), newHead(t)
+	const size = 16 << 20
+	v1 := seeded(size, 1)
+	v2 := bytes.Clone(v1)
+	copy(v2[size/2:], seeded(size/2, 3))
+	d1 := a.push(t, "img", v1)
+	b.push(t, "img", v1)
+	d2 := a.push(t, "img", v2)
+	b.push(t, "img", v2)
+	dc, err := client.New(a.url+","+b.url, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, _ := Open(t.TempDir(), Options{Depot: dc})
+	if _, err := c.Ensure(ctx, "img@"+d1.String(), EnsureOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	a.hostile.Store(func(w http.ResponseWriter, r *http.Request) bool {
+		var from, to int
+		if _, err := fmt.Sscanf(r.Header.Get("Range"), "bytes=%d-%d", &from, &to); err != nil || !strings.HasPrefix(r.URL.Path, "/api/v1/blob/") {
+			return false
+		}
+		w.Header().Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", from, to, size))
+		w.Header().Set("Content-Length", fmt.Sprint(to-from+1))
+		w.WriteHeader(http.StatusPartialContent)
+		w.Write(v2[from : from+(to-from+1)/2]) // half, then the head dies
+		conn, _, _ := w.(http.Hijacker).Hijack()
+		conn.Close()
+		a.down.Store(true)
+		return true
+	})
+	img, err := c.Ensure(ctx, "img@"+d2.String(), EnsureOptions{})
+	if err != nil || img.Digest != d2 || !bytes.Equal(mustRead(t, img.Path), v2) {
+		t.Fatalf("pull: %+v %v", img, err)
+	}
+	wantBody, _ := newChunks(t, v1, v2)
+	t.Logf("new chunks %d bytes; the surviving head sent %d", wantBody, b.bodyBytes.Load())
+	if img.Transfer != "delta" || b.bodyBytes.Load() >= wantBody || b.bodyBytes.Load() == 0 {
+		t.Fatalf("%+v; the second head sent %d of %d new bytes: want the rest only", img, b.bodyBytes.Load(), wantBody)
+	}
+}
+
+// TestVerifyRepairMovesOnlyCorruptChunks: two rotten chunks of a cached
+// blob are found by the scrub; the repair refetches those two chunks only
+// (found with the index made at ingest), and the blob is exact again.
+func TestVerifyRepairMovesOnlyCorruptChunks(t *testing.T) {
+	h := newHead(t)
+	const size = 8 << 20
+	data := seeded(size, 7)
+	d := h.push(t, "img", data)
+	c := openCache(t, h)
+	img, err := c.Ensure(ctx, "img", EnsureOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	x := buildIndex(t, data)
+	var rotten int64
+	os.Chmod(img.Path, 0o644)
+	f, _ := os.OpenFile(img.Path, os.O_WRONLY, 0)
+	for _, i := range []int{3, len(x.Chunks) - 2} {
+		var off int64
+		for _, ch := range x.Chunks[:i] {
+			off += int64(ch.Length)
+		}
+		f.WriteAt([]byte{data[off+5] ^ 0x80}, off+5)
+		rotten += int64(x.Chunks[i].Length)
+	}
+	f.Close()
+	// Keep the stat fingerprint so that only the scrub can tell.
+	before := h.bodyBytes.Load()
+	res, err := c.Verify(ctx, VerifyOptions{Repair: true, Full: true})
+	if err != nil || len(res) != 1 {
+		t.Fatal(res, err)
+	}
+	moved := h.bodyBytes.Load() - before
+	if !bytes.Equal(mustRead(t, c.BlobPath(d)), data) {
+		t.Fatal("the repaired blob is not the content")
+	}
+	t.Logf("%s: %s; moved %d bytes for %d rotten", res[0].Status, res[0].Detail, moved, rotten)
+	if res[0].Status != StatusRepaired || moved != rotten || res[0].BytesFetched != rotten {
+		t.Fatalf("repair: %+v moved %d; want the %d bytes of the two rotten chunks", res[0], moved, rotten)
+	}
+}
+
+// TestPlanPullMatchesPull: the dry run's estimate is within 5% of what
+// the pull then moves, and it fetches no body.
+func TestPlanPullMatchesPull(t *testing.T) {
+	h := newHead(t)
+	const size = 16 << 20
+	c, _, _, _, d2 := deltaPair(t, h, size)
+	before := h.bodyBytes.Load()
+	plan, err := c.PlanPull(ctx, "img", EnsureOptions{Policy: Always})
+	if err != nil || plan.Digest != d2 || plan.Transfer != "delta" || plan.Present {
+		t.Fatalf("plan: %+v %v", plan, err)
+	}
+	if h.bodyBytes.Load() != before {
+		t.Fatal("the dry run fetched body bytes")
+	}
+	img, err := c.Ensure(ctx, "img", EnsureOptions{Policy: Always})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("plan: fetch %d reuse %d; pull: fetched %d reused %d", plan.BytesFetched, plan.BytesReused, img.BytesFetched, img.BytesReused)
+	if diff := plan.BytesFetched - img.BytesFetched; diff*20 > img.BytesFetched || -diff*20 > img.BytesFetched {
+		t.Fatalf("plan %+v vs pull %+v: over 5%% apart", plan, img)
+	}
+	if plan, err := c.PlanPull(ctx, "img", EnsureOptions{Policy: Always}); err != nil || !plan.Present || plan.BytesFetched != 0 {
+		t.Fatalf("plan of a cached image: %+v %v", plan, err)
+	}
+}
+
+// TestDeltaHTTPSourceSaysWhole: a plain URL serves no chunk index; with a
+// seed in the cache the pull is whole and says why.
+func TestDeltaHTTPSourceSaysWhole(t *testing.T) {
+	v1 := seeded(2<<20, 1)
+	v2 := rewrite(v1, 2, 4096, 2)
+	var cur atomic.Pointer[[]byte]
+	cur.Store(&v1)
+	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.ServeContent(w, r, "disk.img", time.Time{}, bytes.NewReader(*cur.Load()))
+	}))
+	defer s.Close()
+	c, err := Open(t.TempDir(), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Ensure(ctx, s.URL+"/disk.img", EnsureOptions{Checksum: digest.FromBytes(v1)}); err != nil {
+		t.Fatal(err)
+	}
+	cur.Store(&v2)
+	img, err := c.Ensure(ctx, s.URL+"/disk.img", EnsureOptions{Checksum: digest.FromBytes(v2)})
+	if err != nil || !bytes.Equal(mustRead(t, img.Path), v2) {
+		t.Fatalf("pull: %+v %v", img, err)
+	}
+	if img.Transfer != "whole" || !strings.Contains(img.Note, "serves no chunk index") || img.BytesFetched != int64(len(v2)) {
+		t.Fatalf("%+v; want a whole transfer that says why", img)
+	}
+}
