@@ -159,6 +159,8 @@ func (s *Store) String() string {
 }
 
 func (s *Store) blobKey(d digest.Digest) string { return s.cfg.Prefix + "blobs/sha256/" + d.Encoded() }
-func (s *Store) indexKey(d digest.Digest) string { return s.cfg.Prefix + "chunks/sha256/" + d.Encoded() }
-func (s *Store) blobsPrefix() string            { return s.cfg.Prefix + "blobs/sha256/" }
-func (s *Store) ingestPrefix() string           { return s.cfg.Prefix + "ingest/" }
+func (s *Store) indexKey(d digest.Digest) string {
+	return s.cfg.Prefix + "chunks/sha256/" + d.Encoded()
+}
+func (s *Store) blobsPrefix() string  { return s.cfg.Prefix + "blobs/sha256/" }
+func (s *Store) ingestPrefix() string { return s.cfg.Prefix + "ingest/" }
