@@ -30,7 +30,14 @@ const (
 	HeaderMessage = "X-Depot-Message"
 	// HeaderFormat reports the detected format on content GET and HEAD.
 	HeaderFormat = "X-Depot-Format"
+	// HeaderChunksDigest reports, on GET and HEAD …/blob/<digest>/chunks,
+	// the digest of the chunk index served (as its ETag does).
+	HeaderChunksDigest = "X-Depot-Chunks-Digest"
 )
+
+// MediaTypeChunks is the Content-Type of a chunk index (GET
+// …/blob/<digest>/chunks): internal/chunks' binary encoding, version 1.
+const MediaTypeChunks = "application/vnd.depot.chunks.v1"
 
 // Envelope wraps every JSON response.
 type Envelope struct {
@@ -69,6 +76,7 @@ type Content struct {
 	Chksum         string  `json:"chksum"`
 	Fmt            string  `json:"fmt"`
 	BLAKE3         string  `json:"blake3,omitempty"`
+	Chunks         string  `json:"chunks,omitempty"` // digest of the chunk index, when recorded
 	LastModified   float64 `json:"last_modified"`
 	LastModifiedBy string  `json:"last_modified_by,omitempty"`
 }
@@ -79,6 +87,7 @@ type Revision struct {
 	Size    int64   `json:"size"`
 	MTime   float64 `json:"mtime"`
 	Fmt     string  `json:"fmt"`
+	Chunks  string  `json:"chunks,omitempty"` // digest of the chunk index, when recorded
 	By      string  `json:"by,omitempty"`
 	Message string  `json:"message,omitempty"`
 	Current bool    `json:"current"`
@@ -97,6 +106,9 @@ type ContentInfo struct {
 	Chksum string  `json:"chksum"`
 	Refcnt int     `json:"refcnt"`
 	Fmt    string  `json:"fmt"`
+	// Chunks is the digest of the blob's chunk index (GET
+	// /blob/<digest>/chunks), when the revision recorded one.
+	Chunks string `json:"chunks,omitempty"`
 }
 
 // CreateImageRequest is the body of POST /images. Only name is required.

@@ -13,6 +13,8 @@ type metrics struct {
 	gcBlobs       prometheus.Counter
 	gcBytes       prometheus.Counter
 	redirects     prometheus.Counter
+	rangeBytes    prometheus.Counter
+	indexBuilds   prometheus.Counter
 }
 
 func newMetrics(reg *prometheus.Registry) *metrics {
@@ -29,8 +31,10 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 		gcBlobs:       prometheus.NewCounter(prometheus.CounterOpts{Name: "depot_gc_deleted_blobs_total", Help: "Blobs deleted by garbage collection."}),
 		gcBytes:       prometheus.NewCounter(prometheus.CounterOpts{Name: "depot_gc_deleted_bytes_total", Help: "Bytes deleted by garbage collection."}),
 		redirects:     prometheus.NewCounter(prometheus.CounterOpts{Name: "depot_content_redirects_total", Help: "Downloads answered with a presigned object-store URL (--redirect-content)."}),
+		rangeBytes:    prometheus.NewCounter(prometheus.CounterOpts{Name: "depot_content_range_bytes_total", Help: "Content and blob bytes sent in answer to Range requests (206); ranges of redirected downloads are not counted."}),
+		indexBuilds:   prometheus.NewCounter(prometheus.CounterOpts{Name: "depot_chunk_indexes_computed_total", Help: "Chunk indexes computed on request, for blobs stored without one (or with a damaged one)."}),
 	}
-	reg.MustRegister(m.requests, m.duration, m.bytesSent, m.bytesReceived, m.gcBlobs, m.gcBytes, m.redirects,
+	reg.MustRegister(m.requests, m.duration, m.bytesSent, m.bytesReceived, m.gcBlobs, m.gcBytes, m.redirects, m.rangeBytes, m.indexBuilds,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -24,12 +24,12 @@ func wireImage(img catalog.Image) api.Image {
 	}
 	if c := img.Content; c != nil {
 		out.Content = &api.Content{Size: c.Size, MTime: api.UnixFloat(c.MTime), Chksum: c.Digest.String(), Fmt: c.Format,
-			BLAKE3: c.BLAKE3, LastModified: api.UnixFloat(c.MTime), LastModifiedBy: c.By}
+			BLAKE3: c.BLAKE3, Chunks: c.Chunks.String(), LastModified: api.UnixFloat(c.MTime), LastModifiedBy: c.By}
 	}
 	for i := len(img.History) - 1; i >= 0; i-- {
 		h := img.History[i]
 		out.History = append(out.History, api.Revision{Chksum: h.Digest.String(), Size: h.Size, MTime: api.UnixFloat(h.MTime),
-			Fmt: h.Format, By: h.By, Message: h.Message, Current: img.Content != nil && h.Digest == img.Content.Digest && i == len(img.History)-1})
+			Fmt: h.Format, Chunks: h.Chunks.String(), By: h.By, Message: h.Message, Current: img.Content != nil && h.Digest == img.Content.Digest && i == len(img.History)-1})
 	}
 	return out
 }
