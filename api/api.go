@@ -35,10 +35,17 @@ const (
 	HeaderDeltaBase = "X-Depot-Delta-Base"
 	// HeaderFormat reports the detected format on content GET and HEAD.
 	HeaderFormat = "X-Depot-Format"
+	// HeaderChunksDigest reports, on GET and HEAD …/blob/<digest>/chunks,
+	// the digest of the chunk index served (as its ETag does).
+	HeaderChunksDigest = "X-Depot-Chunks-Digest"
 )
 
 // DeltaMediaType is the Content-Type of a delta push body (docs/api.md).
 const DeltaMediaType = "application/vnd.depot.delta.v1"
+
+// MediaTypeChunks is the Content-Type of a chunk index (GET
+// …/blob/<digest>/chunks): internal/chunks' binary encoding, version 1.
+const MediaTypeChunks = "application/vnd.depot.chunks.v1"
 
 // Envelope wraps every JSON response.
 type Envelope struct {
@@ -191,6 +198,7 @@ type Revision struct {
 	Size    int64   `json:"size"`
 	MTime   float64 `json:"mtime"`
 	Fmt     string  `json:"fmt"`
+	Chunks  string  `json:"chunks,omitempty"` // digest of the chunk index, when recorded
 	By      string  `json:"by,omitempty"`
 	Message string  `json:"message,omitempty"`
 	Current bool    `json:"current"`
@@ -209,6 +217,9 @@ type ContentInfo struct {
 	Chksum string  `json:"chksum"`
 	Refcnt int     `json:"refcnt"`
 	Fmt    string  `json:"fmt"`
+	// Chunks is the digest of the blob's chunk index (GET
+	// /blob/<digest>/chunks), when the revision recorded one.
+	Chunks string `json:"chunks,omitempty"`
 }
 
 // CreateImageRequest is the body of POST /images. Only name is required.

@@ -125,6 +125,23 @@ type DeclaredDigestPreferrer interface {
 	PrefersDeclaredDigest() bool
 }
 
+// IndexStore is an optional capability: it keeps one small record beside
+// each blob, keyed by the blob's digest (the server keeps the blob's chunk
+// index there). The records are opaque to the store, are not blobs (Walk,
+// Stat and Open never see them) and are never part of a blob's commit: a
+// caller writes one after the blob commits and deletes it with the blob.
+// Every backend that implements it runs blobtest's IndexStore tests.
+type IndexStore interface {
+	// PutIndex stores data as d's record, replacing any earlier one. A
+	// reader sees the old record or the new, never a mix.
+	PutIndex(ctx context.Context, d digest.Digest, data []byte) error
+	// GetIndex returns d's record, or errdefs.ErrNotFound. A record over
+	// limit bytes is not read: the error matches errdefs.ErrCorrupt.
+	GetIndex(ctx context.Context, d digest.Digest, limit int64) ([]byte, error)
+	// DeleteIndex removes d's record. A missing one is not an error.
+	DeleteIndex(ctx context.Context, d digest.Digest) error
+}
+
 // Ingest streams r into s and commits it, checking size (when >= 0) and
 // expected (when non-empty). It is the one-call form of Writer/Commit.
 func Ingest(ctx context.Context, s Ingester, r io.Reader, size int64, expected digest.Digest) (Info, error) {

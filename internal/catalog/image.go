@@ -34,6 +34,7 @@ type Content struct {
 	MTime   time.Time     `json:"mtime"`
 	Format  string        `json:"fmt"`
 	BLAKE3  string        `json:"blake3,omitempty"`
+	Chunks  digest.Digest `json:"chunks,omitempty"` // sha256 of the blob's chunk index; empty if none was stored at upload
 	By      string        `json:"by,omitempty"`
 	Message string        `json:"message,omitempty"`
 	// On names the head that received the upload; empty in records

@@ -14,7 +14,7 @@ import (
 )
 
 // commitUpload makes the received blob visible (its size and digest
-// checked by Commit) and records it as the image's new content, checking
+// checked by Commit), stores its chunk index beside it, and records it as the image's new content, checking
 // frozen and If-Match again inside the catalog's transaction. The caller
 // holds commitMu for reading. If the catalog refuses, the committed blob
 // stays unreferenced and GC reclaims it.
@@ -34,7 +34,8 @@ func (s *Server) commitUpload(r *http.Request, u upload, got received) (catalog.
 	}
 	by := principal(r).Subject
 	now := time.Now().UTC()
-	c := catalog.Content{Digest: info.Digest, Size: info.Size, MTime: now, Format: got.format, BLAKE3: info.BLAKE3, By: by, Message: u.msg, On: s.cfg.HeadName}
+	index := s.storeIndex(ctx, info, got.index)
+	c := catalog.Content{Digest: info.Digest, Size: info.Size, MTime: now, Format: got.format, BLAKE3: info.BLAKE3, Chunks: index, By: by, Message: u.msg, On: s.cfg.HeadName}
 	keep := s.cfg.KeepRevisions
 	img, err := s.cfg.Catalog.Update(ctx, u.img.UID, func(img *catalog.Image) error {
 		if img.Frozen {

@@ -45,7 +45,7 @@ func (s *Server) answerInfo(w http.ResponseWriter, r *http.Request, img catalog.
 	}
 	c := img.Content
 	w.Header().Set("ETag", api.ETag(c.Digest))
-	s.ok(w, status, api.ContentInfo{Size: c.Size, MTime: api.UnixFloat(c.MTime), Chksum: c.Digest.String(), Refcnt: ref.Refs, Fmt: c.Format})
+	s.ok(w, status, api.ContentInfo{Size: c.Size, MTime: api.UnixFloat(c.MTime), Chksum: c.Digest.String(), Refcnt: ref.Refs, Fmt: c.Format, Chunks: c.Chunks.String()})
 }
 
 func (s *Server) deleteContent(w http.ResponseWriter, r *http.Request) {

@@ -97,6 +97,14 @@ func (s *Server) collect(ctx context.Context, c catalog.BlobRef, cutoff, now tim
 		return err
 	}
 	info, _ := s.cfg.Blobs.Stat(ctx, c.Digest)
+	// The index first: a collector that dies between the two leaves a
+	// claimed blob without an index (the next pass deletes it), never an
+	// index of nothing.
+	if xs, ok := s.indexStore(); ok {
+		if err := xs.DeleteIndex(ctx, c.Digest); err != nil {
+			return err
+		}
+	}
 	if err := s.cfg.Blobs.Delete(ctx, c.Digest); err != nil && !errors.Is(err, errdefs.ErrNotFound) {
 		return err
 	}

@@ -14,6 +14,8 @@ type metrics struct {
 	gcBytes       prometheus.Counter
 	redirects     prometheus.Counter
 	deltaSaved    prometheus.Counter
+	rangeBytes    prometheus.Counter
+	indexBuilds   prometheus.Counter
 }
 
 func newMetrics(reg *prometheus.Registry) *metrics {
@@ -31,8 +33,10 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 		gcBytes:       prometheus.NewCounter(prometheus.CounterOpts{Name: "depot_gc_deleted_bytes_total", Help: "Bytes deleted by garbage collection."}),
 		redirects:     prometheus.NewCounter(prometheus.CounterOpts{Name: "depot_content_redirects_total", Help: "Downloads answered with a presigned object-store URL (--redirect-content)."}),
 		deltaSaved:    prometheus.NewCounter(prometheus.CounterOpts{Name: "depot_delta_bytes_saved_total", Help: "Bytes of committed delta pushes taken from their base instead of the body."}),
+		rangeBytes:    prometheus.NewCounter(prometheus.CounterOpts{Name: "depot_content_range_bytes_total", Help: "Content and blob bytes sent in answer to Range requests (206); ranges of redirected downloads are not counted."}),
+		indexBuilds:   prometheus.NewCounter(prometheus.CounterOpts{Name: "depot_chunk_indexes_computed_total", Help: "Chunk indexes computed on request, for blobs stored without one (or with a damaged one)."}),
 	}
-	reg.MustRegister(m.requests, m.duration, m.bytesSent, m.bytesReceived, m.gcBlobs, m.gcBytes, m.redirects, m.deltaSaved,
+	reg.MustRegister(m.requests, m.duration, m.bytesSent, m.bytesReceived, m.gcBlobs, m.gcBytes, m.redirects, m.deltaSaved, m.rangeBytes, m.indexBuilds,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

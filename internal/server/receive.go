@@ -22,10 +22,12 @@ type received struct {
 	// the trailer ("" when neither).
 	want   digest.Digest
 	format string
+	// index is the content's chunking, finished once the blob commits.
+	index *pendingIndex
 }
 
 // receive streams the body of u into a new blob write: body → (sniffer,
-// qcow2 header, hashers, temp file). It checks the trailer's digest
+// qcow2 header, hashers, temp file; chunk splitter). It checks the trailer's digest
 // against any declared up front and that the format is portable. On error
 // the write is discarded.
 func (s *Server) receive(w http.ResponseWriter, r *http.Request, u upload) (received, error) {
@@ -37,7 +39,7 @@ func (s *Server) receive(w http.ResponseWriter, r *http.Request, u upload) (rece
 	var sniff format.Sniffer
 	var qhead qcow2.HeaderBuffer
 	body := bodyReader{io.TeeReader(http.MaxBytesReader(w, r.Body, s.cfg.MaxContentSize), io.MultiWriter(&sniff, &qhead))}
-	n, err := copyFull(bw, body, make([]byte, 1<<20))
+	n, index, err := copyChunked(bw, body)
 	s.metrics.bytesReceived.Add(float64(n))
 	if err != nil {
 		bw.Close()
@@ -59,7 +61,7 @@ func (s *Server) receive(w http.ResponseWriter, r *http.Request, u upload) (rece
 		bw.Close()
 		return received{}, err
 	}
-	return received{w: bw, want: want, format: sniff.Format()}, nil
+	return received{w: bw, want: want, format: sniff.Format(), index: index}, nil
 }
 
 // bodyReader turns failures reading an upload into the vocabulary: a body

@@ -69,6 +69,9 @@ func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request, d digest.Dige
 	http.ServeContent(w, r, "", mtime, rs)
 	if rw != nil {
 		s.metrics.bytesSent.Add(float64(rw.bytes - before))
+		if rw.status == http.StatusPartialContent {
+			s.metrics.rangeBytes.Add(float64(rw.bytes - before))
+		}
 	}
 }
 

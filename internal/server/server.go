@@ -26,6 +26,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/sync/semaphore"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/depot-images/depot/api"
 	"github.com/depot-images/depot/errdefs"
@@ -118,6 +120,10 @@ type Server struct {
 	// claimWait is how long an upload waits for a garbage collector to
 	// finish with the blob it is about to commit (tests shorten it).
 	claimWait time.Duration
+	// indexBuilds and indexSem make a chunk index computed on request
+	// (chunkindex.go) run once per digest, maxIndexBuilds at a time.
+	indexBuilds singleflight.Group
+	indexSem    *semaphore.Weighted
 }
 
 // DefaultBodyIdleTimeout is Config.BodyIdleTimeout's default.
@@ -135,7 +141,8 @@ func New(cfg Config) (*Server, error) {
 	if _, ok := cfg.Blobs.(blob.Presigner); cfg.RedirectContent > 0 && !ok {
 		return nil, fmt.Errorf("server: redirecting downloads needs a blob store that clients can read directly (s3://…): %w", errdefs.ErrInvalidArgument)
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, mux: http.NewServeMux(), reg: prometheus.NewRegistry(), claimWait: 30 * time.Second}
+	s := &Server{cfg: cfg, log: cfg.Logger, mux: http.NewServeMux(), reg: prometheus.NewRegistry(), claimWait: 30 * time.Second,
+		indexSem: semaphore.NewWeighted(maxIndexBuilds)}
 	s.metrics = newMetrics(s.reg)
 	s.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "depot_gc_leader", Help: "1 when this head runs garbage collection (always 1 with a single head).",
@@ -164,6 +171,7 @@ func (s *Server) routes() {
 	s.handle("GET "+p+"/image/{ref}/content/stat", auth.RoleReader, s.contentStat)
 	s.handle("GET "+p+"/image/{ref}/content/info", auth.RoleReader, s.contentInfo)
 	s.handle("GET "+p+"/blob/{digest}", auth.RoleReader, s.getBlob)
+	s.handle("GET "+p+"/blob/{digest}/chunks", auth.RoleReader, s.getChunks) // GET and HEAD
 	s.handle("POST "+p+"/tokens", auth.RoleAdmin, s.createToken)
 	s.handle("GET "+p+"/tokens", auth.RoleAdmin, s.listTokens)
 	s.handle("DELETE "+p+"/tokens/{id}", auth.RoleAdmin, s.deleteToken)

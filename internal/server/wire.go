@@ -28,13 +28,13 @@ func wireImage(img catalog.Image) api.Image {
 		// the blob's name in the store (its SHA-256 hex), uid the
 		// content's stable id (api.ContentUID).
 		out.Content = &api.Content{Fmt: c.Format, ContentFile: api.ContentFile{Size: c.Size, MTime: api.UnixFloat(c.MTime),
-			Chksum: c.Digest.String(), Filename: c.Digest.Encoded(), UID: api.ContentUID(c.Digest), BLAKE3: c.BLAKE3},
+			Chksum: c.Digest.String(), Filename: c.Digest.Encoded(), UID: api.ContentUID(c.Digest), BLAKE3: c.BLAKE3, Chunks: c.Chunks.String()},
 			LastModified: api.UnixFloat(c.MTime), LastModifiedOn: c.On, LastModifiedBy: c.By}
 	}
 	for i := len(img.History) - 1; i >= 0; i-- {
 		h := img.History[i]
 		out.History = append(out.History, api.Revision{Chksum: h.Digest.String(), Size: h.Size, MTime: api.UnixFloat(h.MTime),
-			Fmt: h.Format, By: h.By, Message: h.Message, Current: img.Content != nil && h.Digest == img.Content.Digest && i == len(img.History)-1})
+			Fmt: h.Format, Chunks: h.Chunks.String(), By: h.By, Message: h.Message, Current: img.Content != nil && h.Digest == img.Content.Digest && i == len(img.History)-1})
 	}
 	return out
 }

@@ -20,8 +20,10 @@ import (
 //
 //  1. the ingest file is fsynced before it is renamed to its digest name;
 //  2. the blob directory is opened and fsynced after the rename;
-//  3. only then is the catalog's file synced (bbolt's commit), the
-//     moment the image points at the blob.
+//  3. then the chunk index is written beside the blob (a temporary file
+//     fsynced, renamed to chunks/sha256/<hex>, the directory fsynced);
+//  4. only then is the catalog's file synced (bbolt's commit), the
+//     moment the image points at the blob and records its index.
 //
 // What it proves: at every instant a power loss can stop the machine, a
 // durable catalog record only names a blob whose bytes and name are
@@ -47,6 +49,7 @@ func TestUploadWriteOrder(t *testing.T) {
 	dir, hex, _ := strings.Cut(string(b), "\n")
 	blobDir := filepath.Join(dir, "blobs", "sha256")
 	target := filepath.Join(blobDir, hex)
+	indexDir := filepath.Join(dir, "chunks", "sha256")
 	if digest.NewDigestFromEncoded(digest.SHA256, hex).Validate() != nil {
 		t.Fatalf("child reported %q", b)
 	}
@@ -59,8 +62,14 @@ func TestUploadWriteOrder(t *testing.T) {
 			fds[c.Result] = "ingest"
 		case c.Name == "openat" && strings.Contains(c.Args, `"`+blobDir+`"`):
 			fds[c.Result] = "blob dir"
+		case c.Name == "openat" && (strings.Contains(c.Args, `"`+indexDir+`"`) || strings.Contains(c.Args, `"`+indexDir+`/`)):
+			fds[c.Result] = "index" // the directory or the temporary file
 		case c.Name == "openat" && strings.Contains(c.Args, `"`+filepath.Join(dir, "catalog.db")+`"`):
 			fds[c.Result] = "catalog"
+		case c.Name == "openat":
+			delete(fds, c.Result) // a descriptor number reused for something else
+		case strings.HasPrefix(c.Name, "rename") && strings.Contains(c.Args, `"`+filepath.Join(indexDir, hex)+`"`):
+			events = append(events, "rename index")
 		case c.Name == "fsync" || c.Name == "fdatasync":
 			if what, ok := fds[strings.TrimSpace(c.Args)]; ok {
 				events = append(events, "sync "+what)
@@ -86,8 +95,9 @@ func TestUploadWriteOrder(t *testing.T) {
 		t.Fatalf("the ingest file was never synced: %q", events)
 	}
 	got := strings.Join(events[first:], ", ")
-	if !strings.HasPrefix(got, "sync ingest, rename, sync blob dir, sync catalog") {
-		t.Fatalf("upload write order %q, want it to start %q", got, "sync ingest, rename, sync blob dir, sync catalog")
+	const want = "sync ingest, rename, sync blob dir, sync index, rename index, sync index, sync catalog"
+	if !strings.HasPrefix(got, want) {
+		t.Fatalf("upload write order %q, want it to start %q", got, want)
 	}
 	t.Logf("upload write order: %s", got)
 }

@@ -5,6 +5,8 @@
 // twice: "Streamed" (the digest is only given to Commit) and "Declared"
 // (the digest is given to Writer up front, which lets a backend write
 // straight to the final location), since a backend may take two paths.
+// A backend with the blob.IndexStore capability also runs the
+// "IndexStore/…" tests (index.go).
 package blobtest
 
 import (
@@ -56,6 +58,9 @@ func Run(t *testing.T, newStore func(t *testing.T) blob.Store) {
 		for _, tc := range writes {
 			t.Run(tc.name+"/"+m.String(), func(t *testing.T) { tc.fn(t, newStore(t), m) })
 		}
+	}
+	if _, ok := newStore(t).(blob.IndexStore); ok {
+		runIndexTests(t, newStore)
 	}
 }
 

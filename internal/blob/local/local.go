@@ -3,6 +3,8 @@
 // Layout under the root directory:
 //
 //	blobs/sha256/<hex>   committed blobs, mode 0444, never modified
+//	chunks/sha256/<hex>  the record kept beside blob <hex> (blob.IndexStore:
+//	                     the server's chunk index), replaced atomically
 //	ingest/<random>.part private partial writes, invisible to readers
 //
 // A write streams into ingest/, is hashed as it is written, then fsynced,
@@ -18,6 +20,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -50,6 +53,7 @@ type Options struct {
 var (
 	_ blob.Store         = (*Store)(nil)
 	_ blob.IngestSweeper = (*Store)(nil)
+	_ blob.IndexStore    = (*Store)(nil)
 )
 
 // Open prepares root for use, creating its directories.
@@ -57,7 +61,7 @@ func Open(root string) (*Store, error) { return OpenOptions(root, Options{}) }
 
 // OpenOptions is Open with options.
 func OpenOptions(root string, opts Options) (*Store, error) {
-	for _, d := range []string{filepath.Join(root, "blobs", "sha256"), filepath.Join(root, "ingest")} {
+	for _, d := range []string{filepath.Join(root, "blobs", "sha256"), filepath.Join(root, "chunks", "sha256"), filepath.Join(root, "ingest")} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return nil, fmt.Errorf("blob store %s: %w", root, err)
 		}
@@ -75,6 +79,57 @@ func (s *Store) Root() string { return s.root }
 // dgst must have been validated.
 func (s *Store) Path(dgst digest.Digest) string {
 	return filepath.Join(s.root, "blobs", "sha256", dgst.Encoded())
+}
+
+// indexPath is where blob dgst's index record lives. dgst must have been
+// validated.
+func (s *Store) indexPath(dgst digest.Digest) string {
+	return filepath.Join(s.root, "chunks", "sha256", dgst.Encoded())
+}
+
+// PutIndex implements blob.IndexStore: the record is written to a
+// temporary file, fsynced and renamed over any earlier one.
+func (s *Store) PutIndex(ctx context.Context, dgst digest.Digest, data []byte) error {
+	if err := contenthash.Validate(dgst); err != nil {
+		return err
+	}
+	if err := atomicfile.Write(s.indexPath(dgst), data, 0o444, true); err != nil {
+		return fmt.Errorf("index of blob %s: %w", dgst, classify(err))
+	}
+	return nil
+}
+
+// GetIndex implements blob.IndexStore.
+func (s *Store) GetIndex(ctx context.Context, dgst digest.Digest, limit int64) ([]byte, error) {
+	if err := contenthash.Validate(dgst); err != nil {
+		return nil, err
+	}
+	f, err := os.Open(s.indexPath(dgst))
+	if err != nil {
+		return nil, indexNotFound(dgst, err)
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, limit+1))
+	if err != nil {
+		return nil, fmt.Errorf("index of blob %s: %w", dgst, err)
+	}
+	if int64(len(b)) > limit {
+		return nil, fmt.Errorf("index of blob %s is over %d bytes: %w", dgst, limit, errdefs.ErrCorrupt)
+	}
+	return b, nil
+}
+
+// DeleteIndex implements blob.IndexStore.
+func (s *Store) DeleteIndex(ctx context.Context, dgst digest.Digest) error {
+	if err := contenthash.Validate(dgst); err != nil {
+		return err
+	}
+	if err := os.Remove(s.indexPath(dgst)); errors.Is(err, fs.ErrNotExist) {
+		return nil
+	} else if err != nil {
+		return fmt.Errorf("index of blob %s: %w", dgst, err)
+	}
+	return atomicfile.SyncDir(filepath.Dir(s.indexPath(dgst)))
 }
 
 // Open implements blob.Provider. The returned Reader is an *os.File, so the
@@ -400,6 +455,13 @@ func classify(err error) error {
 		return fmt.Errorf("%w: %w", err, errdefs.ErrNoSpace)
 	}
 	return err
+}
+
+func indexNotFound(dgst digest.Digest, err error) error {
+	if errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("index of blob %s: %w", dgst, errdefs.ErrNotFound)
+	}
+	return fmt.Errorf("index of blob %s: %w", dgst, err)
 }
 
 func notFound(dgst digest.Digest, err error) error {

@@ -6,6 +6,8 @@
 //	blobs/sha256/<hex>   committed blobs, never modified; user metadata
 //	                     Blake3 holds the BLAKE3-256 of blobs that came
 //	                     through ingest/ (see below)
+//	chunks/sha256/<hex>  the record kept beside blob <hex> (blob.IndexStore:
+//	                     the server's chunk index), one PUT
 //	ingest/<random>      private partial writes, invisible to readers
 //	ingest/<random>.upload  a marker while a write runs, naming its
 //	                     multipart upload: "<key>\n<upload id>"
@@ -86,6 +88,7 @@ var (
 	_ blob.Store         = (*Store)(nil)
 	_ blob.IngestSweeper = (*Store)(nil)
 	_ blob.Presigner     = (*Store)(nil)
+	_ blob.IndexStore    = (*Store)(nil)
 
 	_ blob.DeclaredDigestPreferrer = (*Store)(nil)
 )
@@ -156,5 +159,8 @@ func (s *Store) String() string {
 }
 
 func (s *Store) blobKey(d digest.Digest) string { return s.cfg.Prefix + "blobs/sha256/" + d.Encoded() }
-func (s *Store) blobsPrefix() string            { return s.cfg.Prefix + "blobs/sha256/" }
-func (s *Store) ingestPrefix() string           { return s.cfg.Prefix + "ingest/" }
+func (s *Store) indexKey(d digest.Digest) string {
+	return s.cfg.Prefix + "chunks/sha256/" + d.Encoded()
+}
+func (s *Store) blobsPrefix() string  { return s.cfg.Prefix + "blobs/sha256/" }
+func (s *Store) ingestPrefix() string { return s.cfg.Prefix + "ingest/" }

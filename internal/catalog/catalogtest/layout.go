@@ -35,6 +35,29 @@ func RunLayout(t *testing.T, newCatalog func(t *testing.T) catalog.Catalog, raw 
 		t.Cleanup(func() { c.Close() })
 		testEarlierRecords(t, c, raw)
 	})
+	t.Run("ContentChunksAsStored", func(t *testing.T) {
+		c := newCatalog(t)
+		t.Cleanup(func() { c.Close() })
+		testChunksRecord(t, c, raw)
+	})
+}
+
+// testChunksRecord: a revision's chunk index digest is stored as "chunks"
+// after "blake3", and reads back.
+func testChunksRecord(t *testing.T, c catalog.Catalog, raw Raw) {
+	const uid = "00112233445566778899aabbccddeeff"
+	d, x := digest.FromString("content"), digest.FromString("index")
+	ct := catalog.Content{Digest: d, Size: 7, MTime: t0, Format: "raw", BLAKE3: "b3", Chunks: x}
+	mustCreate(t, c, catalog.Image{UID: uid, Name: "chunks", Content: &ct, History: []catalog.Content{ct}, Created: t0, LastModified: t0})
+	cj := `{"digest":"` + d.String() + `","size":7,"mtime":"2024-05-06T07:08:09Z","fmt":"raw","blake3":"b3","chunks":"` + x.String() + `"}`
+	wantRaw(t, c, raw, "images", uid, `{"uid":"`+uid+`","name":"chunks","content":`+cj+`,"history":[`+cj+`],"created":"2024-05-06T07:08:09Z","last_modified":"2024-05-06T07:08:09Z"}`)
+	img, err := c.Get(ctx, uid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if img.Content == nil || *img.Content != ct || len(img.History) != 1 || img.History[0] != ct {
+		t.Errorf("Get = %+v", img)
+	}
 }
 
 var t0 = time.Date(2024, 5, 6, 7, 8, 9, 0, time.UTC)
