@@ -8,6 +8,7 @@ import (
 	"strconv"
 
 	"github.com/opencontainers/go-digest"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/depot-images/depot/api"
 	"github.com/depot-images/depot/errdefs"
@@ -96,10 +97,26 @@ func (s *Server) receiveDelta(w http.ResponseWriter, r *http.Request, u upload) 
 	}
 	var sniff format.Sniffer
 	var qhead qcow2.HeaderBuffer
-	reused, err := recipe.Assemble(ctx, io.MultiWriter(&sniff, &qhead, bw), rc, base, body, make([]byte, 1<<20))
-	if err != nil {
+	// The assembled stream goes through the same pass as a whole body
+	// (copyChunked), so a delta push records its chunk index too.
+	pr, pw := io.Pipe()
+	var reused int64
+	var g errgroup.Group
+	g.Go(func() error {
+		var err error
+		reused, err = recipe.Assemble(ctx, pw, rc, base, body, make([]byte, 1<<20))
+		pw.CloseWithError(err)
+		return err
+	})
+	_, index, cerr := copyChunked(io.MultiWriter(&sniff, &qhead, bw), pr)
+	pr.CloseWithError(cerr) // unblocks Assemble if the copy stopped first
+	werr := g.Wait()
+	if cerr == nil {
+		cerr = werr
+	}
+	if cerr != nil { // the copy's own error first: a full disk is ErrNoSpace
 		bw.Close()
-		return received{}, 0, err
+		return received{}, 0, cerr
 	}
 	if err := ctx.Err(); err != nil {
 		bw.Close()
@@ -114,7 +131,7 @@ func (s *Server) receiveDelta(w http.ResponseWriter, r *http.Request, u upload) 
 		bw.Close()
 		return received{}, 0, err
 	}
-	return received{w: bw, want: want, format: sniff.Format()}, reused, nil
+	return received{w: bw, want: want, format: sniff.Format(), index: index}, reused, nil
 }
 
 // countingReader counts the bytes read through it.

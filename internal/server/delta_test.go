@@ -203,6 +203,11 @@ func TestDeltaPush(t *testing.T) {
 			if info.Chksum != digest.FromBytes(v2).String() || info.Size != int64(len(v2)) {
 				t.Fatalf("stored %s (%d bytes), want v2", info.Chksum, info.Size)
 			}
+			// The assembled blob was chunked in the same pass: its index
+			// is recorded and is v2's.
+			if want := indexOf(t, v2); info.Chunks == "" || info.Chunks != chunks.DigestOf(encodeIndex(t, want)).String() {
+				t.Fatalf("delta push recorded chunks %q", info.Chunks)
+			}
 			if got := readContent(t, c, "img"); !bytes.Equal(got, v2) {
 				t.Fatal("the served content is not v2")
 			}
@@ -424,3 +429,12 @@ func TestDeltaRefusals(t *testing.T) {
 }
 
 func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }
+
+func encodeIndex(t *testing.T, x *chunks.Index) []byte {
+	t.Helper()
+	b, err := x.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
