@@ -56,7 +56,7 @@ print(f"casync: chunk size min/avg/max {m0.get('cmin', '?')}/{m0.get('cavg', '?'
       f"({'zstd' if m0['casync_compression'] == '28b52ffd' else 'see magic'})")
 print("zsync: block size " + ", ".join(f"pair {p} {meta[p]['zsync_block']}" for p in pairs) + " (zsyncmake's default for the size)")
 print()
-print("| pair | image | size | casync | casync uncompressed | zsync | depot | depot/casync | zsync/casync | depot fetched / reused |")
+print("| pair | image | size | casync | casync chunks uncompressed + index | zsync | depot | depot/casync | zsync/casync | depot fetched / reused |")
 print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
 for p in pairs:
     size = meta[p]["size"]
