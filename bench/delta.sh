@@ -110,7 +110,8 @@ for _ in $(seq 50); do curl -s -o /dev/null "http://127.0.0.1:$LINKS_PORT/" && b
 
 # measure LOG CMD...: run CMD; set M_SECS and, from the requests LOG saw
 # meanwhile, M_SENT (bytes nginx sent), M_RECV (bytes it received),
-# M_REQS and M_BAD (responses other than 2xx). nginx logs a request once its
+# M_REQS and M_BAD (responses other than 2xx; sums print with %.0f, as
+# mawk's %d stops at 2^31). nginx logs a request once its
 # last byte is handed to the kernel, before the client can have read it.
 measure() {
   local log=$1 from s e; shift
@@ -118,7 +119,7 @@ measure() {
   "$@" || { echo "failed: $*" >&2; exit 1; }
   e=$(now); M_SECS=$(el "$s" "$e")
   tail -c +$((from + 1)) "$log" >"$WORK/slice.log"
-  read -r M_SENT M_RECV M_REQS M_BAD < <(awk '{s+=$1; r+=$2; n++; if ($3 !~ /^2/) b++} END {printf "%d %d %d %d\n", s, r, n, b}' "$WORK/slice.log")
+  read -r M_SENT M_RECV M_REQS M_BAD < <(awk '{s+=$1; r+=$2; n++; if ($3 !~ /^2/) b++} END {printf "%.0f %.0f %d %d\n", s, r, n, b}' "$WORK/slice.log")
 }
 # rec TOOL PAIR ROUND [JSON-FIELDS]: append the last measurement to $RES.
 rec() {
