@@ -218,7 +218,9 @@ type ContentInfo struct {
 	Refcnt int     `json:"refcnt"`
 	Fmt    string  `json:"fmt"`
 	// Chunks is the digest of the blob's chunk index (GET
-	// /blob/<digest>/chunks), when the revision recorded one.
+	// /blob/<digest>/chunks), in the answer of a content PUT that recorded
+	// one. …/content/info leaves it out, keeping seed 004's keys exactly;
+	// the image's content and revisions carry it.
 	Chunks string `json:"chunks,omitempty"`
 }
 

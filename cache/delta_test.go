@@ -177,6 +177,22 @@ func TestDeltaCorruptSeedChunk(t *testing.T) {
 	}
 }
 
+// TestDeltaLyingIndexRecorded: with the image metadata, the node knows the
+// index digest the head recorded at upload; any lie is refused before a
+// byte is planned, and the pull is a whole transfer.
+func TestDeltaLyingIndexRecorded(t *testing.T) {
+	h := newHead(t)
+	c, _, v2, _, d2 := deltaPair(t, h, 8<<20)
+	h.lieIndex.Store(func(x *chunks.Index) { x.Chunks[len(x.Chunks)/2].Hash[0] ^= 1 })
+	img, err := c.Ensure(ctx, "img", EnsureOptions{Policy: Always})
+	if err != nil || img.Digest != d2 || !bytes.Equal(mustRead(t, img.Path), v2) {
+		t.Fatalf("pull: %+v %v", img, err)
+	}
+	if img.Transfer != "whole" || !strings.Contains(img.Note, "verification failed") {
+		t.Fatalf("%+v; want the index refused against its recorded digest", img)
+	}
+}
+
 // TestDeltaLyingIndex: an index that lies costs at most a whole transfer,
 // never a wrong byte: a wrong chunk hash (refused as the chunk lands), the
 // index of other content under v2's name (assembles v1: refused by the
@@ -212,7 +228,9 @@ func TestDeltaLyingIndex(t *testing.T) {
 			h := newHead(t)
 			c, v1, v2, _, d2 := deltaPair(t, h, size)
 			h.lieIndex.Store(tc.lie(v1))
-			img, err := c.Ensure(ctx, "img", EnsureOptions{Policy: Always})
+			// Pinned: no image metadata, so no recorded index digest; the
+			// node has only the index's own claims and the bytes to go by.
+			img, err := c.Ensure(ctx, "img@"+d2.String(), EnsureOptions{Policy: Always})
 			if err != nil || img.Digest != d2 || !bytes.Equal(mustRead(t, img.Path), v2) {
 				t.Fatalf("pull: %+v %v", img, err)
 			}

@@ -24,14 +24,11 @@ import (
 
 	"github.com/depot-images/depot/api"
 	"github.com/depot-images/depot/client"
-	"github.com/depot-images/depot/internal/chunks"
 )
 
 // chunkProxy is a reverse proxy in front of a real depot serve that counts
-// the body bytes of blob GETs and answers GET /api/v1/blob/<d>/chunks with
-// the index chunks.Build computes from the real blob read through the
-// head: a stand-in for the server's endpoint, being added in parallel
-// (the lead points these tests at the real one when both land).
+// the body bytes of blob GETs (not of their chunk indexes, which the
+// head's real GET /api/v1/blob/<d>/chunks answers through it).
 // A rate > 0 throttles blob bodies to about that many bytes per second
 // (a slow link, so that a kill lands mid-transfer).
 func chunkProxy(t *testing.T, upstream string, rate int64) (string, *atomic.Int64) {
@@ -40,41 +37,13 @@ func chunkProxy(t *testing.T, upstream string, rate int64) (string, *atomic.Int6
 	rp := httputil.NewSingleHostReverseProxy(u)
 	var body atomic.Int64
 	rp.ModifyResponse = func(resp *http.Response) error {
-		if resp.Request.Method == http.MethodGet && strings.HasPrefix(resp.Request.URL.Path, "/api/v1/blob/") {
+		p := resp.Request.URL.Path
+		if resp.Request.Method == http.MethodGet && strings.HasPrefix(p, "/api/v1/blob/") && !strings.HasSuffix(p, "/chunks") {
 			resp.Body = &countingBody{ReadCloser: resp.Body, n: &body, rate: rate}
 		}
 		return nil
 	}
-	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		p, ok := strings.CutSuffix(r.URL.Path, "/chunks")
-		if !ok || r.Method != http.MethodGet || !strings.HasPrefix(p, "/api/v1/blob/") {
-			rp.ServeHTTP(w, r)
-			return
-		}
-		d := digest.Digest(strings.TrimPrefix(p, "/api/v1/blob/"))
-		req, _ := http.NewRequestWithContext(r.Context(), http.MethodGet, upstream+p, nil)
-		req.Header.Set("Authorization", r.Header.Get("Authorization"))
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusBadGateway)
-			return
-		}
-		defer resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			w.WriteHeader(resp.StatusCode)
-			io.Copy(w, resp.Body)
-			return
-		}
-		x, err := chunks.Build(r.Context(), resp.Body, chunks.DefaultParams, d)
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusInternalServerError)
-			return
-		}
-		enc, _ := x.Encode()
-		w.Header().Set("Content-Type", "application/vnd.depot.chunks.v1")
-		w.Header().Set("X-Depot-Chunks-Digest", chunks.DigestOf(enc).String())
-		w.Write(enc)
-	}))
+	s := httptest.NewServer(rp)
 	t.Cleanup(s.Close)
 	return s.URL, &body
 }

@@ -37,7 +37,10 @@ func (s *Server) getContent(w http.ResponseWriter, r *http.Request) {
 	s.serveBlob(w, r, img.Content.Digest, img.Content.MTime, img.Content.Format)
 }
 
-func (s *Server) answerInfo(w http.ResponseWriter, r *http.Request, img catalog.Image, status int) {
+// answerInfo answers …/content/info (exactly seed 004's keys) and, with
+// upload set, a content PUT, whose answer adds the chunk index digest the
+// upload recorded.
+func (s *Server) answerInfo(w http.ResponseWriter, r *http.Request, img catalog.Image, status int, upload bool) {
 	ref, err := s.cfg.Catalog.Ref(r.Context(), img.Content.Digest)
 	if err != nil && !errors.Is(err, errdefs.ErrNotFound) {
 		s.fail(w, r, err)
@@ -45,7 +48,11 @@ func (s *Server) answerInfo(w http.ResponseWriter, r *http.Request, img catalog.
 	}
 	c := img.Content
 	w.Header().Set("ETag", api.ETag(c.Digest))
-	s.ok(w, status, api.ContentInfo{Size: c.Size, MTime: api.UnixFloat(c.MTime), Chksum: c.Digest.String(), Refcnt: ref.Refs, Fmt: c.Format, Chunks: c.Chunks.String()})
+	info := api.ContentInfo{Size: c.Size, MTime: api.UnixFloat(c.MTime), Chksum: c.Digest.String(), Refcnt: ref.Refs, Fmt: c.Format}
+	if upload {
+		info.Chunks = c.Chunks.String()
+	}
+	s.ok(w, status, info)
 }
 
 func (s *Server) deleteContent(w http.ResponseWriter, r *http.Request) {
@@ -89,5 +96,5 @@ func (s *Server) contentInfo(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	s.answerInfo(w, r, img, http.StatusOK)
+	s.answerInfo(w, r, img, http.StatusOK, false)
 }

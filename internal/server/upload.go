@@ -40,5 +40,5 @@ func (s *Server) putContent(w http.ResponseWriter, r *http.Request) {
 	} else {
 		s.log.Info("content uploaded", "uid", img.UID, "name", img.Name, "digest", c.Digest, "bytes", c.Size, "fmt", c.Format, "by", c.By)
 	}
-	s.answerInfo(w, r, img, http.StatusOK)
+	s.answerInfo(w, r, img, http.StatusOK, true)
 }
