@@ -258,12 +258,16 @@ func TestDeltaFallsBack(t *testing.T) {
 		return x, nil
 	})
 	cases := []struct {
-		name  string
-		old   bool // the head drops the delta headers, as a server before them would ignore them
-		base  func(d1 digest.Digest) digest.Digest
-		index func(f1 string) client.IndexSource
+		name string
+		old  bool // the head drops the delta headers, as a server before them would ignore them
+		// noChunks: the head answers 404 for chunk indexes
+		noChunks bool
+		base     func(d1 digest.Digest) digest.Digest
+		index    func(f1 string) client.IndexSource
 	}{
-		{name: "no index", base: func(d digest.Digest) digest.Digest { return d }},
+		// The head has no chunk index to give (a server from before them:
+		// its /chunks answers 404), and the client has no other source.
+		{name: "no index", noChunks: true, base: func(d digest.Digest) digest.Digest { return d }},
 		{name: "old server", old: true, base: func(d digest.Digest) digest.Digest { return d },
 			index: func(f1 string) client.IndexSource { return client.FileIndex(f1) }},
 		{name: "unknown base", base: func(digest.Digest) digest.Digest { return digest.FromBytes(v1[:100]) },
@@ -281,6 +285,17 @@ func TestDeltaFallsBack(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			var w wire
 			wrap := w.wrap
+			if tc.noChunks {
+				wrap = func(h http.Handler) http.Handler {
+					return w.wrap(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+						if strings.HasSuffix(r.URL.Path, "/chunks") {
+							http.Error(rw, `{"success":false,"error":"not found","code":"not_found"}`, http.StatusNotFound)
+							return
+						}
+						h.ServeHTTP(rw, r)
+					}))
+				}
+			}
 			if tc.old {
 				wrap = func(h http.Handler) http.Handler {
 					return w.wrap(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
@@ -437,4 +452,27 @@ func encodeIndex(t *testing.T, x *chunks.Index) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// TestDeltaPushUsesServerIndex: with no index of its own, the client takes
+// the base's index from the head (GET …/blob/<base>/chunks, verified
+// against the revision's recorded digest) and sends a delta.
+func TestDeltaPushUsesServerIndex(t *testing.T) {
+	ctx := context.Background()
+	v1 := pseudoRandom(3, 2<<20)
+	v2 := smallEdit(v1)
+	h := servertest.Start(t, servertest.Options{})
+	c := h.Client(t, "w", auth.RoleWriter)
+	d1 := servertest.Push(t, c, "img", v1)
+	var st client.PushStats
+	info, err := c.PushContent(ctx, "img", writeFile(t, v2), int64(len(v2)), client.PushOptions{IfMatch: d1, DeltaBase: d1, Stats: &st})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !st.Delta || st.BytesReused == 0 || st.BytesSent >= int64(len(v2))/2 || info.Chksum != digest.FromBytes(v2).String() {
+		t.Fatalf("stats %+v, stored %s", st, info.Chksum)
+	}
+	if !bytes.Equal(readContent(t, c, "img"), v2) {
+		t.Fatal("the content is not v2")
+	}
 }
