@@ -30,6 +30,10 @@ const (
 	HeaderMessage = "X-Depot-Message"
 	// HeaderFormat reports the detected format on content GET and HEAD.
 	HeaderFormat = "X-Depot-Format"
+	// HeaderProvenance is an optional content PUT header: how the content
+	// was made, as one compact JSON Provenance object (ASCII, at most
+	// MaxProvenanceBytes), recorded with the revision.
+	HeaderProvenance = "X-Depot-Provenance"
 )
 
 // Envelope wraps every JSON response.
@@ -82,6 +86,9 @@ type Revision struct {
 	By      string  `json:"by,omitempty"`
 	Message string  `json:"message,omitempty"`
 	Current bool    `json:"current"`
+	// Provenance says how the content was made, when the upload said so
+	// (`depot image capture` does).
+	Provenance *Provenance `json:"provenance,omitempty"`
 }
 
 // ContentStat is the answer of …/content/stat.

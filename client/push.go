@@ -31,6 +31,9 @@ type PushOptions struct {
 	IfMatch digest.Digest
 	// Message is recorded with the revision.
 	Message string
+	// Provenance, when set, is recorded with the revision: how the content
+	// was made (X-Depot-Provenance; see api.EncodeProvenance).
+	Provenance *api.Provenance
 }
 
 // PushContent streams r (size bytes, or -1 if unknown) as the new content of
@@ -45,6 +48,13 @@ type PushOptions struct {
 // naming the digest being pushed, which PushContent reports as the success
 // it was (without IfMatch the revision is recorded twice).
 func (c *Client) PushContent(ctx context.Context, ref string, r io.Reader, size int64, opts PushOptions) (api.ContentInfo, error) {
+	var prov string
+	if opts.Provenance != nil {
+		var err error
+		if prov, err = api.EncodeProvenance(*opts.Provenance); err != nil {
+			return api.ContentInfo{}, err
+		}
+	}
 	var trailer http.Header
 	if opts.Digest == "" {
 		trailer = http.Header{api.HeaderDigest: nil}
@@ -96,6 +106,9 @@ func (c *Client) PushContent(ctx context.Context, ref string, r io.Reader, size 
 	}
 	if opts.Message != "" {
 		req.Header.Set(api.HeaderMessage, opts.Message)
+	}
+	if prov != "" {
+		req.Header.Set(api.HeaderProvenance, prov)
 	}
 	resp, err := c.send(req, "push content to "+ref)
 	var pe *errdefs.PreconditionError

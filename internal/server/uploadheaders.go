@@ -25,12 +25,13 @@ type upload struct {
 	base     digest.Digest
 	haveBase bool
 	msg      string
+	prov     *catalog.Provenance // X-Depot-Provenance, nil when absent
 }
 
 // parseUpload reads the headers of a content PUT and refuses, before any
 // byte of the body, what it can: a size over the limit, an unknown or
 // frozen image, a malformed digest declaration, a failed If-Match, an
-// over-long message.
+// over-long message, a malformed provenance record.
 func (s *Server) parseUpload(r *http.Request) (upload, error) {
 	size, err := s.declaredSize(r)
 	if err != nil {
@@ -60,7 +61,11 @@ func (s *Server) parseUpload(r *http.Request) (upload, error) {
 	if len(msg) > maxStringField {
 		return upload{}, fmt.Errorf("revision message over %d bytes: %w", maxStringField, errdefs.ErrTooLarge)
 	}
-	return upload{img: img, size: size, want: want, base: base, haveBase: haveBase, msg: msg}, nil
+	prov, err := parseProvenance(r)
+	if err != nil {
+		return upload{}, err
+	}
+	return upload{img: img, size: size, want: want, base: base, haveBase: haveBase, msg: msg, prov: prov}, nil
 }
 
 // declaredSize reads the size a PUT declares: Content-Length, or
