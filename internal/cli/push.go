@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -98,20 +99,7 @@ func runPush(cmd *cobra.Command, g *globals, c *client.Client, o *pushOptions, r
 		return err
 	}
 	start := time.Now()
-	if declared == "" {
-		// With S3 blobs a digest declared up front saves the server a copy
-		// of the whole blob, which costs more than hashing the file here
-		// first. A server without GET /server simply gets a trailer.
-		if si, err := c.ServerInfo(ctx); err == nil && si.PreferDeclaredDigest {
-			if declared, err = hashFile(f, g.hashBar(fi.Size())); err != nil {
-				return fmt.Errorf("hash %s: %w", file, err)
-			}
-		}
-	}
-	bar := g.newProgress("push " + ref)
-	defer bar.finish()
-	body := bar.file(f, fi.Size())
-	info, err := c.PushContent(ctx, ref, body, fi.Size(), client.PushOptions{IfMatch: base, Message: o.message, Digest: declared})
+	info, err := uploadFile(ctx, g, c, ref, f, fi.Size(), client.PushOptions{IfMatch: base, Message: o.message, Digest: declared})
 	if err != nil {
 		return err
 	}
@@ -119,6 +107,29 @@ func runPush(cmd *cobra.Command, g *globals, c *client.Client, o *pushOptions, r
 	return g.emit(info, func(w io.Writer) {
 		fmt.Fprintf(w, "pushed %s: %s (%s, %s) in %.1fs, %.0f MB/s\n", inert(ref), inert(info.Chksum), inert(info.Fmt), humanBytes(info.Size), secs, float64(info.Size)/secs/1e6)
 	})
+}
+
+// uploadFile is the push path every upload of a local file takes (image
+// push, image capture): f (size bytes) is sent as ref's new content with
+// its digest declared, up front when the server prefers that (hashing f
+// first) or else in a trailer as it streams, through the client's failover
+// and with a progress bar on a terminal.
+func uploadFile(ctx context.Context, g *globals, c *client.Client, ref string, f *os.File, size int64, o client.PushOptions) (api.ContentInfo, error) {
+	if o.Digest == "" {
+		// With S3 blobs a digest declared up front saves the server a copy
+		// of the whole blob, which costs more than hashing the file here
+		// first. A server without GET /server simply gets a trailer.
+		if si, err := c.ServerInfo(ctx); err == nil && si.PreferDeclaredDigest {
+			d, err := hashFile(f, g.hashBar(size))
+			if err != nil {
+				return api.ContentInfo{}, fmt.Errorf("hash %s: %w", f.Name(), err)
+			}
+			o.Digest = d
+		}
+	}
+	bar := g.newProgress("push " + ref)
+	defer bar.finish()
+	return c.PushContent(ctx, ref, bar.file(f, size), size, o)
 }
 
 // hashFile is the sha256 of f, read from the start; f is left at the start
