@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"path"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/depot-images/depot/errdefs"
@@ -31,7 +32,8 @@ var DefaultNames = []string{"proc", "sys", "dev", "run", "tmp", "depot", "swap",
 
 // DefaultRules are what a capture leaves out unless kept: the contents of
 // the kernel's and the runtime's directories, depot's own directories
-// (depotDirs, absolute host paths; those outside root are ignored), swap
+// (/var/cache/depot and /var/lib/depot under root, and depotDirs,
+// absolute host paths, when they are under root), swap
 // files, and the node's identity. keep names rules to drop from the list.
 func DefaultRules(root string, depotDirs []string, keep []string) ([]Rule, error) {
 	kept := map[string]bool{}
@@ -41,10 +43,14 @@ func DefaultRules(root string, depotDirs []string, keep []string) ([]Rule, error
 		}
 		kept[k] = true
 	}
-	var depot []string
+	// Where depot keeps its cache and data on the node captured (root is
+	// that node's /), and this host's own, when they are under root.
+	depot := []string{"var/cache/depot", "var/lib/depot"}
 	for _, d := range depotDirs {
 		if rel, ok := under(root, d); ok && rel != "" {
-			depot = append(depot, EscapePattern(rel))
+			if p := EscapePattern(rel); !slices.Contains(depot, p) {
+				depot = append(depot, p)
+			}
 		}
 	}
 	all := []Rule{
