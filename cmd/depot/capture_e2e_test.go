@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto/rand"
 	"encoding/json"
 	"os"
 	"os/exec"
@@ -8,6 +9,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/depot-images/depot/api"
 	"github.com/depot-images/depot/internal/capture/capturetest"
@@ -117,5 +119,57 @@ func TestCaptureRefusesNonRoot(t *testing.T) {
 	}
 	if ents, _ := os.ReadDir(tmp); len(ents) != 0 {
 		t.Errorf("the dry run wrote %v", ents)
+	}
+}
+
+// TestCaptureInterrupted: an interrupted capture stops its tool (which
+// runs in a process group of its own, out of the terminal's reach) and
+// leaves no temporary file.
+func TestCaptureInterrupted(t *testing.T) {
+	testenv.Need(t, "mksquashfs", "xz")
+	data := t.TempDir()
+	h := startServe(t, data)
+	root := t.TempDir()
+	big := make([]byte, 256<<20)
+	rand.Read(big)
+	os.WriteFile(filepath.Join(root, "big"), big, 0o644) // xz makes this take many seconds
+	cache := t.TempDir()
+	cmd := exec.Command(depotBin, "image", "capture", "slow", root, "--compress", "xz")
+	cmd.Env = append(os.Environ(), "DEPOT_SERVER="+h.url, "DEPOT_TOKEN="+adminToken(t, data), "DEPOT_TOKEN_FILE=", "DEPOT_CACHE="+cache)
+	var errb strings.Builder
+	cmd.Stderr = &errb
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(cache, "capture")
+	deadline := time.Now().Add(time.Minute)
+	for { // until mksquashfs has written something
+		if m, _ := filepath.Glob(filepath.Join(dir, "capture-*.img")); len(m) == 1 {
+			if fi, err := os.Stat(m[0]); err == nil && fi.Size() > 0 {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			t.Fatalf("the capture never started writing: %s", errb.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	cmd.Process.Signal(os.Interrupt)
+	err := cmd.Wait()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() == 0 {
+		t.Errorf("interrupted capture: %v %s", err, errb.String())
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
+		t.Errorf("left behind: %v", ents)
+	}
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		if b, _ := os.ReadFile(p); strings.Contains(string(b), dir) {
+			t.Errorf("still running: %q", strings.ReplaceAll(string(b), "\x00", " "))
+		}
+	}
+	if out, _, _ := run(t, []string{"DEPOT_SERVER=" + h.url, "DEPOT_TOKEN=" + adminToken(t, data)}, "image", "history", "slow", "--json"); strings.Contains(out, "sha256:") {
+		t.Errorf("the interrupted capture left a revision: %s", out)
 	}
 }

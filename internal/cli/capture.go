@@ -7,8 +7,10 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -103,18 +105,23 @@ what would be left out, writing nothing (and needs no root).`,
 
 // captureReport is what capture prints under --json.
 type captureReport struct {
-	DryRun       bool              `json:"dry_run"`
-	Image        string            `json:"image,omitempty"`
-	Content      *api.ContentInfo  `json:"content,omitempty"`
-	Provenance   *api.Provenance   `json:"provenance,omitempty"`
-	Plan         *capture.Plan     `json:"plan"`
-	Changed      []string          `json:"changed,omitempty"`
-	ChangedCount int               `json:"changed_count,omitempty"`
-	Seconds      map[string]string `json:"seconds,omitempty"`
+	DryRun         bool             `json:"dry_run"`
+	Image          string           `json:"image,omitempty"`
+	Content        *api.ContentInfo `json:"content,omitempty"`
+	Provenance     *api.Provenance  `json:"provenance,omitempty"`
+	Plan           *capture.Plan    `json:"plan"`
+	Changed        []string         `json:"changed,omitempty"`
+	ChangedCount   int              `json:"changed_count,omitempty"`
+	CaptureSeconds float64          `json:"capture_seconds,omitempty"`
+	PushSeconds    float64          `json:"push_seconds,omitempty"`
 }
 
 func runCapture(cmd *cobra.Command, g *globals, o *captureOptions, ref, root string) error {
-	ctx := cmd.Context()
+	// An interrupt stops the tool (in its own process group, out of the
+	// terminal's reach) and removes the temporary file, instead of
+	// leaving both behind.
+	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
 	abs, err := filepath.Abs(root)
 	if err != nil {
 		return usageError{err}
@@ -207,17 +214,22 @@ func runCapture(cmd *cobra.Command, g *globals, o *captureOptions, ref, root str
 			return err
 		}
 	}
-	f, err := os.CreateTemp(tmpDir, "capture-*.img")
+	tmp, err := os.CreateTemp(tmpDir, "capture-*.img")
 	if err != nil {
 		return fmt.Errorf("capture: temporary file in %s: %w", tmpDir, err)
 	}
-	defer os.Remove(f.Name())
-	defer f.Close()
+	tmp.Close()
+	defer os.Remove(tmp.Name())
 	start := time.Now()
-	res, err := capture.Run(ctx, copts, f.Name())
+	res, err := capture.Run(ctx, copts, tmp.Name())
 	if err != nil {
 		return err
 	}
+	f, err := os.Open(tmp.Name()) // what the tool wrote, whichever way it wrote it
+	if err != nil {
+		return err
+	}
+	defer f.Close()
 	captured := time.Since(start)
 	prov.Time, prov.ChangedFiles = api.UnixFloat(res.Start), res.ChangedCount
 	if !exists {
@@ -228,9 +240,6 @@ func runCapture(cmd *cobra.Command, g *globals, o *captureOptions, ref, root str
 		if _, err := c.CreateImage(ctx, req); err != nil {
 			return err
 		}
-	}
-	if _, err := f.Seek(0, io.SeekStart); err != nil {
-		return err
 	}
 	pushStart := time.Now()
 	info, err := uploadFile(ctx, g, c, ref, f, res.Size, client.PushOptions{IfMatch: base, Message: o.message, Provenance: prov})
@@ -244,7 +253,7 @@ func runCapture(cmd *cobra.Command, g *globals, o *captureOptions, ref, root str
 		}
 	}
 	rep := captureReport{Image: ref, Content: &info, Provenance: prov, Plan: res.Plan, Changed: res.Changed, ChangedCount: res.ChangedCount,
-		Seconds: map[string]string{"capture": fmt.Sprintf("%.2f", captured.Seconds()), "push": fmt.Sprintf("%.2f", pushed.Seconds())}}
+		CaptureSeconds: captured.Seconds(), PushSeconds: pushed.Seconds()}
 	return g.emit(rep, func(w io.Writer) {
 		fmt.Fprintf(w, "captured %s on %s as %s (%s): %d entries, %d files, %s of data -> %s image in %.1fs\n",
 			inert(abs), inert(host), o.format, o.compress, res.Plan.Entries, res.Plan.Files, humanBytes(res.Plan.Bytes), humanBytes(res.Size), captured.Seconds())
