@@ -101,6 +101,17 @@ func TestCaptureCommand(t *testing.T) {
 	if _, err := os.Stat(cache); !os.IsNotExist(err) {
 		t.Errorf("--dry-run made the cache directory: %v", err)
 	}
+	// --exclude-from: one pattern a line, comments and blank lines skipped.
+	ef := filepath.Join(t.TempDir(), "excludes")
+	os.WriteFile(ef, []byte("# node-local state\n\n/srv/dev\nvar/log\n"), 0o644)
+	out, errs, code = runCLI(t, h.URL, tok, "image", "capture", "gold", tr.Root, "--dry-run", "--exclude-from", ef, "--json")
+	var dry captureReport
+	if err := json.Unmarshal([]byte(out), &dry); code != 0 || err != nil || !dry.DryRun || len(dry.Plan.Excluded) == 0 {
+		t.Fatalf("--dry-run --exclude-from --json: %d %s %s", code, out, errs)
+	}
+	if x := dry.Plan.Excluded[len(dry.Plan.Excluded)-1]; x.Name != "exclude" || !slices.Equal(x.Paths, []string{"/srv/dev", "/var/log"}) {
+		t.Errorf("--exclude-from left out %+v", x)
+	}
 	if _, err := writer.GetImage(ctx, "gold"); err == nil {
 		t.Error("--dry-run created the image")
 	}
