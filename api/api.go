@@ -38,6 +38,10 @@ const (
 	// HeaderChunksDigest reports, on GET and HEAD …/blob/<digest>/chunks,
 	// the digest of the chunk index served (as its ETag does).
 	HeaderChunksDigest = "X-Depot-Chunks-Digest"
+	// HeaderProvenance is an optional content PUT header: how the content
+	// was made, as one compact JSON Provenance object (ASCII, at most
+	// MaxProvenanceBytes), recorded with the revision.
+	HeaderProvenance = "X-Depot-Provenance"
 )
 
 // DeltaMediaType is the Content-Type of a delta push body (docs/api.md).
@@ -202,6 +206,9 @@ type Revision struct {
 	By      string  `json:"by,omitempty"`
 	Message string  `json:"message,omitempty"`
 	Current bool    `json:"current"`
+	// Provenance says how the content was made, when the upload said so
+	// (`depot image capture` does).
+	Provenance *Provenance `json:"provenance,omitempty"`
 }
 
 // ContentStat is the answer of …/content/stat.

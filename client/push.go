@@ -47,6 +47,11 @@ type PushOptions struct {
 	Progress func(sent, reused, total int64)
 	// Stats, when not nil, is filled in with what the push moved.
 	Stats *PushStats
+	// Provenance, when set, is recorded with the revision: how the content
+	// was made (X-Depot-Provenance; see api.EncodeProvenance).
+	Provenance *api.Provenance
+
+	provenance string // Provenance encoded, set by PushContent
 }
 
 type readAtSeeker interface {
@@ -69,6 +74,12 @@ type readAtSeeker interface {
 // With opts.DeltaBase the push is a delta when it can be, and otherwise
 // whole (see PushOptions.DeltaBase).
 func (c *Client) PushContent(ctx context.Context, ref string, r io.Reader, size int64, opts PushOptions) (api.ContentInfo, error) {
+	if opts.Provenance != nil {
+		var err error
+		if opts.provenance, err = api.EncodeProvenance(*opts.Provenance); err != nil {
+			return api.ContentInfo{}, err
+		}
+	}
 	var stats PushStats
 	if opts.Stats != nil {
 		defer func() { *opts.Stats = stats }()
@@ -166,6 +177,9 @@ func setPushHeaders(req *http.Request, opts PushOptions) {
 	}
 	if opts.Message != "" {
 		req.Header.Set(api.HeaderMessage, opts.Message)
+	}
+	if opts.provenance != "" {
+		req.Header.Set(api.HeaderProvenance, opts.provenance)
 	}
 }
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs whatever depot's tests need that is missing (qemu-utils,
-# squashfs-tools, busybox-static, bubblewrap, etcd-server, zstd, strace, staticcheck, the distribution
+# squashfs-tools, busybox-static, bubblewrap, etcd-server, zstd, strace, acl, staticcheck, the distribution
 # registry, MinIO), then runs every test:
 # formatting, vet, staticcheck, the race-enabled test suite, and a short
 # pass of every fuzz target. Under CI=true a test whose tool is missing fails
@@ -22,6 +22,7 @@ command -v bwrap      >/dev/null || need_apt+=(bubblewrap)
 command -v etcd       >/dev/null || need_apt+=(etcd-server)
 command -v zstd       >/dev/null || need_apt+=(zstd)
 command -v strace     >/dev/null || need_apt+=(strace) # atomicfile's durability test
+command -v setfacl    >/dev/null || need_apt+=(acl)    # capture tests: a POSIX ACL kept by tar
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "== installing ${need_apt[*]}"
   as_root apt-get update -qq

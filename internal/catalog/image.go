@@ -40,6 +40,35 @@ type Content struct {
 	// On names the head that received the upload; empty in records
 	// written before heads recorded it.
 	On string `json:"on,omitempty"`
+	// Provenance is how the content was made, as its uploader declared
+	// it; nil when it did not (and in records written before it existed).
+	// A pointer, so that Content stays comparable.
+	Provenance *Provenance `json:"provenance,omitempty"`
+}
+
+// Provenance records how a content revision was made (depot image
+// capture). Stored as the uploader declared it, after the server's checks.
+type Provenance struct {
+	Method       string    `json:"method"`
+	Host         string    `json:"host"`
+	Root         string    `json:"root"`
+	Excludes     []string  `json:"excludes"`
+	Emptied      []string  `json:"emptied,omitempty"`
+	Format       string    `json:"format"`
+	Compress     string    `json:"compress"`
+	Time         time.Time `json:"time"`
+	ChangedFiles int       `json:"changed_files,omitempty"`
+}
+
+// clone is a deep copy of c (its provenance not shared).
+func (c Content) clone() Content {
+	if p := c.Provenance; p != nil {
+		cp := *p
+		cp.Excludes = append([]string(nil), p.Excludes...)
+		cp.Emptied = append([]string(nil), p.Emptied...)
+		c.Provenance = &cp
+	}
+	return c
 }
 
 // Digests is the set of blobs the image references: its current content and
@@ -84,9 +113,12 @@ func NotFound(ref string) error {
 func (img *Image) Clone() *Image {
 	out := *img
 	if img.Content != nil {
-		c := *img.Content
+		c := img.Content.clone()
 		out.Content = &c
 	}
-	out.History = append([]Content(nil), img.History...)
+	out.History = nil
+	for _, c := range img.History {
+		out.History = append(out.History, c.clone())
+	}
 	return &out
 }

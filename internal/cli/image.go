@@ -15,7 +15,7 @@ import (
 func newImageCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "image", Short: "Manage images on a depot server"}
 	cmd.AddCommand(newImageLsCmd(g), newImageCreateCmd(g), newImageShowCmd(g), newImageUpdateCmd(g),
-		newImageCloneCmd(g), newImageRmCmd(g), newImagePushCmd(g), newImageHistoryCmd(g))
+		newImageCloneCmd(g), newImageRmCmd(g), newImagePushCmd(g), newImageHistoryCmd(g), newImageCaptureCmd(g))
 	return cmd
 }
 
@@ -255,16 +255,33 @@ func newImageHistoryCmd(g *globals) *cobra.Command {
 			}
 			return g.emit(revs, func(w io.Writer) {
 				tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-				fmt.Fprintln(tw, "\tDIGEST\tFMT\tSIZE\tUPLOADED\tBY\tMESSAGE")
+				fmt.Fprintln(tw, "\tDIGEST\tFMT\tSIZE\tUPLOADED\tBY\tMESSAGE\tMADE BY")
 				for _, r := range revs {
 					cur := ""
 					if r.Current {
 						cur = "*"
 					}
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", cur, inert(r.Chksum), inert(r.Fmt), humanBytes(r.Size), fmtTime(r.MTime), inert(r.By), inert(r.Message))
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", cur, inert(r.Chksum), inert(r.Fmt), humanBytes(r.Size), fmtTime(r.MTime), inert(r.By), inert(r.Message), madeBy(r.Provenance))
 				}
 				tw.Flush()
 			})
 		},
 	}
+}
+
+// madeBy is a revision's provenance in one line: "capture of HOST:ROOT
+// (FORMAT, COMPRESS, N excludes) at TIME", every string from the server
+// printed inert.
+func madeBy(p *api.Provenance) string {
+	if p == nil {
+		return "-"
+	}
+	s := fmt.Sprintf("%s of %s:%s (%s, %s, excludes: %s", inert(p.Method), inert(p.Host), inert(p.Root), inert(p.Format), inert(p.Compress), inertList(p.Excludes))
+	if len(p.Emptied) > 0 {
+		s += "; emptied: " + inertList(p.Emptied)
+	}
+	if p.ChangedFiles > 0 {
+		s += fmt.Sprintf("; %d changed while read", p.ChangedFiles)
+	}
+	return s + ") at " + fmtTime(p.Time)
 }

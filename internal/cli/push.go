@@ -137,25 +137,12 @@ func runPush(cmd *cobra.Command, g *globals, c *client.Client, o *pushOptions, r
 		deltaBase = digest.Digest(img.Content.Chksum)
 	}
 	start := time.Now()
-	if declared == "" && deltaBase == "" {
-		// With S3 blobs a digest declared up front saves the server a copy
-		// of the whole blob, which costs more than hashing the file here
-		// first. A server without GET /server simply gets a trailer.
-		if si, err := c.ServerInfo(ctx); err == nil && si.PreferDeclaredDigest {
-			if declared, err = hashFile(f, g.hashBar(fi.Size())); err != nil {
-				return fmt.Errorf("hash %s: %w", file, err)
-			}
-		}
-	}
-	bar := g.newProgress("push " + ref)
-	defer bar.finish()
-	var stats client.PushStats
-	po := client.PushOptions{IfMatch: base, Message: o.message, Digest: declared, Stats: &stats, Progress: bar.pushCallback()}
+	po := client.PushOptions{IfMatch: base, Message: o.message, Digest: declared}
 	if deltaBase != "" {
 		po.DeltaBase = deltaBase
 		po.DeltaIndex = client.FirstIndex(c.ServerIndex(), cachedIndex(g, &o.cache))
 	}
-	info, err := c.PushContent(ctx, ref, f, fi.Size(), po)
+	info, stats, err := uploadFile(ctx, g, c, ref, f, fi.Size(), po)
 	if err != nil {
 		return err
 	}
@@ -171,6 +158,34 @@ func runPush(cmd *cobra.Command, g *globals, c *client.Client, o *pushOptions, r
 			fmt.Fprintf(w, "sent whole, not as a delta: %s\n", inert(stats.Fallback))
 		}
 	})
+}
+
+// uploadFile is the push path every upload of a local file takes (image
+// push, image capture): f (size bytes) is sent as ref's new content, as a
+// delta against o.DeltaBase when it can be, with its digest declared: up
+// front when the server prefers that and the push is not a delta (hashing
+// f first; a delta hashes it while it chunks it) or else in a trailer as
+// it streams, through the client's failover and with a progress bar on a
+// terminal.
+func uploadFile(ctx context.Context, g *globals, c *client.Client, ref string, f *os.File, size int64, o client.PushOptions) (api.ContentInfo, client.PushStats, error) {
+	if o.Digest == "" && o.DeltaBase == "" {
+		// With S3 blobs a digest declared up front saves the server a copy
+		// of the whole blob, which costs more than hashing the file here
+		// first. A server without GET /server simply gets a trailer.
+		if si, err := c.ServerInfo(ctx); err == nil && si.PreferDeclaredDigest {
+			d, err := hashFile(f, g.hashBar(size))
+			if err != nil {
+				return api.ContentInfo{}, client.PushStats{}, fmt.Errorf("hash %s: %w", f.Name(), err)
+			}
+			o.Digest = d
+		}
+	}
+	bar := g.newProgress("push " + ref)
+	defer bar.finish()
+	var stats client.PushStats
+	o.Stats, o.Progress = &stats, bar.pushCallback()
+	info, err := c.PushContent(ctx, ref, f, size, o)
+	return info, stats, err
 }
 
 // cachedIndex indexes the node cache's copy of a delta base, when the

@@ -35,7 +35,7 @@ func (s *Server) commitUpload(r *http.Request, u upload, got received) (catalog.
 	by := principal(r).Subject
 	now := time.Now().UTC()
 	index := s.storeIndex(ctx, info, got.index)
-	c := catalog.Content{Digest: info.Digest, Size: info.Size, MTime: now, Format: got.format, BLAKE3: info.BLAKE3, Chunks: index, By: by, Message: u.msg, On: s.cfg.HeadName}
+	c := catalog.Content{Digest: info.Digest, Size: info.Size, MTime: now, Format: got.format, BLAKE3: info.BLAKE3, Chunks: index, By: by, Message: u.msg, On: s.cfg.HeadName, Provenance: u.prov}
 	keep := s.cfg.KeepRevisions
 	img, err := s.cfg.Catalog.Update(ctx, u.img.UID, func(img *catalog.Image) error {
 		if img.Frozen {

@@ -31,12 +31,13 @@ type upload struct {
 	// the assembled blob's.
 	delta         digest.Digest
 	deltaBaseSize int64
+	prov          *catalog.Provenance // X-Depot-Provenance, nil when absent
 }
 
 // parseUpload reads the headers of a content PUT and refuses, before any
 // byte of the body, what it can: a size over the limit, an unknown or
 // frozen image, a malformed digest declaration, a failed If-Match, an
-// over-long message.
+// over-long message, a malformed provenance record.
 func (s *Server) parseUpload(r *http.Request) (upload, error) {
 	delta, err := deltaBase(r)
 	if err != nil {
@@ -75,7 +76,11 @@ func (s *Server) parseUpload(r *http.Request) (upload, error) {
 	if len(msg) > maxStringField {
 		return upload{}, fmt.Errorf("revision message over %d bytes: %w", maxStringField, errdefs.ErrTooLarge)
 	}
-	u := upload{img: img, size: size, want: want, base: base, haveBase: haveBase, msg: msg, delta: delta}
+	prov, err := parseProvenance(r)
+	if err != nil {
+		return upload{}, err
+	}
+	u := upload{img: img, size: size, want: want, base: base, haveBase: haveBase, msg: msg, delta: delta, prov: prov}
 	if delta != "" {
 		// Any blob the head stores may be a base: a writer may read
 		// every blob by digest anyway. One it does not have is refused

@@ -34,7 +34,7 @@ func wireImage(img catalog.Image) api.Image {
 	for i := len(img.History) - 1; i >= 0; i-- {
 		h := img.History[i]
 		out.History = append(out.History, api.Revision{Chksum: h.Digest.String(), Size: h.Size, MTime: api.UnixFloat(h.MTime),
-			Fmt: h.Format, Chunks: h.Chunks.String(), By: h.By, Message: h.Message, Current: img.Content != nil && h.Digest == img.Content.Digest && i == len(img.History)-1})
+			Fmt: h.Format, Chunks: h.Chunks.String(), By: h.By, Message: h.Message, Provenance: wireProvenance(h.Provenance), Current: img.Content != nil && h.Digest == img.Content.Digest && i == len(img.History)-1})
 	}
 	return out
 }

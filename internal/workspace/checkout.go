@@ -136,8 +136,10 @@ func unpackTar(ctx context.Context, path, fmtName, root string) error {
 	if err := os.MkdirAll(root, 0o755); err != nil {
 		return err
 	}
-	// GNU tar refuses members with ".." and strips leading "/".
-	args := []string{"-x", "-f", path, "-C", root, "--numeric-owner"}
+	// GNU tar refuses members with ".." and strips leading "/". Extended
+	// attributes and ACLs come back as they were stored (as unsquashfs
+	// restores a squashfs image's): a captured tree is checked out whole.
+	args := []string{"-x", "-f", path, "-C", root, "--numeric-owner", "--xattrs", "--xattrs-include=*", "--acls"}
 	switch fmtName {
 	case format.Gzip:
 		args = append(args, "-z")

@@ -40,6 +40,11 @@ func RunLayout(t *testing.T, newCatalog func(t *testing.T) catalog.Catalog, raw 
 		t.Cleanup(func() { c.Close() })
 		testChunksRecord(t, c, raw)
 	})
+	t.Run("ProvenanceAsStored", func(t *testing.T) {
+		c := newCatalog(t)
+		t.Cleanup(func() { c.Close() })
+		testProvenanceStored(t, c, raw)
+	})
 }
 
 // testChunksRecord: a revision's chunk index digest is stored as "chunks"
@@ -57,6 +62,33 @@ func testChunksRecord(t *testing.T, c catalog.Catalog, raw Raw) {
 	}
 	if img.Content == nil || *img.Content != ct || len(img.History) != 1 || img.History[0] != ct {
 		t.Errorf("Get = %+v", img)
+	}
+}
+
+// testProvenanceStored: a revision's provenance is stored inside its
+// content record, as one more field that earlier records simply lack, and
+// reads back whole.
+func testProvenanceStored(t *testing.T, c catalog.Catalog, raw Raw) {
+	const uid = "00112233445566778899aabbccddeeff"
+	d := digest.FromString("captured")
+	p := &catalog.Provenance{Method: "capture", Host: "n1", Root: "/", Excludes: []string{"proc/*", "tmp/*"}, Emptied: []string{"etc/machine-id"},
+		Format: "squashfs", Compress: "zstd", Time: t0, ChangedFiles: 1}
+	ct := catalog.Content{Digest: d, Size: 8, MTime: t0, Format: "squashfs", Provenance: p}
+	mustCreate(t, c, catalog.Image{UID: uid, Name: "captured", Content: &ct, History: []catalog.Content{ct}, Created: t0, LastModified: t0})
+	pj := `"provenance":{"method":"capture","host":"n1","root":"/","excludes":["proc/*","tmp/*"],"emptied":["etc/machine-id"],"format":"squashfs","compress":"zstd","time":"2024-05-06T07:08:09Z","changed_files":1}`
+	cj := `{"digest":"` + d.String() + `","size":8,"mtime":"2024-05-06T07:08:09Z","fmt":"squashfs",` + pj + `}`
+	wantRaw(t, c, raw, "images", uid, `{"uid":"`+uid+`","name":"captured","content":`+cj+`,"history":[`+cj+`],"created":"2024-05-06T07:08:09Z","last_modified":"2024-05-06T07:08:09Z"}`)
+	img, err := c.Get(ctx, "captured")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if img.Content == nil || img.Content.Provenance == nil || len(img.History) != 1 || img.History[0].Provenance == nil {
+		t.Fatalf("Get = %+v", img)
+	}
+	got := *img.History[0].Provenance
+	if got.Host != "n1" || !got.Time.Equal(t0) || strings.Join(got.Excludes, ",") != "proc/*,tmp/*" || strings.Join(got.Emptied, ",") != "etc/machine-id" ||
+		got.Format != "squashfs" || got.Compress != "zstd" || got.ChangedFiles != 1 || got.Method != "capture" || got.Root != "/" {
+		t.Errorf("provenance read back = %+v", got)
 	}
 }
 
