@@ -241,7 +241,13 @@ func (m *Manager) repack(ctx context.Context, dir string, meta Meta, out string)
 		// Reproducible: no mkfs timestamp; entries are sorted by mksquashfs.
 		return run(ctx, "mksquashfs", filepath.Join(dir, "root"), out, "-noappend", "-quiet", "-no-progress", "-mkfs-time", "0")
 	default:
-		args := []string{"-c", "-f", out, "-C", filepath.Join(dir, "root"), "--sort=name", "--numeric-owner", "--format=gnu"}
+		// POSIX (pax) format, so xattrs and ACLs survive the round trip
+		// (GNU format cannot carry them; checkout restores them). The
+		// extended headers leave out atime and ctime and have a fixed
+		// name, so the same tree repacks to the same bytes.
+		args := []string{"-c", "-f", out, "-C", filepath.Join(dir, "root"), "--sort=name", "--numeric-owner",
+			"--format=posix", "--pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime",
+			"--xattrs", "--xattrs-include=*", "--acls"}
 		switch meta.BaseFormat {
 		case format.Gzip:
 			args = append(args, "--use-compress-program=gzip -n")

@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/opencontainers/go-digest"
+	"golang.org/x/sys/unix"
 
 	"github.com/depot-images/depot/api"
 	"github.com/depot-images/depot/cache"
@@ -283,8 +284,13 @@ func testTarWorkspace(t *testing.T, compressor, flag string) {
 	src := t.TempDir()
 	os.MkdirAll(filepath.Join(src, "etc"), 0o755)
 	os.WriteFile(filepath.Join(src, "etc", "motd"), []byte("hello\n"), 0o644)
+	// An xattr (as depot image capture keeps them) must survive edit and
+	// commit.
+	if err := unix.Setxattr(filepath.Join(src, "etc", "motd"), "user.depot", []byte("kept"), 0); err != nil {
+		t.Fatalf("setxattr: %v", err)
+	}
 	tgz := filepath.Join(t.TempDir(), "root.tar")
-	if b, err := exec.Command("tar", "-c", flag, "-f", tgz, "-C", src, ".").CombinedOutput(); err != nil {
+	if b, err := exec.Command("tar", "-c", flag, "--format=posix", "--xattrs", "--xattrs-include=*", "-f", tgz, "-C", src, ".").CombinedOutput(); err != nil {
 		t.Fatalf("%v %s", err, b)
 	}
 	data, _ := os.ReadFile(tgz)
@@ -304,8 +310,12 @@ func testTarWorkspace(t *testing.T, compressor, flag string) {
 		t.Fatalf("commit: %+v %v", res, err)
 	}
 	out := t.TempDir()
-	if b, err := exec.Command("tar", "-x", flag, "-f", m.Cache.BlobPath(res.Digest), "-C", out).CombinedOutput(); err != nil {
+	if b, err := exec.Command("tar", "-x", flag, "--xattrs", "--xattrs-include=*", "-f", m.Cache.BlobPath(res.Digest), "-C", out).CombinedOutput(); err != nil {
 		t.Fatalf("%v %s", err, b)
+	}
+	xb := make([]byte, 64)
+	if n, err := unix.Getxattr(filepath.Join(out, "etc", "motd"), "user.depot", xb); err != nil || string(xb[:n]) != "kept" {
+		t.Errorf("the committed tar lost etc/motd's xattr: %q, %v", xb[:max(n, 0)], err)
 	}
 	for f, want := range map[string]string{"etc/motd": "hello\n", "etc/added": "new\n"} {
 		if b, _ := os.ReadFile(filepath.Join(out, f)); string(b) != want {
