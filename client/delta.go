@@ -46,16 +46,12 @@ func (f IndexSourceFunc) BaseIndex(ctx context.Context, base digest.Digest) (*ch
 // answers 404 (errdefs.ErrNotFound).
 func (c *Client) ServerIndex() IndexSource {
 	return IndexSourceFunc(func(ctx context.Context, base digest.Digest) (*chunks.Index, error) {
-		req, err := c.newRequest(ctx, http.MethodGet, "/blob/"+base.String()+"/chunks", nil, nil)
+		body, err := c.OpenChunkIndex(ctx, base)
 		if err != nil {
 			return nil, err
 		}
-		resp, err := c.send(req, "chunk index of "+base.String())
-		if err != nil {
-			return nil, err
-		}
-		defer resp.Body.Close()
-		x, err := chunks.Read(resp.Body, "")
+		defer body.Close()
+		x, err := chunks.Read(body, "")
 		if err != nil {
 			return nil, err
 		}
