@@ -49,7 +49,7 @@ type Cache struct {
 	opts Options
 	log  *slog.Logger
 	// stats count every transfer's bytes (TransferStats).
-	stats struct{ fetched, reused atomic.Int64 }
+	stats struct{ fetched, reused, received atomic.Int64 }
 }
 
 // Open prepares dir for use. The cache keeps dir as an absolute path, so
