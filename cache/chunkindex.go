@@ -56,6 +56,13 @@ func (c *Cache) chunkIndex(d digest.Digest) (*chunks.Index, bool) {
 		os.Remove(path)
 		return nil, false
 	}
+	if x.Params != chunks.DefaultParams {
+		// An older depot's: as good as none. It is made again when the blob
+		// is next wanted as a seed or fully verified.
+		c.log.Info("chunk index has other chunk parameters; removed", "digest", d)
+		os.Remove(path)
+		return nil, false
+	}
 	return x, true
 }
 

@@ -58,8 +58,8 @@ import (
 // DefaultSeedEntries bounds the seed lookup of one delta transfer: 4 Mi
 // entries of chunks.SeedEntryBytes (24 bytes) is 96 MiB of memory, plus
 // about 200 bytes per seed blob and at most maxSeedBlobs of those,
-// whatever the size of the cache. At the default 64 KiB average chunk it
-// covers about 256 GiB of seed content; beyond that the lowest-priority
+// whatever the size of the cache. At the default parameters (about 50 KiB
+// a chunk) it covers about 190 GiB of seed content; beyond that the lowest-priority
 // seeds are left out. Options.SeedEntries changes it.
 const DefaultSeedEntries = 4 << 20
 

@@ -550,3 +550,31 @@ func TestDeltaCompressedRanges(t *testing.T) {
 		})
 	}
 }
+
+// TestDeltaSeedWithStaleIndex: a cached blob whose index an older depot
+// cut with other chunk parameters is still a seed: the stale index counts
+// as none, and the blob is indexed again when wanted.
+func TestDeltaSeedWithStaleIndex(t *testing.T) {
+	h := newHead(t)
+	const size = 8 << 20
+	c, v1, v2, d1, d2 := deltaPair(t, h, size)
+	old := chunks.Params{Algorithm: chunks.Algorithm, Min: 16 << 10, Avg: 64 << 10, Max: 256 << 10}
+	x, err := chunks.Build(ctx, bytes.NewReader(v1), old, d1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	enc, _ := x.Encode()
+	if err := os.WriteFile(c.chunkIndexPath(d1), enc, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	img, err := c.Ensure(ctx, "img", EnsureOptions{Policy: Always})
+	if err != nil || img.Digest != d2 || !bytes.Equal(mustRead(t, img.Path), v2) {
+		t.Fatalf("pull: %+v %v", img, err)
+	}
+	if img.Transfer != "delta" || img.BytesReused < size/2 {
+		t.Fatalf("%+v; want a delta reusing v1", img)
+	}
+	if x, ok := c.chunkIndex(d1); !ok || x.Params != chunks.DefaultParams {
+		t.Fatalf("v1's index was not made again with the current parameters")
+	}
+}
