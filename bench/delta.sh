@@ -139,7 +139,7 @@ out = {}
 def walk(v):
     if isinstance(v, dict):
         for k, x in v.items():
-            if k in ("bytes_fetched", "bytes_reused") and isinstance(x, int): out[k] = x
+            if k in ("bytes_fetched", "bytes_reused", "bytes_received") and isinstance(x, int): out[k] = x
             else: walk(x)
     elif isinstance(v, list):
         for x in v: walk(x)

@@ -68,7 +68,7 @@ print(f"casync: chunk size min/avg/max {m0.get('cmin', '?')}/{m0.get('cavg', '?'
       f"({'zstd' if m0['casync_compression'] == '28b52ffd' else 'see magic'})")
 print("zsync: block size " + ", ".join(f"pair {p} {meta[p]['zsync_block']}" for p in pairs) + " (zsyncmake's default for the size)")
 print()
-print("| pair | image | size | casync | casync chunks uncompressed + index | zsync | depot | depot/casync | zsync/casync | depot fetched / reused |")
+print("| pair | image | size | casync | casync chunks uncompressed + index | zsync | depot | depot/casync | zsync/casync | depot fetched / reused / received |")
 print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
 for p in pairs:
     size = meta[p]["size"]
@@ -76,6 +76,8 @@ for p in pairs:
     fr = "-"
     if first("depot", p, "bytes_fetched") is not None:
         fr = f"{mib(first('depot', p, 'bytes_fetched'))} / {mib(first('depot', p, 'bytes_reused'))}"
+        if first("depot", p, "bytes_received") is not None:
+            fr += f" / {mib(first('depot', p, 'bytes_received'))}"
     idx = meta[p]["caibx"]
     print(f"| {p} | {NAMES.get(p, p)} | {mib(size)} | {mib(cs)} ({pct(cs, size)}) | "
           f"{mib(csr + idx if csr is not None else None)} ({pct(csr + idx if csr is not None else None, size)}) | "

@@ -646,11 +646,15 @@ func (dl *deltaRun) fetch(ctx context.Context) error {
 func (dl *deltaRun) fetchRun(ctx context.Context, first, end int) error {
 	if cs, ok := dl.src.(source.Compressor); ok && !dl.plain.Load() {
 		next, err := dl.fetchCompressed(ctx, cs, first, end)
-		if !errors.Is(err, errPlain) {
+		switch {
+		case errors.Is(err, errPlain):
+			if dl.plain.CompareAndSwap(false, true) {
+				dl.c.log.Info("fetching plain ranges", "digest", dl.p.d, "source", dl.src.String(), "why", err)
+			}
+		case errors.Is(err, errPlainOnce):
+			dl.c.log.Debug("fetching a plain range", "digest", dl.p.d, "source", dl.src.String(), "why", err)
+		default:
 			return err
-		}
-		if dl.plain.CompareAndSwap(false, true) {
-			dl.c.log.Info("fetching plain ranges", "digest", dl.p.d, "source", dl.src.String(), "why", err)
 		}
 		if first = next; first >= end {
 			return nil
@@ -699,7 +703,12 @@ func (dl *deltaRun) fetchRun(ctx context.Context, first, end int) error {
 
 // errPlain says compressed ranges are not to be had from this source (it
 // has none, or sent a frame that does not decode): plain ranges instead.
-var errPlain = errors.New("no compressed ranges")
+// errPlainOnce says this one was not to be had (the head is busy, a proxy
+// refused it, …): a plain range for this run, compressed ones after.
+var (
+	errPlain     = errors.New("no compressed ranges")
+	errPlainOnce = errors.New("no compressed range")
+)
 
 // fetchCompressed fetches chunks [first, end) as one compressed range,
 // verifying each as it lands. On errPlain, next is the first chunk not in
@@ -716,10 +725,11 @@ func (dl *deltaRun) fetchCompressed(ctx context.Context, cs source.Compressor, f
 			return first, ctx.Err()
 		case errors.Is(err, errdefs.ErrNotFound) || errors.Is(err, errdefs.ErrCorrupt):
 			return first, fmt.Errorf("%v: %w", err, errPlain)
-		case errors.Is(err, errdefs.ErrInvalidArgument): // a range past the end: the index lies
-			return first, noDelta("%s says the range %d+%d of %s that its index names is not there: %v", src, off, n, d, err)
 		}
-		return first, err
+		// Busy (503), stalled, refused by a proxy, or a range the source
+		// says is not there: the plain range answers for itself (and checks
+		// the size the index claims).
+		return first, fmt.Errorf("%v: %w", err, errPlainOnce)
 	}
 	defer body.Close()
 	var counted int64
@@ -759,7 +769,7 @@ func (dl *deltaRun) fetchCompressed(ctx context.Context, cs source.Compressor, f
 			dl.c.log.Info("fetching plain ranges", "digest", d, "source", src.String(), "why", fmt.Sprintf("compressed range %d+%d runs on", off, n))
 		}
 	}
-	return end, nil
+	return end, ctx.Err()
 }
 
 // openDeltaPartial opens d's part file as it is, for a delta transfer:

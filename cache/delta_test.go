@@ -483,7 +483,8 @@ func textish(n int, seed uint64) []byte {
 // reports the chunks' bytes as fetched and the compressed bytes as
 // received, and what the server sent is what the node received. A server
 // without the endpoint (404), or one whose frames do not decode, costs
-// plain ranges, not the delta.
+// plain ranges, not the delta; so does one that is busy (503) or a proxy
+// that refuses the path (403), a run at a time.
 func TestDeltaCompressedRanges(t *testing.T) {
 	const size = 16 << 20
 	for _, tc := range []struct {
@@ -494,6 +495,16 @@ func TestDeltaCompressedRanges(t *testing.T) {
 		{"compressed", nil, false},
 		{"no endpoint", func(w http.ResponseWriter, r *http.Request) bool {
 			http.Error(w, `{"success":false,"error":"no such endpoint","code":"not_found"}`, http.StatusNotFound)
+			return true
+		}, true},
+		{"busy", func(w http.ResponseWriter, r *http.Request) bool {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusServiceUnavailable)
+			w.Write([]byte(`{"success":false,"error":"busy","code":"unavailable"}`))
+			return true
+		}, true},
+		{"refused by a proxy", func(w http.ResponseWriter, r *http.Request) bool {
+			http.Error(w, "forbidden", http.StatusForbidden)
 			return true
 		}, true},
 		{"garbage frames", func(w http.ResponseWriter, r *http.Request) bool {

@@ -19,7 +19,9 @@ import (
 // CompressedRange is an open GET …/blob/<digest>/zstd: Read yields the
 // plain bytes [Offset, Offset+Length) of the blob, decoded from the zstd
 // frame the server sent. The frame is untrusted: the decoder's window is
-// bounded, and a frame that decodes to more or fewer than Length bytes,
+// bounded, the compressed bytes read are bounded (MaxZstdWire: skippable
+// frames, empty blocks or a stream that never ends cannot keep a client
+// reading), and a frame that decodes to more or fewer than Length bytes,
 // or does not decode, is an error wrapping errdefs.ErrCorrupt (a broken
 // connection stays errdefs.ErrUnavailable). The caller still verifies the
 // bytes: this says nothing about which bytes they are.
@@ -33,10 +35,16 @@ type CompressedRange struct {
 	err  error
 }
 
-// maxZstdWindow bounds the decoder's window: what a frame may make the
-// client allocate, whatever its header says. The server's encoder uses
-// 8 MiB at most.
+// maxZstdWindow bounds the decoder's window, whatever a frame's header
+// says; a decoder then holds about that much (17 MiB measured) besides its
+// output, per range open at once. The server's encoder uses 8 MiB at most.
 const maxZstdWindow = 16 << 20
+
+// MaxZstdWire is the most compressed bytes a range of length bytes may
+// take: zstd's worst case (stored blocks: 3 bytes of header per 128 KiB)
+// with room for the frame header and checksum. Beyond it the frame is
+// refused as corrupt.
+func MaxZstdWire(length int64) int64 { return length + length/128 + 64<<10 }
 
 // OpenBlobZstd starts a download of length bytes of blob d from offset,
 // compressed (GET /blob/<digest>/zstd). A server without the endpoint
@@ -59,8 +67,12 @@ func (c *Client) OpenBlobZstd(ctx context.Context, d digest.Digest, offset, leng
 		resp.Body.Close()
 		return nil, fmt.Errorf("compressed range of blob %s: the server sent %.64q, not %s: %w", d, ct, api.MediaTypeZstd, errdefs.ErrCorrupt)
 	}
-	body := &headBody{ReadCloser: resp.Body, c: c, head: c.headOf(resp.Request), ctx: ctx}
-	wire := &countReader{r: body}
+	first := resp.Request // the request sent to a head, before any redirect
+	for first.Response != nil && first.Response.Request != nil {
+		first = first.Response.Request
+	}
+	body := &headBody{ReadCloser: resp.Body, c: c, head: c.headOf(first), ctx: ctx}
+	wire := &countReader{r: body, max: MaxZstdWire(length)}
 	dec, err := zstd.NewReader(wire, zstd.WithDecoderConcurrency(1),
 		zstd.WithDecoderMaxWindow(maxZstdWindow), zstd.WithDecoderMaxMemory(maxZstdWindow+api.MaxZstdRange))
 	if err != nil {
@@ -117,6 +129,9 @@ func (r *CompressedRange) classify(err error) error {
 	if errors.Is(err, errdefs.ErrUnavailable) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return err
 	}
+	if errors.Is(err, errWireCap) {
+		return fmt.Errorf("compressed range %d+%d: over %d bytes: %w", r.Offset, r.Length, r.wire.max, errdefs.ErrCorrupt)
+	}
 	if r.wire.err != nil { // the body broke, and the decoder said so its own way
 		return fmt.Errorf("compressed range %d+%d: %v: %w", r.Offset, r.Length, r.wire.err, errdefs.ErrUnavailable)
 	}
@@ -129,15 +144,26 @@ func (r *CompressedRange) Close() error {
 	return r.body.Close()
 }
 
-// countReader counts what it reads and keeps the first error other than
-// io.EOF.
+// countReader counts what it reads, refuses to read more than max bytes
+// (errWireCap), and keeps the first error other than io.EOF.
 type countReader struct {
 	r   io.Reader
+	max int64
 	n   atomic.Int64
 	err error
 }
 
+// errWireCap says a compressed range went past MaxZstdWire.
+var errWireCap = errors.New("more compressed bytes than the range can take")
+
 func (c *countReader) Read(p []byte) (int, error) {
+	left := c.max - c.n.Load()
+	if left <= 0 {
+		return 0, errWireCap
+	}
+	if int64(len(p)) > left {
+		p = p[:left]
+	}
 	n, err := c.r.Read(p)
 	c.n.Add(int64(n))
 	if err != nil && err != io.EOF && c.err == nil {

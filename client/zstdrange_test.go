@@ -25,6 +25,15 @@ func TestOpenBlobZstdHostile(t *testing.T) {
 	plain := bytes.Repeat([]byte("0123456789abcdef"), 1<<14) // 256 KiB
 	enc, _ := zstd.NewWriter(nil)
 	frame := func(b []byte) []byte { return enc.EncodeAll(b, nil) }
+	skippable := append([]byte{0x50, 0x2a, 0x4d, 0x18, 0x00, 0x00, 0x01, 0x00}, make([]byte, 65536)...)
+	endless := func(w http.ResponseWriter, head, unit []byte) {
+		w.Write(head)
+		for {
+			if _, err := w.Write(unit); err != nil {
+				return
+			}
+		}
+	}
 	bigWindow := []byte{0x28, 0xb5, 0x2f, 0xfd, 0x00, 0xa0, 0x01, 0x00, 0x00, 'x'} // window 2^30, one raw block
 	for _, tc := range []struct {
 		name string
@@ -37,6 +46,12 @@ func TestOpenBlobZstdHostile(t *testing.T) {
 		{"two frames", func(w http.ResponseWriter) { w.Write(append(frame(plain), frame([]byte("y"))...)) }, errdefs.ErrCorrupt},
 		{"garbage", func(w http.ResponseWriter) { w.Write(bytes.Repeat([]byte{0xfd}, 4096)) }, errdefs.ErrCorrupt},
 		{"window", func(w http.ResponseWriter) { w.Write(bigWindow) }, errdefs.ErrCorrupt},
+		// Streams that never end must not keep the client reading.
+		{"endless empty blocks", func(w http.ResponseWriter) {
+			endless(w, []byte{0x28, 0xb5, 0x2f, 0xfd, 0x00, 0x00}, bytes.Repeat([]byte{0, 0, 0}, 10000))
+		}, errdefs.ErrCorrupt},
+		{"endless skippable frames", func(w http.ResponseWriter) { endless(w, nil, skippable) }, errdefs.ErrCorrupt},
+		{"frame then endless skippable", func(w http.ResponseWriter) { endless(w, frame(plain), skippable) }, errdefs.ErrCorrupt},
 		{"cut", func(w http.ResponseWriter) {
 			f := frame(plain)
 			w.Header().Set("Content-Length", "999999")

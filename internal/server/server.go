@@ -124,8 +124,14 @@ type Server struct {
 	// (chunkindex.go) run once per digest, maxIndexBuilds at a time.
 	indexBuilds singleflight.Group
 	indexSem    *semaphore.Weighted
-	// zstdPool bounds the ranges compressed at once (zstdrange.go).
-	zstdPool encoderPool
+	// Compressed ranges (zstdrange.go): the encoders (bounding the ranges
+	// compressed at once), the memory of the frames being sent, the recent
+	// frames, and one compression per range however many ask.
+	zstdPool   encoderPool
+	zstdMem    *semaphore.Weighted
+	zstdCache  *frameCache
+	zstdBuilds singleflight.Group
+	zstdIdle   time.Duration // zstdWriteIdle (tests shorten it)
 }
 
 // DefaultBodyIdleTimeout is Config.BodyIdleTimeout's default.
@@ -144,7 +150,8 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("server: redirecting downloads needs a blob store that clients can read directly (s3://…): %w", errdefs.ErrInvalidArgument)
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, mux: http.NewServeMux(), reg: prometheus.NewRegistry(), claimWait: 30 * time.Second,
-		indexSem: semaphore.NewWeighted(maxIndexBuilds), zstdPool: newEncoderPool(zstdEncoders)}
+		indexSem: semaphore.NewWeighted(maxIndexBuilds), zstdPool: newEncoderPool(zstdEncoders),
+		zstdMem: semaphore.NewWeighted(zstdSendBytes), zstdCache: newFrameCache(zstdCacheBytes), zstdIdle: zstdWriteIdle}
 	s.metrics = newMetrics(s.reg)
 	s.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "depot_gc_leader", Help: "1 when this head runs garbage collection (always 1 with a single head).",

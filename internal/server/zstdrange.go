@@ -1,7 +1,9 @@
 package server
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -9,9 +11,11 @@ import (
 	"os"
 	"runtime"
 	"strconv"
+	"time"
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/opencontainers/go-digest"
+	"golang.org/x/sync/semaphore"
 
 	"github.com/depot-images/depot/api"
 	"github.com/depot-images/depot/errdefs"
@@ -26,15 +30,45 @@ import (
 // redirects and older nodes). The response is immutable: the URL names
 // the bytes.
 //
-// Compression costs the head CPU (zstd's default level, about 300-500 MB/s
-// of a core for these images), so at most zstdEncoders ranges are
-// compressed at once and each is at most api.MaxZstdRange bytes; a request
-// waits for an encoder as long as its client does. A head that redirects
-// downloads (RedirectContent) does not serve these: its blob bytes are meant
-// to go from the object store, and the node falls back to plain ranges.
+// Every wait and size is bounded, since any reader may ask:
+//   - compression is CPU (zstd's "better" level, about 60-90 MB/s of a core
+//     on the bench images), so at most zstdEncoders ranges are compressed
+//     at once, each at most api.MaxZstdRange bytes, and a request waits at
+//     most zstdWait for an encoder before it is answered 503 (a node then
+//     fetches that run as a plain range);
+//   - a range is compressed whole into memory and the encoder is free again
+//     before a byte is sent, so a client that reads slowly holds no encoder;
+//     the frames being sent take at most zstdSendBytes of memory (else 503),
+//     and each write must finish within zstdWriteIdle, so a client that
+//     stops reading loses its answer;
+//   - the same range asked for again (a fleet updating from the same
+//     previous revision asks for identical ranges) is answered from a cache
+//     of recent frames (zstdCacheBytes), and concurrent askers share one
+//     compression.
+//
+// A head that redirects downloads (RedirectContent) serves none: its blob
+// bytes are meant to come from the object store, and the node falls back to
+// plain ranges.
 
-// zstdEncoders is how many ranges a head compresses at once.
-var zstdEncoders = max(2, runtime.GOMAXPROCS(0))
+const (
+	zstdLevel      = zstd.SpeedBetterCompression
+	zstdWait       = 5 * time.Second
+	zstdWriteIdle  = 10 * time.Second
+	zstdSendBytes  = 512 << 20
+	zstdCacheBytes = 128 << 20
+	zstdWritePiece = 256 << 10
+	// zstdBuild bounds one compression (reading the range from the store
+	// included), which runs on after the asker that started it gives up,
+	// for the others sharing it.
+	zstdBuild = 2 * time.Minute
+)
+
+// zstdEncoders is how many ranges a head compresses at once: half its
+// cores, so that compression cannot starve uploads, index builds and GC.
+var zstdEncoders = max(1, runtime.GOMAXPROCS(0)/2)
+
+// errBusy says a compressed range had to wait too long.
+var errBusy = fmt.Errorf("this head is busy compressing ranges; fetch a plain range or ask again: %w", errdefs.ErrUnavailable)
 
 // encoderPool hands out zstd encoders, at most cap(pool) at once.
 type encoderPool chan *zstd.Encoder
@@ -47,19 +81,23 @@ func newEncoderPool(n int) encoderPool {
 	return p
 }
 
-// get waits for an encoder, or for ctx.
+// get waits at most zstdWait for an encoder (errBusy), or for ctx.
 func (p encoderPool) get(ctx context.Context) (*zstd.Encoder, error) {
+	t := time.NewTimer(zstdWait)
+	defer t.Stop()
 	select {
 	case e := <-p:
 		if e != nil {
 			return e, nil
 		}
-		e, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(1))
+		e, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstdLevel), zstd.WithEncoderConcurrency(1))
 		if err != nil {
 			p <- nil
 			return nil, err
 		}
 		return e, nil
+	case <-t.C:
+		return nil, errBusy
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
@@ -67,10 +105,14 @@ func (p encoderPool) get(ctx context.Context) (*zstd.Encoder, error) {
 
 func (p encoderPool) put(e *zstd.Encoder) { p <- e }
 
-// parseRangeQuery reads offset and length, and nothing else, from q: plain
-// decimal numbers (no sign, no leading zero), 0 <= offset, 1 <= length <=
-// api.MaxZstdRange.
-func parseRangeQuery(q url.Values) (off, n int64, err error) {
+// parseRangeQuery reads offset and length, and nothing else, from a raw
+// query: well-formed, plain decimal numbers (no sign, no leading zero),
+// 0 <= offset, 1 <= length <= api.MaxZstdRange.
+func parseRangeQuery(raw string) (off, n int64, err error) {
+	q, err := url.ParseQuery(raw)
+	if err != nil {
+		return 0, 0, fmt.Errorf("compressed range: query %s: %w", quoteInput(raw), errdefs.ErrInvalidArgument)
+	}
 	for k, v := range q {
 		if (k != "offset" && k != "length") || len(v) != 1 {
 			return 0, 0, fmt.Errorf("compressed range: query takes offset and length once each, got %s: %w", quoteInput(k), errdefs.ErrInvalidArgument)
@@ -99,14 +141,15 @@ func parseRangeQuery(q url.Values) (off, n int64, err error) {
 	return off, n, nil
 }
 
-// getZstd answers GET and HEAD …/blob/<digest>/zstd (see the top of this file).
+// getZstd answers GET and HEAD …/blob/<digest>/zstd (see the top of this
+// file).
 func (s *Server) getZstd(w http.ResponseWriter, r *http.Request) {
 	d := digest.Digest(r.PathValue("digest"))
 	if err := contenthash.Validate(d); err != nil {
 		s.fail(w, r, err)
 		return
 	}
-	off, n, err := parseRangeQuery(r.URL.Query())
+	off, n, err := parseRangeQuery(r.URL.RawQuery)
 	if err != nil {
 		s.fail(w, r, err)
 		return
@@ -124,22 +167,6 @@ func (s *Server) getZstd(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, fmt.Errorf("compressed range: bytes %d+%d are past the end of %s (%d bytes): %w", off, n, d, info.Size, errdefs.ErrInvalidArgument))
 		return
 	}
-	enc, err := s.zstdPool.get(r.Context())
-	if err != nil {
-		s.fail(w, r, err)
-		return
-	}
-	defer s.zstdPool.put(enc)
-	f, err := s.cfg.Blobs.Open(r.Context(), d)
-	if err != nil {
-		s.fail(w, r, referencedMissing(d, err))
-		return
-	}
-	defer f.Close()
-	var rd io.Reader = io.NewSectionReader(f, off, n)
-	if _, isFile := f.(*os.File); !isFile {
-		rd = newBigReader(io.NewSectionReader(f, off, n)) // S3: large reads
-	}
 	h := w.Header()
 	h.Set("Content-Type", api.MediaTypeZstd)
 	h.Set("ETag", fmt.Sprintf(`"%s-%d-%d.zst"`, d.Encoded(), off, n))
@@ -148,12 +175,102 @@ func (s *Server) getZstd(w http.ResponseWriter, r *http.Request) {
 	if r.Method == http.MethodHead {
 		return // the frame's length is known only once it is made
 	}
-	rw, _ := w.(*respWriter)
-	var before int64
-	if rw != nil {
-		before = rw.bytes
+	frame, err := s.zstdFrame(r.Context(), d, off, n)
+	if err == nil {
+		err = acquireWithin(r.Context(), s.zstdMem, int64(len(frame)))
 	}
-	enc.Reset(w)
+	if err != nil {
+		for _, k := range []string{"Content-Type", "ETag", api.HeaderDigest, "Cache-Control"} {
+			h.Del(k)
+		}
+		if errors.Is(err, errdefs.ErrUnavailable) {
+			h.Set("Retry-After", "1")
+		}
+		s.fail(w, r, err)
+		return
+	}
+	defer s.zstdMem.Release(int64(len(frame)))
+	h.Set("Content-Length", strconv.Itoa(len(frame)))
+	rc := http.NewResponseController(w)
+	for rest := frame; len(rest) > 0; {
+		piece := rest[:min(len(rest), zstdWritePiece)]
+		if err := rc.SetWriteDeadline(time.Now().Add(s.zstdIdle)); err != nil && !errors.Is(err, http.ErrNotSupported) {
+			return
+		}
+		if _, err := w.Write(piece); err != nil {
+			return // the client went, or stopped reading: its connection is closed
+		}
+		rest = rest[len(piece):]
+	}
+	rc.SetWriteDeadline(time.Time{})
+	s.metrics.bytesSent.Add(float64(len(frame)))
+	s.metrics.zstdBytes.Add(float64(len(frame)))
+	s.metrics.zstdSaved.Add(float64(max(n-int64(len(frame)), 0)))
+}
+
+// acquireWithin acquires n of sem, waiting at most zstdWait (errBusy).
+func acquireWithin(ctx context.Context, sem *semaphore.Weighted, n int64) error {
+	wctx, cancel := context.WithTimeout(ctx, zstdWait)
+	defer cancel()
+	if err := sem.Acquire(wctx, n); err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return errBusy
+	}
+	return nil
+}
+
+// zstdFrame returns the compressed range [off, off+n) of d: a cached frame,
+// one another request is making, or a new one.
+func (s *Server) zstdFrame(ctx context.Context, d digest.Digest, off, n int64) ([]byte, error) {
+	key := fmt.Sprintf("%s/%d/%d", d.Encoded(), off, n)
+	if f, ok := s.zstdCache.get(key); ok {
+		return f, nil
+	}
+	ch := s.zstdBuilds.DoChan(key, func() (any, error) {
+		bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), zstdBuild)
+		defer cancel()
+		f, err := s.compressRange(bctx, d, off, n)
+		if err == nil {
+			s.zstdCache.put(key, f)
+		}
+		return f, err
+	})
+	select {
+	case res := <-ch:
+		if res.Err != nil {
+			return nil, res.Err
+		}
+		return res.Val.([]byte), nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// compressRange reads [off, off+n) of d from the store and compresses it
+// into one frame, holding an encoder only while it does.
+func (s *Server) compressRange(ctx context.Context, d digest.Digest, off, n int64) ([]byte, error) {
+	enc, err := s.zstdPool.get(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		enc.Reset(nil) // drop the buffer it wrote to
+		s.zstdPool.put(enc)
+	}()
+	f, err := s.cfg.Blobs.Open(ctx, d)
+	if err != nil {
+		return nil, referencedMissing(d, err)
+	}
+	defer f.Close()
+	var rd io.Reader = io.NewSectionReader(f, off, n)
+	if _, isFile := f.(*os.File); !isFile {
+		rd = newBigReader(io.NewSectionReader(f, off, n)) // S3: large reads
+	}
+	var buf bytes.Buffer
+	buf.Grow(int(n/2) + 4096)
+	enc.Reset(&buf)
 	got, err := io.Copy(enc, rd)
 	if err == nil && got != n {
 		err = fmt.Errorf("blob %s ended at %d: %w", d, off+got, errdefs.ErrCorrupt)
@@ -162,16 +279,7 @@ func (s *Server) getZstd(w http.ResponseWriter, r *http.Request) {
 		err = enc.Close()
 	}
 	if err != nil {
-		// The status is sent: cut the connection, so that the client sees a
-		// broken body rather than a well-formed frame of fewer bytes.
-		s.log.Error("compressed range failed", "digest", d, "offset", off, "length", n, "err", err)
-		enc.Reset(nil)
-		panic(http.ErrAbortHandler)
+		return nil, fmt.Errorf("compressing bytes %d+%d of %s: %w", off, n, d, err)
 	}
-	if rw != nil {
-		sent := rw.bytes - before
-		s.metrics.bytesSent.Add(float64(sent))
-		s.metrics.zstdBytes.Add(float64(sent))
-		s.metrics.zstdSaved.Add(float64(max(n-sent, 0)))
-	}
+	return buf.Bytes(), nil
 }

@@ -1,8 +1,12 @@
 package server
 
 import (
+	"bufio"
 	"bytes"
+	"context"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -89,6 +93,7 @@ func TestZstdRangeRefuses(t *testing.T) {
 		"offset=0&length=5&x=1", "offset=0&offset=1&length=5", "offset=1e3&length=5",
 		fmt.Sprintf("offset=%d&length=1", len(data)), fmt.Sprintf("offset=%d&length=2", len(data)-1),
 		"offset=99999999999999999999&length=1", "offset=9223372036854775807&length=1", "offset=0x10&length=5",
+		"offset=0&length=5&%zz=1", "offset=0&length=5&a;b=1",
 	} {
 		resp, env, _ := e.raw("GET", "/api/v1/blob/"+d.String()+"/zstd?"+q, "reader", nil, nil)
 		if resp.StatusCode != http.StatusBadRequest || env.Code != "invalid_argument" {
@@ -106,4 +111,53 @@ func TestZstdRangeRefuses(t *testing.T) {
 	if resp, env, _ := r.raw("GET", "/api/v1/blob/"+d.String()+"/zstd?offset=0&length=1", "reader", nil, nil); resp.StatusCode != http.StatusNotFound || !strings.Contains(env.Error, "redirects") {
 		t.Errorf("with RedirectContent: %d %+v; want 404 saying why", resp.StatusCode, env)
 	}
+}
+
+// TestZstdRangeSlowReaders: clients that ask for large compressed ranges
+// and then stop reading hold no encoder: with every encoder's worth of
+// them stuck, another client's compressed range is answered at once, and
+// the stuck ones lose their answers once a write has waited zstdIdle, and
+// the memory of their frames is released.
+func TestZstdRangeSlowReaders(t *testing.T) {
+	e := newEnv(t, nil)
+	e.srv.zstdIdle = 300 * time.Millisecond
+	data := randData(t, 24<<20) // incompressible: a frame larger than the socket buffers
+	d := pushData(t, e, "z", data)
+	host := strings.TrimPrefix(e.url, "http://")
+	for i := 0; i < zstdEncoders+1; i++ {
+		c, err := net.Dial("tcp", host)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.(*net.TCPConn).SetReadBuffer(4096)
+		fmt.Fprintf(c, "GET /api/v1/blob/%s/zstd?offset=%d&length=%d HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n\r\n", d, i, 24<<20-i, e.tokens["reader"])
+		line, _ := bufio.NewReaderSize(c, 16).ReadString('\n')
+		if !strings.Contains(line, "200") {
+			t.Fatalf("stuck reader %d: %q", i, line)
+		}
+	}
+	cl, err := client.New(e.url, e.tokens["reader"], client.WithTimeouts(client.Timeouts{Stall: 3 * time.Second}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, err := cl.OpenBlobZstd(context.Background(), d, 100, 1<<20)
+	if err != nil {
+		t.Fatalf("a compressed range while readers are stuck: %v", err)
+	}
+	got, err := io.ReadAll(rc)
+	rc.Close()
+	if err != nil || !bytes.Equal(got, data[100:100+1<<20]) {
+		t.Fatalf("read %d bytes: %v", len(got), err)
+	}
+	// The stuck answers are given up (their handlers return) and the
+	// memory of their frames is free again.
+	deadline := time.Now().Add(10 * time.Second)
+	for !e.srv.zstdMem.TryAcquire(zstdSendBytes) {
+		if time.Now().After(deadline) {
+			t.Fatal("the stuck answers' frames still hold memory")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	e.srv.zstdMem.Release(zstdSendBytes)
 }
