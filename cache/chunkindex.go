@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 
 	"github.com/opencontainers/go-digest"
 
@@ -93,16 +94,18 @@ func (c *Cache) buildChunkIndex(ctx context.Context, d digest.Digest, path strin
 type indexer struct {
 	s   *chunks.Splitter
 	err error
+	n   *atomic.Int64 // counts the bytes cut (Cache.stats.chunked)
 }
 
-func newIndexer() *indexer {
+func (c *Cache) newIndexer() *indexer {
 	s, err := chunks.NewSplitter(chunks.DefaultParams, nil)
-	return &indexer{s: s, err: err}
+	return &indexer{s: s, err: err, n: &c.stats.chunked}
 }
 
 func (x *indexer) Write(b []byte) (int, error) {
 	if x.err == nil {
 		_, x.err = x.s.Write(b)
+		x.n.Add(int64(len(b)))
 	}
 	return len(b), nil
 }

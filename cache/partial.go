@@ -56,7 +56,7 @@ type partial struct {
 // here. The caller closes it.
 func (c *Cache) openPartial(d digest.Digest, refStr, origin string, buf []byte) (*partial, error) {
 	p := &partial{c: c, d: d, ref: refStr, path: filepath.Join(c.dir, "ingest", d.Encoded()+".part"),
-		statePath: filepath.Join(c.dir, "ingest", d.Encoded()+".json"), h: contenthash.NewDualHasher(), sniff: &format.Sniffer{}, index: newIndexer()}
+		statePath: filepath.Join(c.dir, "ingest", d.Encoded()+".json"), h: contenthash.NewDualHasher(), sniff: &format.Sniffer{}, index: c.newIndexer()}
 	st, ok, _ := readJSON[ingestState](p.statePath)
 	if !ok {
 		st = ingestState{Prefix: 0} // no state: nothing in the part file is known good
@@ -130,7 +130,7 @@ func (p *partial) reset() error {
 
 // resetHashes starts the in-order hashes over, at offset 0.
 func (p *partial) resetHashes() {
-	p.h, p.sniff, p.index, p.done = contenthash.NewDualHasher(), &format.Sniffer{}, newIndexer(), 0
+	p.h, p.sniff, p.index, p.done = contenthash.NewDualHasher(), &format.Sniffer{}, p.c.newIndexer(), 0
 }
 
 // setPrefix records that the first n bytes of the part file are written in
