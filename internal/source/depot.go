@@ -46,18 +46,20 @@ func (d *Depot) Open(ctx context.Context, dg digest.Digest, offset, length int64
 }
 
 // ChunkIndex implements Indexer: GET /api/v1/blob/<d>/chunks, at most
-// chunks.MaxEncodedSize bytes, decoded (and verified against want when
+// chunks.EncodedSizeBound(chunks.DefaultParams, size) bytes (with size
+// unknown, chunks.MaxEncodedSize), decoded (and verified against want when
 // the revision recorded it). An index that names another blob is refused.
-func (d *Depot) ChunkIndex(ctx context.Context, dg, want digest.Digest) (*chunks.Index, error) {
+func (d *Depot) ChunkIndex(ctx context.Context, dg, want digest.Digest, size int64) (*chunks.Index, error) {
 	c, err := d.Client.OpenChunkIndex(ctx, dg)
 	if err != nil {
 		return nil, err
 	}
 	defer c.Close()
-	if c.Size > int64(chunks.MaxEncodedSize) {
-		return nil, fmt.Errorf("chunk index of %s from %s declares %d bytes, over %d: %w", dg, d, c.Size, int64(chunks.MaxEncodedSize), chunks.ErrBadIndex)
+	limit := chunks.EncodedSizeBound(chunks.DefaultParams, size)
+	if c.Size > limit {
+		return nil, fmt.Errorf("chunk index of %s from %s declares %d bytes, over %d: %w", dg, d, c.Size, limit, chunks.ErrBadIndex)
 	}
-	x, err := chunks.Read(c, want)
+	x, err := chunks.ReadAtMost(c, want, limit)
 	if err != nil {
 		if errors.Is(err, errdefs.ErrCorrupt) || errors.Is(err, errdefs.ErrVerification) {
 			return nil, fmt.Errorf("chunk index of %s from %s: %w", dg, d, err)

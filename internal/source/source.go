@@ -73,12 +73,16 @@ type Source interface {
 type Indexer interface {
 	// ChunkIndex returns the validated index of d. With a non-empty
 	// want (the digest a revision recorded) the encoded index must hash
-	// to it. The index is still a claim about d's bytes: callers verify
-	// every chunk and the whole-file digest. Errors: ErrNotFound when
-	// the origin has no index (an older server), ErrCorrupt
-	// (chunks.ErrBadIndex) or *errdefs.VerificationError for a bad one,
-	// ErrUnavailable when unreachable.
-	ChunkIndex(ctx context.Context, d, want digest.Digest) (*chunks.Index, error)
+	// to it. size, when known (>= 0), is d's declared size: no more is
+	// read than an index of that size under chunks.DefaultParams can
+	// take (chunks.EncodedSizeBound), so a hostile origin cannot make
+	// every pull read chunks.MaxEncodedSize. The index is still a claim
+	// about d's bytes: callers verify every chunk and the whole-file
+	// digest. Errors: ErrNotFound when the origin has no index (an older
+	// server), ErrCorrupt (chunks.ErrBadIndex) or
+	// *errdefs.VerificationError for a bad one, ErrUnavailable when
+	// unreachable.
+	ChunkIndex(ctx context.Context, d, want digest.Digest, size int64) (*chunks.Index, error)
 }
 
 // Heads is how many origins s fails over between: a depot cluster's heads,
