@@ -129,11 +129,13 @@ func (x *indexer) finish(d digest.Digest) (*chunks.Index, error) {
 // when the revision recorded the index's digest (want.Chunks): the index
 // must hash to it (chunks.DecodeVerified), name want.Digest and its
 // declared size, and use chunks.DefaultParams (wantedIndex, as for a
-// delta). Its bytes count as fetched. nil means there is none to take (an
-// http or OCI source, a pinned reference without metadata, an older server,
-// an index refused, or found lying by a delta attempt of the same fetch):
-// the transfer then cuts its own, exactly as before. The index never fails
-// a pull.
+// delta). A pinned reference resolved nothing: the revision holding the
+// digest is looked up (source.Recorder) for its size and index digest. Its
+// bytes count as fetched. nil means there is none to take (an http or OCI
+// source, a digest no kept revision records, an older server, an index
+// refused, or found lying by a delta attempt of the same fetch): the
+// transfer then cuts its own, exactly as before. The index never fails a
+// pull.
 //
 // Why taking it unchecked against the bytes is safe: an index is only a
 // hint. It is stored once the whole-file sha256 passed and the blob is
@@ -147,13 +149,29 @@ func (x *indexer) finish(d digest.Digest) (*chunks.Index, error) {
 // the blob is transferred whole, which stores an index of its own. A
 // lying index costs reuse, never a wrong byte.
 func (c *Cache) sourceIndex(ctx context.Context, src source.Source, want source.Descriptor, xs *xferStats) *chunks.Index {
-	if want.Chunks == "" || want.Size < 0 || xs.noIndex.Load() {
+	if xs.noIndex.Load() {
 		return nil
 	}
 	if x := xs.index.Load(); x != nil {
 		return x
 	}
 	if _, ok := src.(source.Indexer); !ok {
+		return nil
+	}
+	if rec, ok := src.(source.Recorder); ok && want.Chunks == "" && want.Size < 0 {
+		// A pinned reference: nothing was resolved. Ask what the revision
+		// recorded (one small request, against a whole transfer).
+		r, err := rec.Recorded(ctx, want.Digest)
+		if err != nil || r.Digest != want.Digest {
+			c.log.Debug("no recorded chunk index digest; computing the index locally", "digest", want.Digest, "err", err)
+			if ctx.Err() == nil {
+				xs.noIndex.Store(true)
+			}
+			return nil
+		}
+		want.Size, want.Chunks = r.Size, r.Chunks
+	}
+	if want.Chunks == "" || want.Size < 0 {
 		return nil
 	}
 	x, _, n, err := c.wantedIndex(ctx, src, want)

@@ -32,6 +32,23 @@ func (h *head) served(t *testing.T, name string, d digest.Digest) ([]byte, diges
 	return enc, digest.Digest(img.Content.Chunks)
 }
 
+// revisionChunks is the index digest the head recorded with name's
+// revision holding d.
+func revisionChunks(t *testing.T, h *head, name string, d digest.Digest) digest.Digest {
+	t.Helper()
+	img, err := h.admin.GetImage(ctx, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range img.History {
+		if r.Chksum == d.String() && r.Chunks != "" {
+			return digest.Digest(r.Chunks)
+		}
+	}
+	t.Fatalf("no revision of %s records an index of %s: %+v", name, d, img.History)
+	return ""
+}
+
 // storedIndex is the node's stored chunk index of d, encoded.
 func storedIndex(t *testing.T, c *Cache, d digest.Digest) []byte {
 	t.Helper()
@@ -55,21 +72,38 @@ func encoded(t *testing.T, x *chunks.Index) []byte {
 // revision records a chunk index stores the head's index, byte for byte
 // (it hashes to the recorded digest), without cutting the download into
 // chunks itself, and counts the index in bytes_fetched; --no-delta too
-// (it is about the transfer, not the index).
+// (it is about the transfer, not the index), and a pinned pull (it looks
+// the revision up for the recorded digest), of the current content or of
+// an older revision.
 func TestWholePullTakesServerIndex(t *testing.T) {
-	for _, noDelta := range []bool{false, true} {
-		t.Run(map[bool]string{false: "default", true: "no-delta"}[noDelta], func(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		noDelta bool
+		pinned  bool
+		older   bool
+	}{{name: "default"}, {name: "no-delta", noDelta: true}, {name: "pinned", pinned: true}, {name: "pinned-older", pinned: true, older: true}} {
+		t.Run(tc.name, func(t *testing.T) {
 			h := newHead(t)
 			const size = 16 << 20
 			data := seeded(size, 5)
 			d := h.push(t, "img", data)
+			if tc.older {
+				h.push(t, "img", seeded(1<<20, 55))
+			}
 			c := openCache(t, h)
-			img, err := c.Ensure(ctx, "img", EnsureOptions{NoDelta: noDelta})
+			ref := "img"
+			if tc.pinned {
+				ref = "img@" + d.String()
+			}
+			img, err := c.Ensure(ctx, ref, EnsureOptions{NoDelta: tc.noDelta})
 			if err != nil || img.Digest != d || img.Transfer != "whole" || !bytes.Equal(mustRead(t, img.Path), data) {
 				t.Fatalf("pull: %+v %v", img, err)
 			}
 			gets := h.indexGets.Load()
 			enc, recorded := h.served(t, "img", d)
+			if tc.older {
+				recorded = revisionChunks(t, h, "img", d)
+			}
 			stored := storedIndex(t, c, d)
 			if !bytes.Equal(stored, enc) || chunks.DigestOf(stored) != recorded {
 				t.Fatalf("stored index (%d bytes, %s) is not the head's (%d bytes, recorded %s)", len(stored), chunks.DigestOf(stored), len(enc), recorded)
@@ -87,8 +121,9 @@ func TestWholePullTakesServerIndex(t *testing.T) {
 // TestWholePullIndexFallsBack: when the head's index cannot be had or is
 // refused, the pull still succeeds and the node computes the index itself,
 // as it did before: an older head (404), an index that does not hash to the
-// digest the revision recorded, and a pinned pull (no recorded digest to
-// check an index against).
+// digest the revision recorded, and a pull pinned through an image none of
+// whose revisions holds the digest (no recorded digest to check an index
+// against).
 func TestWholePullIndexFallsBack(t *testing.T) {
 	const size = 8 << 20
 	for _, tc := range []struct {
@@ -101,7 +136,7 @@ func TestWholePullIndexFallsBack(t *testing.T) {
 		{"lie", func(digest.Digest) string { return "img" }, func(h *head) {
 			h.lieIndex.Store(func(x *chunks.Index) { x.Chunks[len(x.Chunks)/2].Hash[0] ^= 1 })
 		}, 1},
-		{"pinned", func(d digest.Digest) string { return "img@" + d.String() }, func(*head) {}, 0},
+		{"unrecorded", func(d digest.Digest) string { return "other@" + d.String() }, func(h *head) { h.push(t, "other", seeded(1<<20, 66)) }, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			h := newHead(t)

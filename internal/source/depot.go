@@ -20,8 +20,9 @@ type Depot struct {
 }
 
 var (
-	_ Source  = (*Depot)(nil)
-	_ Indexer = (*Depot)(nil)
+	_ Source   = (*Depot)(nil)
+	_ Indexer  = (*Depot)(nil)
+	_ Recorder = (*Depot)(nil)
 )
 
 // Resolve implements Source.
@@ -34,6 +35,24 @@ func (d *Depot) Resolve(ctx context.Context) (Descriptor, error) {
 		return Descriptor{Identity: img.UID}, fmt.Errorf("image %s (%s) has no content: %w", img.Name, img.UID, errdefs.ErrNotFound)
 	}
 	return Descriptor{Digest: digest.Digest(img.Content.Chksum), Size: img.Content.Size, Identity: img.UID, Chunks: digest.Digest(img.Content.Chunks)}, nil
+}
+
+// Recorded implements Recorder: one GET of the image, whose content and
+// history carry each revision's size and chunk index digest.
+func (d *Depot) Recorded(ctx context.Context, dg digest.Digest) (Descriptor, error) {
+	img, err := d.Client.GetImage(ctx, d.Ref)
+	if err != nil {
+		return Descriptor{}, err
+	}
+	if c := img.Content; c != nil && c.Chksum == dg.String() {
+		return Descriptor{Digest: dg, Size: c.Size, Identity: img.UID, Chunks: digest.Digest(c.Chunks)}, nil
+	}
+	for _, r := range img.History {
+		if r.Chksum == dg.String() {
+			return Descriptor{Digest: dg, Size: r.Size, Identity: img.UID, Chunks: digest.Digest(r.Chunks)}, nil
+		}
+	}
+	return Descriptor{}, fmt.Errorf("no revision of image %s (%s) holds %s: %w", img.Name, img.UID, dg, errdefs.ErrNotFound)
 }
 
 // Open implements Source.

@@ -85,6 +85,18 @@ type Indexer interface {
 	ChunkIndex(ctx context.Context, d, want digest.Digest, size int64) (*chunks.Index, error)
 }
 
+// Recorder is a source that can say what its origin recorded with the
+// revision holding a digest (a depot image's content and history): its
+// size and the digest of its chunk index. A pinned reference resolves
+// without a request; a transfer that fetches the blob whole asks this
+// once, so that the index it takes is still checked against a digest the
+// revision recorded.
+type Recorder interface {
+	// Recorded returns the descriptor of d as a revision recorded it.
+	// Errors: ErrNotFound when no revision the origin keeps holds d.
+	Recorded(ctx context.Context, d digest.Digest) (Descriptor, error)
+}
+
 // Heads is how many origins s fails over between: a depot cluster's heads,
 // 1 for anything else. A transfer that stalled is retried only when there is
 // another head to go to.
