@@ -388,3 +388,10 @@ func ErrorFromEnvelope(status int, env Envelope, what string) error {
 	msg = strings.TrimSuffix(msg, ": "+class.Error())
 	return fmt.Errorf("%s: %w", msg, class)
 }
+
+// MediaTypeZstd is the Content-Type of GET …/blob/<digest>/zstd: one zstd
+// frame (RFC 8878) of a byte range of the blob.
+const MediaTypeZstd = "application/zstd"
+
+// MaxZstdRange bounds the length of one compressed range request.
+const MaxZstdRange = 32 << 20

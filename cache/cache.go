@@ -51,7 +51,7 @@ type Cache struct {
 	// stats count every transfer's bytes (TransferStats), and chunked
 	// the bytes an ingest pass (a download, a re-verification) cut into
 	// chunks itself to make a chunk index.
-	stats struct{ fetched, reused, chunked atomic.Int64 }
+	stats struct{ fetched, reused, received, chunked atomic.Int64 }
 }
 
 // Open prepares dir for use. The cache keeps dir as an absolute path, so

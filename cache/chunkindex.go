@@ -61,6 +61,13 @@ func (c *Cache) chunkIndex(d digest.Digest) (*chunks.Index, bool) {
 		os.Remove(path)
 		return nil, false
 	}
+	if x.Params != chunks.DefaultParams {
+		// An older depot's: as good as none. It is made again when the blob
+		// is next wanted as a seed or fully verified.
+		c.log.Info("chunk index has other chunk parameters; removed", "digest", d)
+		os.Remove(path)
+		return nil, false
+	}
 	return x, true
 }
 
@@ -125,7 +132,7 @@ func (x *indexer) finish(d digest.Digest) (*chunks.Index, error) {
 // sourceIndex returns the chunk index of want.Digest that its source, a
 // depot server, computed at ingest, for a whole transfer to store instead
 // of cutting the download into chunks itself (FastCDC and a BLAKE3 per
-// chunk cost a whole pull about half again its CPU time). It is taken only
+// chunk about doubled the node's CPU time of a whole pull). It is taken only
 // when the revision recorded the index's digest (want.Chunks): the index
 // must hash to it (chunks.DecodeVerified), name want.Digest and its
 // declared size, and use chunks.DefaultParams (wantedIndex, as for a

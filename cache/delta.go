@@ -58,8 +58,8 @@ import (
 // DefaultSeedEntries bounds the seed lookup of one delta transfer: 4 Mi
 // entries of chunks.SeedEntryBytes (24 bytes) is 96 MiB of memory, plus
 // about 200 bytes per seed blob and at most maxSeedBlobs of those,
-// whatever the size of the cache. At the default 64 KiB average chunk it
-// covers about 256 GiB of seed content; beyond that the lowest-priority
+// whatever the size of the cache. At the default parameters (about 50 KiB
+// a chunk) it covers about 190 GiB of seed content; beyond that the lowest-priority
 // seeds are left out. Options.SeedEntries changes it.
 const DefaultSeedEntries = 4 << 20
 
@@ -111,23 +111,25 @@ var errNoSeed = fmt.Errorf("no seed in the cache: %w", errNoDelta)
 var errIndexKnown = errors.New("index known")
 
 // TransferStats are a cache's transfer counters since Open: the bytes
-// received from sources (bodies and chunk indexes) and the bytes taken
-// from seeds instead.
+// fetched from sources (bodies, ranges and chunk indexes, as content), the
+// bytes taken from seeds instead, and the bytes that crossed the network
+// for what was fetched (less than Fetched when ranges came compressed).
 type TransferStats struct {
-	Fetched int64 `json:"bytes_fetched"`
-	Reused  int64 `json:"bytes_reused"`
+	Fetched  int64 `json:"bytes_fetched"`
+	Reused   int64 `json:"bytes_reused"`
+	Received int64 `json:"bytes_received"`
 }
 
 // TransferStats returns the counters of every transfer made through c.
 func (c *Cache) TransferStats() TransferStats {
-	return TransferStats{Fetched: c.stats.fetched.Load(), Reused: c.stats.reused.Load()}
+	return TransferStats{Fetched: c.stats.fetched.Load(), Reused: c.stats.reused.Load(), Received: c.stats.received.Load()}
 }
 
 // xferStats counts bytes over the attempts of one fetch.
 type xferStats struct {
-	fetched, reused atomic.Int64
-	delta           atomic.Bool
-	note            atomic.Pointer[string]
+	fetched, reused, received atomic.Int64
+	delta                     atomic.Bool
+	note                      atomic.Pointer[string]
 	// index is the source's chunk index a whole transfer took
 	// (sourceIndex), kept for the next attempt; noIndex says the source's
 	// index was refused, or a delta found it lying: the attempts left
@@ -136,9 +138,22 @@ type xferStats struct {
 	noIndex atomic.Bool
 }
 
+// addFetched counts n bytes fetched as they are (received as sent).
 func (c *Cache) addFetched(x *xferStats, n int64) {
+	c.addContent(x, n)
+	c.addReceived(x, n)
+}
+
+// addContent counts n bytes of content fetched; addReceived the bytes that
+// crossed the network for it (a compressed range: fewer).
+func (c *Cache) addContent(x *xferStats, n int64) {
 	x.fetched.Add(n)
 	c.stats.fetched.Add(n)
+}
+
+func (c *Cache) addReceived(x *xferStats, n int64) {
+	x.received.Add(n)
+	c.stats.received.Add(n)
 }
 
 func (c *Cache) addReused(x *xferStats, n int64) {
@@ -464,6 +479,7 @@ type deltaRun struct {
 	saved   time.Time
 	moved   atomic.Int64 // bytes in place: progress
 	unsaved atomic.Int64
+	plain   atomic.Bool // compressed ranges failed: plain ones only
 }
 
 func (dl *deltaRun) isSet(i int) bool { return dl.done[i/8]&(1<<(i%8)) != 0 }
@@ -493,17 +509,27 @@ func (dl *deltaRun) save() error {
 	return nil
 }
 
+// How a chunk came to be in place.
+const (
+	fromSeed       = iota
+	fromRange      // a plain range: received as it is
+	fromCompressed // a compressed range: the caller counts what was received
+)
+
 // landed marks chunk i in place and reports progress, saving the state
 // every deltaSaveEvery bytes.
-func (dl *deltaRun) landed(i int, reused bool) error {
+func (dl *deltaRun) landed(i int, how int) error {
 	n := int64(dl.ext[i].Length)
 	dl.mu.Lock()
 	dl.set(i)
 	dl.mu.Unlock()
-	if reused {
+	switch how {
+	case fromSeed:
 		dl.c.addReused(dl.xs, n)
-	} else {
+	case fromRange:
 		dl.c.addFetched(dl.xs, n)
+	default:
+		dl.c.addContent(dl.xs, n)
 	}
 	moved := dl.moved.Add(n)
 	if dl.o.Progress != nil {
@@ -578,7 +604,7 @@ func (dl *deltaRun) fromSeeds(seeds *chunks.Seeds, paths map[digest.Digest]strin
 		if _, err := dl.p.f.WriteAt(buf[:e.Length], e.Offset); err != nil {
 			return dl.c.diskErr(err)
 		}
-		if err := dl.landed(i, true); err != nil {
+		if err := dl.landed(i, fromSeed); err != nil {
 			return err
 		}
 	}
@@ -625,8 +651,21 @@ func (dl *deltaRun) fetch(ctx context.Context) error {
 	return err
 }
 
-// fetchRun fetches chunks [first, end) with one range request.
+// fetchRun fetches chunks [first, end) with one range request: compressed
+// when the source can (source.Compressor), else plain.
 func (dl *deltaRun) fetchRun(ctx context.Context, first, end int) error {
+	if cs, ok := dl.src.(source.Compressor); ok && !dl.plain.Load() {
+		next, err := dl.fetchCompressed(ctx, cs, first, end)
+		if !errors.Is(err, errPlain) {
+			return err
+		}
+		if dl.plain.CompareAndSwap(false, true) {
+			dl.c.log.Info("fetching plain ranges", "digest", dl.p.d, "source", dl.src.String(), "why", err)
+		}
+		if first = next; first >= end {
+			return nil
+		}
+	}
 	off := dl.ext[first].Offset
 	last := dl.ext[end-1]
 	n := last.Offset + int64(last.Length) - off
@@ -663,11 +702,78 @@ func (dl *deltaRun) fetchRun(ctx context.Context, first, end int) error {
 		if _, err := dl.p.f.WriteAt(b, e.Offset); err != nil {
 			return dl.c.diskErr(err)
 		}
-		if err := dl.landed(i, false); err != nil {
+		if err := dl.landed(i, fromRange); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// errPlain says compressed ranges are not to be had from this source (it
+// has none, or sent a frame that does not decode): plain ranges instead.
+var errPlain = errors.New("no compressed ranges")
+
+// fetchCompressed fetches chunks [first, end) as one compressed range,
+// verifying each as it lands. On errPlain, next is the first chunk not in
+// place, for a plain range to go on from.
+func (dl *deltaRun) fetchCompressed(ctx context.Context, cs source.Compressor, first, end int) (next int, err error) {
+	off := dl.ext[first].Offset
+	last := dl.ext[end-1]
+	n := last.Offset + int64(last.Length) - off
+	d, src := dl.p.d, dl.src
+	body, err := cs.OpenCompressed(ctx, d, off, n)
+	if err != nil {
+		switch {
+		case ctx.Err() != nil:
+			return first, ctx.Err()
+		case errors.Is(err, errdefs.ErrNotFound) || errors.Is(err, errdefs.ErrCorrupt):
+			return first, fmt.Errorf("%v: %w", err, errPlain)
+		case errors.Is(err, errdefs.ErrInvalidArgument): // a range past the end: the index lies
+			dl.xs.noIndex.Store(true)
+			return first, noDelta("%s says the range %d+%d of %s that its index names is not there: %v", src, off, n, d, err)
+		}
+		return first, err
+	}
+	defer body.Close()
+	var counted int64
+	defer func() { dl.c.addReceived(dl.xs, body.WireBytes()-counted) }()
+	buf := make([]byte, dl.x.Params.Max)
+	for i := first; i < end; i++ {
+		e := dl.ext[i]
+		b := buf[:e.Length]
+		if _, err := io.ReadFull(body, b); err != nil {
+			switch {
+			case ctx.Err() != nil:
+				return i, ctx.Err()
+			case errors.Is(err, errdefs.ErrCorrupt):
+				return i, fmt.Errorf("%v: %w", err, errPlain)
+			case errors.Is(err, errdefs.ErrUnavailable):
+				return i, fmt.Errorf("delta transfer of %s from %s interrupted at %d (it resumes next time): %w", d, src, e.Offset, err)
+			}
+			return i, fmt.Errorf("delta transfer of %s from %s interrupted at %d (it resumes next time): %v: %w", d, src, e.Offset, err, errdefs.ErrUnavailable)
+		}
+		if chunks.HashOf(b) != e.Hash {
+			dl.xs.noIndex.Store(true)
+			return i, noDelta("chunk at %d of %s from %s does not match its index entry", e.Offset, d, src)
+		}
+		if _, err := dl.p.f.WriteAt(b, e.Offset); err != nil {
+			return i, dl.c.diskErr(err)
+		}
+		w := body.WireBytes()
+		dl.c.addReceived(dl.xs, w-counted)
+		counted = w
+		if err := dl.landed(i, fromCompressed); err != nil {
+			return i + 1, err
+		}
+	}
+	// The frame must end where the range does. Every chunk is in place and
+	// verified already; a source that sends more is not asked again.
+	if _, err := body.Read(buf[:1]); err == nil || errors.Is(err, errdefs.ErrCorrupt) {
+		if dl.plain.CompareAndSwap(false, true) {
+			dl.c.log.Info("fetching plain ranges", "digest", d, "source", src.String(), "why", fmt.Sprintf("compressed range %d+%d runs on", off, n))
+		}
+	}
+	return end, nil
 }
 
 // openDeltaPartial opens d's part file as it is, for a delta transfer:

@@ -94,6 +94,9 @@ type Image struct {
 	// earlier run left in place).
 	BytesFetched int64 `json:"bytes_fetched"`
 	BytesReused  int64 `json:"bytes_reused"`
+	// BytesReceived is what crossed the network for BytesFetched: less
+	// when a delta's ranges came compressed (GET …/blob/<digest>/zstd).
+	BytesReceived int64 `json:"bytes_received"`
 	// Transfer is "delta" or "whole" when this call transferred; Note
 	// says why a transfer that could have been a delta was whole.
 	Transfer string `json:"transfer,omitempty"`

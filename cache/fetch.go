@@ -43,7 +43,7 @@ func (c *Cache) fetch(ctx context.Context, r ref.Ref, src source.Source, want so
 		return Image{}, err
 	}
 	img.Fetched = true
-	img.BytesFetched, img.BytesReused = xs.fetched.Load(), xs.reused.Load()
+	img.BytesFetched, img.BytesReused, img.BytesReceived = xs.fetched.Load(), xs.reused.Load(), xs.received.Load()
 	if n := xs.note.Load(); n != nil && img.Transfer == "whole" {
 		img.Note = *n
 	}

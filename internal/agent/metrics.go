@@ -34,12 +34,14 @@ func newMetrics(reg prometheus.Registerer) metrics {
 // (cache.TransferStats: every transfer of this process, the agent's
 // repairs and refreshes).
 func registerDelta(reg prometheus.Registerer, stats func() cache.TransferStats) {
-	const name, help = "depot_cache_delta_bytes_total", "Bytes of cache transfers by kind: reused from cached blobs, or fetched from the source."
+	const name, help = "depot_cache_delta_bytes_total", "Bytes of cache transfers by kind: reused from cached blobs, fetched from the source, or received (what crossed the network for the fetched bytes: less when compressed)."
 	reg.MustRegister(
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help, ConstLabels: prometheus.Labels{"kind": "reused"}},
 			func() float64 { return float64(stats().Reused) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help, ConstLabels: prometheus.Labels{"kind": "fetched"}},
-			func() float64 { return float64(stats().Fetched) }))
+			func() float64 { return float64(stats().Fetched) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help, ConstLabels: prometheus.Labels{"kind": "received"}},
+			func() float64 { return float64(stats().Received) }))
 }
 
 // serveMetrics serves reg at /metrics on ln until stop is called; stop

@@ -5,9 +5,10 @@
 //
 // The boundaries come from FastCDC ("fastcdc-v1.0.0" of
 // github.com/PlakarKorp/go-cdc-chunkers, a versioned name whose boundaries the
-// module keeps stable) with min/avg/max 16/64/256 KiB by default; see the
-// "Chunker choice (issue 14)" section of BENCHMARKS.md for the measurements
-// behind that choice and behind BLAKE3 as the per-chunk hash.
+// module keeps stable) with min/avg/max 8/32/128 KiB by default; see the
+// "Chunker choice (issue 14)" and "Chunk size" sections of BENCHMARKS.md for
+// the measurements behind that choice and behind BLAKE3 as the per-chunk
+// hash.
 //
 // Files:
 //   - params.go: Params (algorithm and sizes) and the hard bounds;

@@ -190,8 +190,9 @@ func DecodeVerified(b []byte, want digest.Digest) (*Index, error) {
 
 // EncodedSizeBound is the longest encoding an index of a size-byte blob
 // under p can have (p's algorithm name and its greatest chunk count), at
-// most MaxEncodedSize: about 2.3 MiB for 1 GiB under DefaultParams. A
-// reader that knows the blob's size reads no more than this.
+// most MaxEncodedSize: 36 bytes per Min bytes of blob (about 4.5 MiB for
+// 1 GiB under DefaultParams' 8 KiB minimum). A reader that knows the
+// blob's size reads no more than this.
 func EncodedSizeBound(p Params, size int64) int64 {
 	if size < 0 || p.Min == 0 {
 		return int64(MaxEncodedSize)

@@ -21,7 +21,7 @@ func TestEncodeDecodeRoundTrip(t *testing.T) {
 		build(t, data, DefaultParams),
 		build(t, nil, DefaultParams),
 		build(t, data[:100], smallParams),
-		syntheticIndex(DefaultParams, []uint32{256 << 10, 16 << 10, 70000, 1}, 1),
+		syntheticIndex(DefaultParams, []uint32{DefaultParams.Max, DefaultParams.Min, 70000, 1}, 1),
 	} {
 		enc, err := x.Encode()
 		if err != nil {
@@ -98,12 +98,12 @@ func TestDecodeRefuses(t *testing.T) {
 		"missing entry":    mutate(t, func(_ *Index, b []byte) []byte { return b[:len(b)-entrySize] }),
 		"zero length":      mutate(t, func(_ *Index, b []byte) []byte { return put32(b, entry(3), 0) }),
 		"over max": mutate(t, func(x *Index, b []byte) []byte {
-			put32(b, entry(0), 256<<10+1)
-			return put64(b, offSize, uint64(x.Size)+(256<<10+1)-(64<<10))
+			put32(b, entry(0), DefaultParams.Max+1)
+			return put64(b, offSize, uint64(x.Size)+uint64(DefaultParams.Max+1)-(64<<10))
 		}),
 		"short middle chunk": mutate(t, func(_ *Index, b []byte) []byte {
-			put32(b, entry(2), 16<<10-1)
-			return put32(b, entry(3), 6)
+			put32(b, entry(2), DefaultParams.Min-1)
+			return put32(b, entry(3), 16<<10+5-(DefaultParams.Min-1))
 		}),
 		"overlap (lengths past size)": mutate(t, func(_ *Index, b []byte) []byte { return put32(b, entry(3), 6) }),
 		"gap (lengths short of size)": mutate(t, func(_ *Index, b []byte) []byte { return put32(b, entry(3), 4) }),
@@ -207,8 +207,8 @@ func TestEncodedSizeBound(t *testing.T) {
 	if enc, _ := x.Encode(); int64(len(enc)) > EncodedSizeBound(p, x.Size) {
 		t.Errorf("a real index of %d bytes is %d bytes, over the bound", x.Size, len(enc))
 	}
-	if b := EncodedSizeBound(DefaultParams, 1<<30); b > 3<<20 {
-		t.Errorf("bound for 1 GiB is %d bytes; want under 3 MiB", b)
+	if b := EncodedSizeBound(DefaultParams, 1<<30); b > 5<<20 {
+		t.Errorf("bound for 1 GiB is %d bytes; want under 5 MiB", b)
 	}
 	if EncodedSizeBound(DefaultParams, -1) != int64(MaxEncodedSize) {
 		t.Error("an unknown size is not bounded by MaxEncodedSize")

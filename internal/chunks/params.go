@@ -22,8 +22,10 @@ const (
 	MaxChunkCeil = 16 << 20
 	// MaxChunks bounds the entries of one index (36 bytes each, so an
 	// encoded index is at most about 151 MiB). With DefaultParams every blob
-	// up to MaxChunks*16 KiB = 64 GiB is guaranteed an index; a larger one
-	// may exceed it, and then gets none (ErrTooLarge) and moves whole.
+	// up to MaxChunks*8 KiB = 32 GiB is guaranteed an index, and typical
+	// content (about 50 KiB a chunk) up to about 200 GiB; a blob that
+	// exceeds it gets none (ErrTooLarge) and moves whole, and one over
+	// MaxChunks*128 KiB = 512 GiB never has one.
 	MaxChunks = 1 << 22
 )
 
@@ -34,8 +36,14 @@ type Params struct {
 	Min, Avg, Max uint32
 }
 
-// DefaultParams are casync's and desync's sizes: 16/64/256 KiB.
-var DefaultParams = Params{Algorithm: Algorithm, Min: 16 << 10, Avg: 64 << 10, Max: 256 << 10}
+// DefaultParams are min/avg/max 8/32/128 KiB. This FastCDC's real mean
+// chunk is about 1.5× its Avg (about 50 KiB here, and 98 KiB at casync's
+// 16/64/256), so these sizes cut chunks about as large as casync's own
+// (about 85 KiB) and smaller; on bench/delta.sh's pairs they moved 24 to 45%
+// fewer bytes than 16/64/256 for twice the index (BENCHMARKS.md, "Chunk
+// size"). Changing them makes every stored index stale: servers and caches
+// recompute an index of other parameters when they next need it.
+var DefaultParams = Params{Algorithm: Algorithm, Min: 8 << 10, Avg: 32 << 10, Max: 128 << 10}
 
 // Validate reports whether p can be used to chunk and to decode: a known
 // algorithm, MinChunkFloor <= Min < Avg < Max <= MaxChunkCeil, and Avg a power

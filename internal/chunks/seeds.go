@@ -14,8 +14,8 @@ import (
 
 // SeedEntryBytes is what Seeds keeps per chunk: an 8-byte hash prefix, an
 // 8-byte offset, a 4-byte seed number and a 4-byte length, in one sorted
-// array with no per-entry pointers. A cache of 4 TiB at the default 64 KiB
-// average is about 64 Mi chunks, 1.5 GiB at this rate: set the cap
+// array with no per-entry pointers. A cache of 4 TiB at the default
+// parameters (about 50 KiB a chunk) is about 84 Mi chunks, 2 GiB at this rate: set the cap
 // (NewSeeds) to what the node can spare, and the highest-priority seeds keep
 // their chunks.
 const SeedEntryBytes = 24

@@ -118,7 +118,8 @@ From a depot server, a pull into a cache that already holds related content
 the cache has are copied from it (each re-hashed), only the rest is fetched,
 and the result is verified whole as always. --no-delta transfers whole;
 --dry-run prints what would be fetched and reused without fetching the body.
-With --json the result reports bytes_fetched and bytes_reused.
+With --json the result reports bytes_fetched, bytes_reused and bytes_received
+(the bytes that crossed the network: a depot server sends chunks compressed).
 
 ` + exitHelp,
 		Args: cobra.ExactArgs(1),

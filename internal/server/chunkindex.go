@@ -69,8 +69,16 @@ func openIndex(rec []byte, info blob.Info) ([]byte, digest.Digest, error) {
 	if x.Blob != info.Digest || x.Size != info.Size {
 		return nil, "", fmt.Errorf("stored chunk index of %s describes %s (%d bytes): %w", info.Digest, x.Blob, x.Size, errdefs.ErrCorrupt)
 	}
+	if x.Params != chunks.DefaultParams {
+		return nil, "", fmt.Errorf("stored chunk index of %s was cut at %d/%d/%d bytes, not %d/%d/%d: %w", info.Digest,
+			x.Params.Min, x.Params.Avg, x.Params.Max, chunks.DefaultParams.Min, chunks.DefaultParams.Avg, chunks.DefaultParams.Max, errStaleIndex)
+	}
 	return enc, d, nil
 }
+
+// errStaleIndex says a stored index is sound but was made with other chunk
+// parameters (an older depot's): it is computed again, as a missing one is.
+var errStaleIndex = errors.New("stale chunk index")
 
 // indexStore is the blob store's IndexStore, if it has one.
 func (s *Server) indexStore() (blob.IndexStore, bool) {
@@ -242,6 +250,10 @@ func (s *Server) storedIndex(ctx context.Context, info blob.Info) (enc []byte, x
 		if enc, xd, err = openIndex(rec, info); err == nil {
 			return enc, xd, true, nil
 		}
+	}
+	if errors.Is(err, errStaleIndex) {
+		s.log.Info("stored chunk index has other chunk parameters; computing it again", "digest", info.Digest, "err", err)
+		return nil, "", false, nil
 	}
 	s.log.Error("stored chunk index is damaged; computing it again", "digest", info.Digest, "err", err)
 	return nil, "", false, nil

@@ -427,3 +427,30 @@ func TestChunkIndexGC(t *testing.T) {
 		}
 	})
 }
+
+// TestChunkIndexStaleParams: a stored index made with other chunk
+// parameters (an older depot's 16/64/256 KiB) is sound but stale: the
+// first GET computes one with chunks.DefaultParams, stores it in its place
+// and serves it.
+func TestChunkIndexStaleParams(t *testing.T) {
+	e := newEnv(t, nil)
+	data := randData(t, 3<<20)
+	d := putOldWay(t, e, "old", data)
+	old := chunks.Params{Algorithm: chunks.Algorithm, Min: 16 << 10, Avg: 64 << 10, Max: 256 << 10}
+	x, err := chunks.Build(ctx, bytes.NewReader(data), old, d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	enc, _ := x.Encode()
+	if err := e.indexStore().PutIndex(ctx, d, sealIndex(enc)); err != nil {
+		t.Fatal(err)
+	}
+	body, xd := e.getChunks(d)
+	got := checkCovers(t, body, xd, data)
+	if got.Params != chunks.DefaultParams || e.metric("depot_chunk_indexes_computed_total") != 1 {
+		t.Fatalf("served an index cut at %+v (computed %v); want one with the current parameters", got.Params, e.metric("depot_chunk_indexes_computed_total"))
+	}
+	if rec, err := e.indexStore().GetIndex(ctx, d, maxIndexRecord); err != nil || !bytes.Equal(rec, sealIndex(body)) {
+		t.Fatalf("the stale index was not replaced: %v", err)
+	}
+}

@@ -16,6 +16,8 @@ type metrics struct {
 	deltaSaved    prometheus.Counter
 	rangeBytes    prometheus.Counter
 	indexBuilds   prometheus.Counter
+	zstdBytes     prometheus.Counter
+	zstdSaved     prometheus.Counter
 }
 
 func newMetrics(reg *prometheus.Registry) *metrics {
@@ -35,8 +37,10 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 		deltaSaved:    prometheus.NewCounter(prometheus.CounterOpts{Name: "depot_delta_bytes_saved_total", Help: "Bytes of committed delta pushes taken from their base instead of the body."}),
 		rangeBytes:    prometheus.NewCounter(prometheus.CounterOpts{Name: "depot_content_range_bytes_total", Help: "Content and blob bytes sent in answer to Range requests (206); ranges of redirected downloads are not counted."}),
 		indexBuilds:   prometheus.NewCounter(prometheus.CounterOpts{Name: "depot_chunk_indexes_computed_total", Help: "Chunk indexes computed on request, for blobs stored without one (or with a damaged one)."}),
+		zstdBytes:     prometheus.NewCounter(prometheus.CounterOpts{Name: "depot_content_zstd_bytes_total", Help: "Bytes sent as compressed ranges (GET …/blob/<digest>/zstd), as sent."}),
+		zstdSaved:     prometheus.NewCounter(prometheus.CounterOpts{Name: "depot_content_zstd_saved_bytes_total", Help: "Bytes compression saved on compressed ranges: the range lengths less what was sent."}),
 	}
-	reg.MustRegister(m.requests, m.duration, m.bytesSent, m.bytesReceived, m.gcBlobs, m.gcBytes, m.redirects, m.deltaSaved, m.rangeBytes, m.indexBuilds,
+	reg.MustRegister(m.requests, m.duration, m.bytesSent, m.bytesReceived, m.gcBlobs, m.gcBytes, m.redirects, m.deltaSaved, m.rangeBytes, m.indexBuilds, m.zstdBytes, m.zstdSaved,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -124,6 +124,8 @@ type Server struct {
 	// (chunkindex.go) run once per digest, maxIndexBuilds at a time.
 	indexBuilds singleflight.Group
 	indexSem    *semaphore.Weighted
+	// zstdPool bounds the ranges compressed at once (zstdrange.go).
+	zstdPool encoderPool
 }
 
 // DefaultBodyIdleTimeout is Config.BodyIdleTimeout's default.
@@ -142,7 +144,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("server: redirecting downloads needs a blob store that clients can read directly (s3://…): %w", errdefs.ErrInvalidArgument)
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, mux: http.NewServeMux(), reg: prometheus.NewRegistry(), claimWait: 30 * time.Second,
-		indexSem: semaphore.NewWeighted(maxIndexBuilds)}
+		indexSem: semaphore.NewWeighted(maxIndexBuilds), zstdPool: newEncoderPool(zstdEncoders)}
 	s.metrics = newMetrics(s.reg)
 	s.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "depot_gc_leader", Help: "1 when this head runs garbage collection (always 1 with a single head).",
@@ -172,6 +174,7 @@ func (s *Server) routes() {
 	s.handle("GET "+p+"/image/{ref}/content/info", auth.RoleReader, s.contentInfo)
 	s.handle("GET "+p+"/blob/{digest}", auth.RoleReader, s.getBlob)
 	s.handle("GET "+p+"/blob/{digest}/chunks", auth.RoleReader, s.getChunks) // GET and HEAD
+	s.handle("GET "+p+"/blob/{digest}/zstd", auth.RoleReader, s.getZstd)
 	s.handle("POST "+p+"/tokens", auth.RoleAdmin, s.createToken)
 	s.handle("GET "+p+"/tokens", auth.RoleAdmin, s.listTokens)
 	s.handle("DELETE "+p+"/tokens/{id}", auth.RoleAdmin, s.deleteToken)

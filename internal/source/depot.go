@@ -20,10 +20,16 @@ type Depot struct {
 }
 
 var (
-	_ Source   = (*Depot)(nil)
-	_ Indexer  = (*Depot)(nil)
-	_ Recorder = (*Depot)(nil)
+	_ Source     = (*Depot)(nil)
+	_ Indexer    = (*Depot)(nil)
+	_ Compressor = (*Depot)(nil)
+	_ Recorder   = (*Depot)(nil)
 )
+
+// OpenCompressed implements Compressor: GET /api/v1/blob/<d>/zstd.
+func (d *Depot) OpenCompressed(ctx context.Context, dg digest.Digest, offset, length int64) (CompressedBody, error) {
+	return d.Client.OpenBlobZstd(ctx, dg, offset, length)
+}
 
 // Resolve implements Source.
 func (d *Depot) Resolve(ctx context.Context) (Descriptor, error) {

@@ -97,6 +97,27 @@ type Recorder interface {
 	Recorded(ctx context.Context, d digest.Digest) (Descriptor, error)
 }
 
+// Compressor is a source that can send a byte range of a blob compressed
+// (a depot server: GET /blob/<digest>/zstd), so a delta transfer moves
+// fewer bytes than the chunks it lacks. It is an optimisation only: a
+// source that answers errdefs.ErrNotFound (an older server, or a head that
+// redirects downloads to an object store) is asked for plain ranges
+// instead.
+type Compressor interface {
+	// OpenCompressed starts a download of d's bytes [offset,
+	// offset+length); the body reads as exactly those plain bytes. Errors
+	// while reading: errdefs.ErrCorrupt for a frame that does not decode
+	// to length bytes, errdefs.ErrUnavailable for a broken connection.
+	OpenCompressed(ctx context.Context, d digest.Digest, offset, length int64) (CompressedBody, error)
+}
+
+// CompressedBody is an open compressed range: Read yields plain bytes.
+type CompressedBody interface {
+	io.ReadCloser
+	// WireBytes is how many compressed bytes were read so far.
+	WireBytes() int64
+}
+
 // Heads is how many origins s fails over between: a depot cluster's heads,
 // 1 for anything else. A transfer that stalled is retried only when there is
 // another head to go to.
