@@ -48,8 +48,10 @@ type Cache struct {
 	dir  string
 	opts Options
 	log  *slog.Logger
-	// stats count every transfer's bytes (TransferStats).
-	stats struct{ fetched, reused, received atomic.Int64 }
+	// stats count every transfer's bytes (TransferStats), and chunked
+	// the bytes an ingest pass (a download, a re-verification) cut into
+	// chunks itself to make a chunk index.
+	stats struct{ fetched, reused, received, chunked atomic.Int64 }
 }
 
 // Open prepares dir for use. The cache keeps dir as an absolute path, so

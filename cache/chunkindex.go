@@ -5,22 +5,27 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
+	"sync/atomic"
 
 	"github.com/opencontainers/go-digest"
 
 	"github.com/depot-images/depot/internal/atomicfile"
 	"github.com/depot-images/depot/internal/chunks"
+	"github.com/depot-images/depot/internal/source"
 )
 
 // Every committed blob has, or gets, a chunk index at index/chunks/<hex>:
 // the content-defined chunks of the blob (chunks.DefaultParams) with their
-// BLAKE3. It is made in the pass that hashes a download (the partial's
-// Splitter) or a full re-verification; a blob adopted from a workspace, or
-// cached before indexes existed, gets one lazily when it is first wanted as
-// a seed (seedsFor: at most lazyIndexBlobs per pull). An index is a hint
-// about bytes the cache already verified, never a fact: every chunk taken
-// from a seed is re-hashed, and every delta ends with the whole-file
-// sha256.
+// BLAKE3. A blob fetched whole from a depot server whose revision recorded
+// its index digest takes the server's index, computed at ingest
+// (sourceIndex); any other download, and a full re-verification, makes it
+// in the pass that hashes the bytes (the partial's Splitter); a blob
+// adopted from a workspace, or cached before indexes existed, gets one
+// lazily when it is first wanted as a seed (seedsFor: at most
+// lazyIndexBlobs per pull). An index is a hint about bytes the cache
+// already verified, never a fact: every chunk taken from a seed is
+// re-hashed, and every delta ends with the whole-file sha256.
 
 // chunkIndexPath is where the chunk index of committed blob d lives.
 func (c *Cache) chunkIndexPath(d digest.Digest) string {
@@ -100,16 +105,18 @@ func (c *Cache) buildChunkIndex(ctx context.Context, d digest.Digest, path strin
 type indexer struct {
 	s   *chunks.Splitter
 	err error
+	n   *atomic.Int64 // counts the bytes cut (Cache.stats.chunked)
 }
 
-func newIndexer() *indexer {
+func (c *Cache) newIndexer() *indexer {
 	s, err := chunks.NewSplitter(chunks.DefaultParams, nil)
-	return &indexer{s: s, err: err}
+	return &indexer{s: s, err: err, n: &c.stats.chunked}
 }
 
 func (x *indexer) Write(b []byte) (int, error) {
 	if x.err == nil {
 		_, x.err = x.s.Write(b)
+		x.n.Add(int64(len(b)))
 	}
 	return len(b), nil
 }
@@ -120,4 +127,69 @@ func (x *indexer) finish(d digest.Digest) (*chunks.Index, error) {
 		return nil, x.err
 	}
 	return x.s.Finish(d)
+}
+
+// sourceIndex returns the chunk index of want.Digest that its source, a
+// depot server, computed at ingest, for a whole transfer to store instead
+// of cutting the download into chunks itself (FastCDC and a BLAKE3 per
+// chunk about doubled the node's CPU time of a whole pull). It is taken only
+// when the revision recorded the index's digest (want.Chunks): the index
+// must hash to it (chunks.DecodeVerified), name want.Digest and its
+// declared size, and use chunks.DefaultParams (wantedIndex, as for a
+// delta). A pinned reference resolved nothing: the revision holding the
+// digest is looked up (source.Recorder) for its size and index digest. Its
+// bytes count as fetched. nil means there is none to take (an http or OCI
+// source, a digest no kept revision records, an older server, an index
+// refused, or found lying by a delta attempt of the same fetch): the
+// transfer then cuts its own, exactly as before. The index never fails a
+// pull.
+//
+// Why taking it unchecked against the bytes is safe: an index is only a
+// hint. It is stored once the whole-file sha256 passed and the blob is
+// committed, so it never makes a wrong blob visible; a later delta that
+// uses it as a seed re-hashes (BLAKE3) every chunk it copies from the blob
+// and fetches the ones that do not match (deltaRun.fromSeeds and check),
+// and every delta ends with the whole-file sha256. verify --repair follows
+// the stored index of the damaged blob: a seed chunk of the quarantined
+// copy that fails its re-hash is fetched, a fetched chunk that does not
+// match its entry ends the delta (deltaRun.fetchRun: the index lies), and
+// the blob is transferred whole, which stores an index of its own. A
+// lying index costs reuse, never a wrong byte.
+func (c *Cache) sourceIndex(ctx context.Context, src source.Source, want source.Descriptor, xs *xferStats) *chunks.Index {
+	if xs.noIndex.Load() {
+		return nil
+	}
+	if x := xs.index.Load(); x != nil {
+		return x
+	}
+	if _, ok := src.(source.Indexer); !ok {
+		return nil
+	}
+	if rec, ok := src.(source.Recorder); ok && want.Chunks == "" && want.Size < 0 {
+		// A pinned reference: nothing was resolved. Ask what the revision
+		// recorded (one small request, against a whole transfer).
+		r, err := rec.Recorded(ctx, want.Digest)
+		if err != nil || r.Digest != want.Digest {
+			c.log.Debug("no recorded chunk index digest; computing the index locally", "digest", want.Digest, "err", err)
+			if ctx.Err() == nil {
+				xs.noIndex.Store(true)
+			}
+			return nil
+		}
+		want.Size, want.Chunks = r.Size, r.Chunks
+	}
+	if want.Chunks == "" || want.Size < 0 {
+		return nil
+	}
+	x, _, n, err := c.wantedIndex(ctx, src, want)
+	c.addFetched(xs, n)
+	if err != nil {
+		if ctx.Err() == nil {
+			xs.noIndex.Store(true)
+		}
+		c.log.Info("chunk index not taken from the source; computing it locally", "digest", want.Digest, "why", strings.TrimSuffix(err.Error(), ": "+errNoDelta.Error()))
+		return nil
+	}
+	xs.index.Store(x)
+	return x
 }

@@ -130,6 +130,12 @@ type xferStats struct {
 	fetched, reused, received atomic.Int64
 	delta                     atomic.Bool
 	note                      atomic.Pointer[string]
+	// index is the source's chunk index a whole transfer took
+	// (sourceIndex), kept for the next attempt; noIndex says the source's
+	// index was refused, or a delta found it lying: the attempts left
+	// cut their own.
+	index   atomic.Pointer[chunks.Index]
+	noIndex atomic.Bool
 }
 
 // addFetched counts n bytes fetched as they are (received as sent).
@@ -295,7 +301,7 @@ func (c *Cache) wantedIndex(ctx context.Context, src source.Source, want source.
 		if !isIx {
 			return nil, nil, 0, noDelta("%s serves no chunk index", src)
 		}
-		x, err = ix.ChunkIndex(ctx, d, want.Chunks)
+		x, err = ix.ChunkIndex(ctx, d, want.Chunks, want.Size)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil, nil, 0, ctx.Err()
@@ -369,6 +375,9 @@ func (c *Cache) delta(ctx context.Context, r ref.Ref, src source.Source, want so
 		x, enc, n, err = c.wantedIndex(ctx, src, want)
 		c.addFetched(xs, n)
 		if err != nil {
+			if errors.Is(err, errNoDelta) {
+				xs.noIndex.Store(true) // the whole transfer need not ask again
+			}
 			return Image{}, err
 		}
 	}
@@ -443,6 +452,7 @@ func (c *Cache) delta(ctx context.Context, r ref.Ref, src source.Source, want so
 	}
 	if got := p.h.Digest(); got != d {
 		p.discard()
+		xs.noIndex.Store(true)
 		return Image{}, noDelta("the chunks of %s's index assembled into %s", d, got)
 	}
 	img, err := p.commit(src)
@@ -673,6 +683,7 @@ func (dl *deltaRun) fetchRun(ctx context.Context, first, end int) error {
 		return noDelta("%s ignored a range request", src)
 	}
 	if body.Size >= 0 && body.Size != dl.total {
+		dl.xs.noIndex.Store(true)
 		return noDelta("%s says %s has %d bytes, its index %d", src, d, body.Size, dl.total)
 	}
 	buf := make([]byte, dl.x.Params.Max)
@@ -689,6 +700,7 @@ func (dl *deltaRun) fetchRun(ctx context.Context, first, end int) error {
 			return fmt.Errorf("delta transfer of %s from %s interrupted at %d (it resumes next time): %v: %w", d, src, e.Offset, err, errdefs.ErrUnavailable)
 		}
 		if chunks.HashOf(b) != e.Hash {
+			dl.xs.noIndex.Store(true)
 			return noDelta("chunk at %d of %s from %s does not match its index entry", e.Offset, d, src)
 		}
 		if _, err := dl.p.f.WriteAt(b, e.Offset); err != nil {
@@ -750,6 +762,7 @@ func (dl *deltaRun) fetchCompressed(ctx context.Context, cs source.Compressor, f
 			return i, fmt.Errorf("delta transfer of %s from %s interrupted at %d (it resumes next time): %v: %w", d, src, e.Offset, err, errdefs.ErrUnavailable)
 		}
 		if chunks.HashOf(b) != e.Hash {
+			dl.xs.noIndex.Store(true)
 			return i, noDelta("chunk at %d of %s from %s does not match its index entry", e.Offset, d, src)
 		}
 		if _, err := dl.p.f.WriteAt(b, e.Offset); err != nil {

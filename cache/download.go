@@ -60,7 +60,7 @@ func (c *Cache) note(xs *xferStats, d digest.Digest, why string) {
 func (c *Cache) whole(ctx context.Context, r ref.Ref, src source.Source, want source.Descriptor, o EnsureOptions, xs *xferStats) (Image, error) {
 	d, validator := want.Digest, want.Validator
 	buf := make([]byte, 1<<20)
-	p, err := c.openPartial(d, r.String(), src.String(), buf)
+	p, err := c.openPartial(d, r.String(), src.String(), buf, c.sourceIndex(ctx, src, want, xs))
 	if err != nil {
 		return Image{}, err
 	}

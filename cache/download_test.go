@@ -169,7 +169,7 @@ func TestParallelSchedulesLazily(t *testing.T) {
 // newTestPartial is an empty ingest of d, as transfer starts one.
 func newTestPartial(t *testing.T, c *Cache, d digest.Digest) *partial {
 	t.Helper()
-	p, err := c.openPartial(d, "", "", make([]byte, 1<<20))
+	p, err := c.openPartial(d, "", "", make([]byte, 1<<20), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

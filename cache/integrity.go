@@ -78,7 +78,7 @@ func (c *Cache) reverify(d digest.Digest, path string, old BlobRecord) (BlobReco
 	h := contenthash.NewDualHasher()
 	defer h.Close()
 	var sniff format.Sniffer
-	ix := newIndexer()
+	ix := c.newIndexer()
 	if _, err := io.CopyBuffer(io.MultiWriter(h, &sniff, ix), f, make([]byte, 1<<20)); err != nil {
 		return BlobRecord{}, err
 	}

@@ -9,6 +9,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/depot-images/depot/errdefs"
+	"github.com/depot-images/depot/internal/chunks"
 	"github.com/depot-images/depot/internal/contenthash"
 	"github.com/depot-images/depot/internal/format"
 	"github.com/depot-images/depot/internal/source"
@@ -44,8 +45,11 @@ type partial struct {
 	h         *contenthash.DualHasher
 	sniff     *format.Sniffer
 	index     *indexer // the chunk index, cut in the same pass
-	done      int64    // bytes hashed in order
-	ref       string   // the reference it is fetched through
+	// known, when set, is the index the source computed at ingest (see
+	// sourceIndex): the pass cuts nothing, and commit stores it.
+	known *chunks.Index
+	done  int64  // bytes hashed in order
+	ref   string // the reference it is fetched through
 }
 
 // openPartial opens d's part file (creating it) for a transfer from
@@ -53,10 +57,12 @@ type partial struct {
 // in-order prefix is kept, and it is re-hashed, reading through buf. A
 // state left by another origin keeps its bytes (they are still content of
 // d: the prefix rule holds) but not its validator, which means nothing
-// here. The caller closes it.
-func (c *Cache) openPartial(d digest.Digest, refStr, origin string, buf []byte) (*partial, error) {
+// here. With known (the source's index of d, see sourceIndex) nothing is
+// cut into chunks, not even the resumed prefix. The caller closes it.
+func (c *Cache) openPartial(d digest.Digest, refStr, origin string, buf []byte, known *chunks.Index) (*partial, error) {
 	p := &partial{c: c, d: d, ref: refStr, path: filepath.Join(c.dir, "ingest", d.Encoded()+".part"),
-		statePath: filepath.Join(c.dir, "ingest", d.Encoded()+".json"), h: contenthash.NewDualHasher(), sniff: &format.Sniffer{}, index: newIndexer()}
+		statePath: filepath.Join(c.dir, "ingest", d.Encoded()+".json"), known: known}
+	p.resetHashes()
 	st, ok, _ := readJSON[ingestState](p.statePath)
 	if !ok {
 		st = ingestState{Prefix: 0} // no state: nothing in the part file is known good
@@ -128,9 +134,15 @@ func (p *partial) reset() error {
 	return nil
 }
 
-// resetHashes starts the in-order hashes over, at offset 0.
+// resetHashes starts the in-order hashes over, at offset 0. With a known
+// index the chunker stays off.
 func (p *partial) resetHashes() {
-	p.h, p.sniff, p.index, p.done = contenthash.NewDualHasher(), &format.Sniffer{}, newIndexer(), 0
+	p.h, p.sniff, p.done = contenthash.NewDualHasher(), &format.Sniffer{}, 0
+	if p.known != nil {
+		p.index = &indexer{err: errIndexKnown}
+	} else {
+		p.index = p.c.newIndexer()
+	}
 }
 
 // setPrefix records that the first n bytes of the part file are written in
@@ -195,7 +207,16 @@ func (p *partial) commit(src source.Source) (Image, error) {
 	}
 	os.Remove(p.statePath)
 	os.Remove(p.indexPath())
-	if x, err := p.index.finish(d); err == nil {
+	if x := p.known; x != nil {
+		// The whole-file sha256 passed: the blob is d. The index is the
+		// one checked for d and its size (sourceIndex); its size is
+		// checked again against what was hashed.
+		if x.Blob == d && x.Size == p.done {
+			c.storeChunkIndex(x)
+		} else {
+			c.log.Warn("source's chunk index does not fit the content; not stored", "digest", d, "index_size", x.Size, "size", p.done)
+		}
+	} else if x, err := p.index.finish(d); err == nil {
 		c.storeChunkIndex(x)
 	} else {
 		c.log.Debug("no chunk index", "digest", d, "err", err)

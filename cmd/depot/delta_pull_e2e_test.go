@@ -127,9 +127,10 @@ func TestDeltaPullCLI(t *testing.T) {
 	_, v2, d1, d2 := deltaImages(t, c, size)
 	purl, body := chunkProxy(t, h.url, 0)
 	env := []string{"DEPOT_SERVER=" + purl, "DEPOT_TOKEN=" + tok, "DEPOT_CACHE=" + t.TempDir()}
-	first := pullJSON(t, env, "big@"+d1.String()) // v1, whole: nothing to seed from
-	if first.Transfer != "whole" || first.BytesFetched != size {
-		t.Fatalf("first pull: %+v", first)
+	// v1, whole: nothing to seed from; it takes the head's chunk index.
+	first := pullJSON(t, env, "big@"+d1.String())
+	if ix := indexLen(t, c, d1); first.Transfer != "whole" || first.BytesFetched != size+ix {
+		t.Fatalf("first pull: %+v; want %d body and %d index bytes", first, size, ix)
 	}
 
 	before := body.Load()
@@ -160,11 +161,11 @@ func TestDeltaPullCLI(t *testing.T) {
 		t.Errorf("delta pull moved %d body bytes (%+v); want about the new half of %d", moved, res, size)
 	}
 
-	// --no-delta: the whole blob.
+	// --no-delta: the whole blob (and the head's index, not a delta).
 	run(t, env, "rm", "big@"+d2.String())
 	before = body.Load()
 	whole := pullJSON(t, env, "--no-delta", "big@"+d2.String())
-	if whole.Transfer != "whole" || whole.BytesFetched != size || body.Load()-before != size {
+	if whole.Transfer != "whole" || whole.BytesFetched != size+indexLen(t, c, d2) || body.Load()-before != size {
 		t.Fatalf("--no-delta: %+v, proxy saw %d", whole, body.Load()-before)
 	}
 
@@ -187,6 +188,21 @@ func TestDeltaPullCLI(t *testing.T) {
 	if !bytes.Equal(got, v2) || body.Load()-before > 256<<10 || body.Load() == before {
 		t.Fatalf("repair moved %d bytes; want one chunk (at most 256 KiB)", body.Load()-before)
 	}
+}
+
+// indexLen is the length of the head's chunk index of d.
+func indexLen(t *testing.T, c *client.Client, d digest.Digest) int64 {
+	t.Helper()
+	body, err := c.OpenChunkIndex(context.Background(), d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer body.Close()
+	n, err := io.Copy(io.Discard, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }
 
 // TestDeltaPullKilledAtRandomPoints is R1 for delta pulls: kill -9 at a

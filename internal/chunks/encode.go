@@ -188,18 +188,41 @@ func DecodeVerified(b []byte, want digest.Digest) (*Index, error) {
 	return Decode(b)
 }
 
+// EncodedSizeBound is the longest encoding an index of a size-byte blob
+// under p can have (p's algorithm name and its greatest chunk count), at
+// most MaxEncodedSize: 36 bytes per Min bytes of blob (about 4.5 MiB for
+// 1 GiB under DefaultParams' 8 KiB minimum). A reader that knows the
+// blob's size reads no more than this.
+func EncodedSizeBound(p Params, size int64) int64 {
+	if size < 0 || p.Min == 0 {
+		return int64(MaxEncodedSize)
+	}
+	_, hi := p.chunkCountBounds(size)
+	if hi > MaxChunks {
+		return int64(MaxEncodedSize)
+	}
+	return int64(fixedHeader+len(p.Algorithm)) + hi*entrySize
+}
+
 // Read reads one encoded index from r, at most MaxEncodedSize bytes, and
 // decodes it; with a non-empty want it verifies the bytes first, as
 // DecodeVerified does. A longer input is refused (ErrBadIndex) without
 // reading more than one byte past the limit.
 func Read(r io.Reader, want digest.Digest) (*Index, error) {
+	return ReadAtMost(r, want, int64(MaxEncodedSize))
+}
+
+// ReadAtMost is Read with a tighter bound, limit bytes (at most
+// MaxEncodedSize; see EncodedSizeBound).
+func ReadAtMost(r io.Reader, want digest.Digest, limit int64) (*Index, error) {
+	limit = min(limit, int64(MaxEncodedSize))
 	var buf bytes.Buffer
-	n, err := buf.ReadFrom(io.LimitReader(r, int64(MaxEncodedSize)+1))
+	n, err := buf.ReadFrom(io.LimitReader(r, limit+1))
 	if err != nil {
 		return nil, fmt.Errorf("read chunk index: %w", err)
 	}
-	if n > int64(MaxEncodedSize) {
-		return nil, fmt.Errorf("over %d bytes: %w", MaxEncodedSize, ErrBadIndex)
+	if n > limit {
+		return nil, fmt.Errorf("over %d bytes: %w", limit, ErrBadIndex)
 	}
 	if want != "" {
 		return DecodeVerified(buf.Bytes(), want)

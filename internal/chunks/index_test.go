@@ -182,6 +182,43 @@ func TestReadStopsAtLimit(t *testing.T) {
 	}
 }
 
+// An index of a size-byte blob fits EncodedSizeBound, even one of all
+// Min-sized chunks (the most there can be), and ReadAtMost stops one byte
+// past its limit.
+func TestEncodedSizeBound(t *testing.T) {
+	p := smallParams
+	for _, size := range []int64{0, 1, int64(p.Min), int64(p.Min) + 1, 100 << 10} {
+		x := &Index{Params: p, Size: size, Blob: digest.FromString("b")}
+		for left := size; left > 0; left -= int64(p.Min) {
+			x.Chunks = append(x.Chunks, Chunk{Length: uint32(min(left, int64(p.Min)))})
+		}
+		enc, err := x.Encode()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b := EncodedSizeBound(p, size); int64(len(enc)) > b {
+			t.Errorf("size %d: the densest index is %d bytes, over the bound %d", size, len(enc), b)
+		}
+		if _, err := ReadAtMost(bytes.NewReader(enc), DigestOf(enc), int64(len(enc))); err != nil {
+			t.Errorf("size %d: ReadAtMost at the exact length: %v", size, err)
+		}
+	}
+	x := build(t, randomBytes(9, 200<<10), p)
+	if enc, _ := x.Encode(); int64(len(enc)) > EncodedSizeBound(p, x.Size) {
+		t.Errorf("a real index of %d bytes is %d bytes, over the bound", x.Size, len(enc))
+	}
+	if b := EncodedSizeBound(DefaultParams, 1<<30); b > 5<<20 {
+		t.Errorf("bound for 1 GiB is %d bytes; want under 5 MiB", b)
+	}
+	if EncodedSizeBound(DefaultParams, -1) != int64(MaxEncodedSize) {
+		t.Error("an unknown size is not bounded by MaxEncodedSize")
+	}
+	cr := &countingReader{r: io.LimitReader(zeroReader{}, 1<<40)}
+	if _, err := ReadAtMost(cr, "", 4096); !errors.Is(err, ErrBadIndex) || cr.n > 4097 {
+		t.Fatalf("ReadAtMost(4096) of an endless stream = %v after %d bytes", err, cr.n)
+	}
+}
+
 type zeroReader struct{}
 
 func (zeroReader) Read(p []byte) (int, error) { clear(p); return len(p), nil }

@@ -23,6 +23,7 @@ var (
 	_ Source     = (*Depot)(nil)
 	_ Indexer    = (*Depot)(nil)
 	_ Compressor = (*Depot)(nil)
+	_ Recorder   = (*Depot)(nil)
 )
 
 // OpenCompressed implements Compressor: GET /api/v1/blob/<d>/zstd.
@@ -42,6 +43,24 @@ func (d *Depot) Resolve(ctx context.Context) (Descriptor, error) {
 	return Descriptor{Digest: digest.Digest(img.Content.Chksum), Size: img.Content.Size, Identity: img.UID, Chunks: digest.Digest(img.Content.Chunks)}, nil
 }
 
+// Recorded implements Recorder: one GET of the image, whose content and
+// history carry each revision's size and chunk index digest.
+func (d *Depot) Recorded(ctx context.Context, dg digest.Digest) (Descriptor, error) {
+	img, err := d.Client.GetImage(ctx, d.Ref)
+	if err != nil {
+		return Descriptor{}, err
+	}
+	if c := img.Content; c != nil && c.Chksum == dg.String() {
+		return Descriptor{Digest: dg, Size: c.Size, Identity: img.UID, Chunks: digest.Digest(c.Chunks)}, nil
+	}
+	for _, r := range img.History {
+		if r.Chksum == dg.String() {
+			return Descriptor{Digest: dg, Size: r.Size, Identity: img.UID, Chunks: digest.Digest(r.Chunks)}, nil
+		}
+	}
+	return Descriptor{}, fmt.Errorf("no revision of image %s (%s) holds %s: %w", img.Name, img.UID, dg, errdefs.ErrNotFound)
+}
+
 // Open implements Source.
 func (d *Depot) Open(ctx context.Context, dg digest.Digest, offset, length int64, _ string) (Body, error) {
 	c, err := d.Client.OpenBlob(ctx, dg, offset, length)
@@ -52,18 +71,20 @@ func (d *Depot) Open(ctx context.Context, dg digest.Digest, offset, length int64
 }
 
 // ChunkIndex implements Indexer: GET /api/v1/blob/<d>/chunks, at most
-// chunks.MaxEncodedSize bytes, decoded (and verified against want when
+// chunks.EncodedSizeBound(chunks.DefaultParams, size) bytes (with size
+// unknown, chunks.MaxEncodedSize), decoded (and verified against want when
 // the revision recorded it). An index that names another blob is refused.
-func (d *Depot) ChunkIndex(ctx context.Context, dg, want digest.Digest) (*chunks.Index, error) {
+func (d *Depot) ChunkIndex(ctx context.Context, dg, want digest.Digest, size int64) (*chunks.Index, error) {
 	c, err := d.Client.OpenChunkIndex(ctx, dg)
 	if err != nil {
 		return nil, err
 	}
 	defer c.Close()
-	if c.Size > int64(chunks.MaxEncodedSize) {
-		return nil, fmt.Errorf("chunk index of %s from %s declares %d bytes, over %d: %w", dg, d, c.Size, int64(chunks.MaxEncodedSize), chunks.ErrBadIndex)
+	limit := chunks.EncodedSizeBound(chunks.DefaultParams, size)
+	if c.Size > limit {
+		return nil, fmt.Errorf("chunk index of %s from %s declares %d bytes, over %d: %w", dg, d, c.Size, limit, chunks.ErrBadIndex)
 	}
-	x, err := chunks.Read(c, want)
+	x, err := chunks.ReadAtMost(c, want, limit)
 	if err != nil {
 		if errors.Is(err, errdefs.ErrCorrupt) || errors.Is(err, errdefs.ErrVerification) {
 			return nil, fmt.Errorf("chunk index of %s from %s: %w", dg, d, err)

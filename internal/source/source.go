@@ -73,12 +73,28 @@ type Source interface {
 type Indexer interface {
 	// ChunkIndex returns the validated index of d. With a non-empty
 	// want (the digest a revision recorded) the encoded index must hash
-	// to it. The index is still a claim about d's bytes: callers verify
-	// every chunk and the whole-file digest. Errors: ErrNotFound when
-	// the origin has no index (an older server), ErrCorrupt
-	// (chunks.ErrBadIndex) or *errdefs.VerificationError for a bad one,
-	// ErrUnavailable when unreachable.
-	ChunkIndex(ctx context.Context, d, want digest.Digest) (*chunks.Index, error)
+	// to it. size, when known (>= 0), is d's declared size: no more is
+	// read than an index of that size under chunks.DefaultParams can
+	// take (chunks.EncodedSizeBound), so a hostile origin cannot make
+	// every pull read chunks.MaxEncodedSize. The index is still a claim
+	// about d's bytes: callers verify every chunk and the whole-file
+	// digest. Errors: ErrNotFound when the origin has no index (an older
+	// server), ErrCorrupt (chunks.ErrBadIndex) or
+	// *errdefs.VerificationError for a bad one, ErrUnavailable when
+	// unreachable.
+	ChunkIndex(ctx context.Context, d, want digest.Digest, size int64) (*chunks.Index, error)
+}
+
+// Recorder is a source that can say what its origin recorded with the
+// revision holding a digest (a depot image's content and history): its
+// size and the digest of its chunk index. A pinned reference resolves
+// without a request; a transfer that fetches the blob whole asks this
+// once, so that the index it takes is still checked against a digest the
+// revision recorded.
+type Recorder interface {
+	// Recorded returns the descriptor of d as a revision recorded it.
+	// Errors: ErrNotFound when no revision the origin keeps holds d.
+	Recorded(ctx context.Context, d digest.Digest) (Descriptor, error)
 }
 
 // Compressor is a source that can send a byte range of a blob compressed
