@@ -39,9 +39,10 @@ import (
 //     size, with the cache's chunk parameters);
 //  3. every chunk found in a seed is read from it and re-hashed (BLAKE3)
 //     before it is written into the part file; a mismatch only moves the
-//     chunk to the fetch list;
-//  4. the rest is fetched as coalesced single-range requests (at most
-//     deltaRunMax each) over Options.Connections connections, and every
+//     chunk to a second fetch, after the first;
+//  4. at the same time (fill), the rest is fetched as coalesced runs (at
+//     most deltaRunMax each: compressed ranges from a source.Compressor,
+//     else single-range requests) over Options.Connections connections, and every
 //     chunk is hashed as it lands; a chunk that does not match its index
 //     entry ends the delta (the index or the source lies) and the blob is
 //     transferred whole instead;
@@ -382,6 +383,7 @@ func (c *Cache) delta(ctx context.Context, r ref.Ref, src source.Source, want so
 		}
 	}
 	dl := &deltaRun{c: c, p: p, x: x, src: src, o: o, xs: xs, total: x.Size}
+	dl.landedCond = sync.NewCond(&dl.mu)
 	dl.ext = make([]chunks.Extent, 0, len(x.Chunks))
 	for e := range x.Extents() {
 		dl.ext = append(dl.ext, e)
@@ -434,10 +436,14 @@ func (c *Cache) delta(ctx context.Context, r ref.Ref, src source.Source, want so
 		c.addReused(xs, n)
 		dl.moved.Add(n)
 	}
-	if err := dl.fromSeeds(seeds, paths, buf); err != nil {
-		return Image{}, dl.end(err)
-	}
-	if err := dl.fetch(ctx); err != nil {
+	// The whole-file check, exactly as a whole transfer ends, hashed in
+	// order as the chunks land.
+	var hg errgroup.Group
+	hg.Go(dl.hashInOrder)
+	err = dl.fill(ctx, seeds, paths, buf)
+	dl.stopHashing()
+	herr := hg.Wait()
+	if err != nil {
 		return Image{}, dl.end(err)
 	}
 	if err := dl.save(); err != nil {
@@ -446,9 +452,8 @@ func (c *Cache) delta(ctx context.Context, r ref.Ref, src source.Source, want so
 	if n := dl.bytesSet(); n != x.Size {
 		return Image{}, fmt.Errorf("delta transfer of %s ended with %d of %d bytes in place (it resumes next time): %w", d, n, x.Size, errdefs.ErrUnavailable)
 	}
-	// The whole-file check, exactly as a whole transfer ends.
-	if err := p.hashAll(); err != nil {
-		return Image{}, err
+	if herr != nil {
+		return Image{}, herr
 	}
 	if got := p.h.Digest(); got != d {
 		p.discard()
@@ -480,6 +485,62 @@ type deltaRun struct {
 	moved   atomic.Int64 // bytes in place: progress
 	unsaved atomic.Int64
 	plain   atomic.Bool // compressed ranges failed: plain ones only
+
+	// hashInOrder waits on landedCond (on mu) for the next chunk; stopped
+	// says no more will land.
+	landedCond *sync.Cond
+	stopped    bool
+}
+
+// errIncomplete ends hashInOrder when the transfer stopped short.
+var errIncomplete = errors.New("not every chunk in place")
+
+// hashInOrder hashes the part file from its start as chunks land, from
+// fresh hashes (sha256, BLAKE3 and the format sniff), so that the
+// whole-file check runs beside the transfer instead of after it. It reads
+// back what landed (from the page cache) and returns
+// once every chunk is hashed, or errIncomplete when stopHashing was called
+// with a chunk still missing.
+func (dl *deltaRun) hashInOrder() error {
+	p := dl.p
+	p.h.Close()
+	p.resetHashes()
+	p.index.err = errIndexKnown
+	buf := make([]byte, 1<<20)
+	for next := 0; next < len(dl.ext); {
+		dl.mu.Lock()
+		for !dl.isSet(next) && !dl.stopped {
+			dl.landedCond.Wait()
+		}
+		if !dl.isSet(next) {
+			dl.mu.Unlock()
+			return errIncomplete
+		}
+		end := next + 1
+		for end < len(dl.ext) && dl.isSet(end) {
+			end++
+		}
+		dl.mu.Unlock()
+		off, stop := dl.ext[next].Offset, dl.ext[end-1].Offset+int64(dl.ext[end-1].Length)
+		for off < stop {
+			n := min(int64(len(buf)), stop-off)
+			if _, err := p.f.ReadAt(buf[:n], off); err != nil {
+				return dl.c.diskErr(err)
+			}
+			p.hash(buf[:n])
+			off += n
+		}
+		next = end
+	}
+	return nil
+}
+
+// stopHashing tells hashInOrder that no more chunks will land.
+func (dl *deltaRun) stopHashing() {
+	dl.mu.Lock()
+	dl.stopped = true
+	dl.mu.Unlock()
+	dl.landedCond.Broadcast()
 }
 
 func (dl *deltaRun) isSet(i int) bool { return dl.done[i/8]&(1<<(i%8)) != 0 }
@@ -523,6 +584,7 @@ func (dl *deltaRun) landed(i int, how int) error {
 	dl.mu.Lock()
 	dl.set(i)
 	dl.mu.Unlock()
+	dl.landedCond.Broadcast()
 	switch how {
 	case fromSeed:
 		dl.c.addReused(dl.xs, n)
@@ -574,7 +636,7 @@ func (dl *deltaRun) check(e chunks.Extent, f *os.File, off int64, buf []byte) bo
 }
 
 // fromSeeds copies every chunk a seed has, re-hashed.
-func (dl *deltaRun) fromSeeds(seeds *chunks.Seeds, paths map[digest.Digest]string, buf []byte) error {
+func (dl *deltaRun) fromSeeds(ctx context.Context, plan []seedCopy, paths map[digest.Digest]string, buf []byte) error {
 	files := map[digest.Digest]*os.File{}
 	defer func() {
 		for _, f := range files {
@@ -584,27 +646,24 @@ func (dl *deltaRun) fromSeeds(seeds *chunks.Seeds, paths map[digest.Digest]strin
 		}
 	}()
 	bad := 0
-	for i, e := range dl.ext {
-		if dl.isSet(i) {
-			continue
+	for _, sc := range plan {
+		if err := ctx.Err(); err != nil {
+			return err
 		}
-		loc, ok := seeds.Lookup(e.Chunk)
-		if !ok {
-			continue
-		}
-		f, opened := files[loc.Blob]
+		e := dl.ext[sc.i]
+		f, opened := files[sc.loc.Blob]
 		if !opened {
-			f, _ = os.Open(paths[loc.Blob]) // gone since: fetched instead
-			files[loc.Blob] = f
+			f, _ = os.Open(paths[sc.loc.Blob]) // gone since: fetched instead
+			files[sc.loc.Blob] = f
 		}
-		if f == nil || !dl.check(e, f, loc.Offset, buf) {
+		if f == nil || !dl.check(e, f, sc.loc.Offset, buf) {
 			bad++
 			continue
 		}
 		if _, err := dl.p.f.WriteAt(buf[:e.Length], e.Offset); err != nil {
 			return dl.c.diskErr(err)
 		}
-		if err := dl.landed(i, fromSeed); err != nil {
+		if err := dl.landed(sc.i, fromSeed); err != nil {
 			return err
 		}
 	}
@@ -614,25 +673,78 @@ func (dl *deltaRun) fromSeeds(seeds *chunks.Seeds, paths map[digest.Digest]strin
 	return nil
 }
 
-// fetch fetches every chunk not in place as coalesced byte ranges over the
-// cache's connections, verifying each chunk as it lands.
-func (dl *deltaRun) fetch(ctx context.Context) error {
-	type run struct{ first, end int } // chunk indexes [first, end)
-	var runs []run
-	var cur *run
-	var curLen int64
+// seedCopy is a chunk to take from a seed: chunk i of the wanted index,
+// found at loc.
+type seedCopy struct {
+	i   int
+	loc chunks.Location
+}
+
+// planSeeds looks up every chunk not in place in seeds: those found are
+// to be copied (plan), the others fetched (runs).
+func (dl *deltaRun) planSeeds(seeds *chunks.Seeds) (plan []seedCopy, runs []fetchRange) {
+	planned := make([]bool, len(dl.ext))
 	for i, e := range dl.ext {
 		if dl.isSet(i) {
+			continue
+		}
+		if loc, ok := seeds.Lookup(e.Chunk); ok {
+			plan = append(plan, seedCopy{i, loc})
+			planned[i] = true
+		}
+	}
+	return plan, dl.runs(planned)
+}
+
+// fill puts every chunk in place: the seed copies and the fetches at once
+// (they write disjoint chunks, and one is local work while the other waits
+// on the network), then a second fetch of any seed chunk that failed its
+// re-hash.
+func (dl *deltaRun) fill(ctx context.Context, seeds *chunks.Seeds, paths map[digest.Digest]string, buf []byte) error {
+	plan, runs := dl.planSeeds(seeds)
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return dl.fromSeeds(gctx, plan, paths, buf) })
+	g.Go(func() error { return dl.fetch(gctx, runs) })
+	if err := g.Wait(); err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return err
+	}
+	return dl.fetch(ctx, dl.runs(nil))
+}
+
+// fetch fetches every chunk not in place as coalesced byte ranges over the
+// cache's connections, verifying each chunk as it lands.
+// fetchRange is a run of chunks to fetch with one request: chunk indexes
+// [first, end).
+type fetchRange struct{ first, end int }
+
+// runs coalesces the chunks not in place, and not skipped, into runs of at
+// most deltaRunMax bytes. It reads the bitmap: call it while nothing else
+// sets chunks.
+func (dl *deltaRun) runs(skip []bool) []fetchRange {
+	var runs []fetchRange
+	var cur *fetchRange
+	var curLen int64
+	for i, e := range dl.ext {
+		if dl.isSet(i) || (skip != nil && skip[i]) {
 			cur = nil
 			continue
 		}
 		if cur == nil || curLen+int64(e.Length) > deltaRunMax {
-			runs = append(runs, run{i, i})
+			runs = append(runs, fetchRange{i, i})
 			cur, curLen = &runs[len(runs)-1], 0
 		}
 		cur.end = i + 1
 		curLen += int64(e.Length)
 	}
+	return runs
+}
+
+// fetch fetches runs over the cache's connections, verifying each chunk as
+// it lands.
+func (dl *deltaRun) fetch(ctx context.Context, runs []fetchRange) error {
 	if len(runs) == 0 {
 		return nil
 	}
@@ -823,25 +935,6 @@ func (p *partial) resumeIndex(want source.Descriptor) (*chunks.Index, []byte) {
 		return nil, nil
 	}
 	return x, enc
-}
-
-// hashAll hashes the whole part file in order, from fresh hashes.
-func (p *partial) hashAll() error {
-	p.h.Close()
-	p.resetHashes()
-	p.index.err = errIndexKnown
-	buf := make([]byte, 1<<20)
-	var off int64
-	for {
-		n, err := p.f.ReadAt(buf, off)
-		p.hash(buf[:n])
-		off += int64(n)
-		if err == io.EOF {
-			return nil
-		} else if err != nil {
-			return p.c.diskErr(err)
-		}
-	}
 }
 
 func writeIndexFile(path string, enc []byte) error {

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/url"
 	"strconv"
+	"sync"
 	"sync/atomic"
 
 	"github.com/klauspost/compress/zstd"
@@ -73,8 +74,7 @@ func (c *Client) OpenBlobZstd(ctx context.Context, d digest.Digest, offset, leng
 	}
 	body := &headBody{ReadCloser: resp.Body, c: c, head: c.headOf(first), ctx: ctx}
 	wire := &countReader{r: body, max: MaxZstdWire(length)}
-	dec, err := zstd.NewReader(wire, zstd.WithDecoderConcurrency(1),
-		zstd.WithDecoderMaxWindow(maxZstdWindow), zstd.WithDecoderMaxMemory(maxZstdWindow+api.MaxZstdRange))
+	dec, err := getDecoder(wire)
 	if err != nil {
 		resp.Body.Close()
 		return nil, err
@@ -140,8 +140,33 @@ func (r *CompressedRange) classify(err error) error {
 
 // Close releases the decoder and the connection.
 func (r *CompressedRange) Close() error {
-	r.dec.Close()
+	if r.dec != nil {
+		putDecoder(r.dec)
+		r.dec = nil
+	}
 	return r.body.Close()
+}
+
+// decoders keeps zstd decoders for reuse: a new one allocates and clears
+// its history (up to the window) on its first block, which cost more than
+// the decoding of a 100 KiB range. With one goroutine of concurrency a
+// decoder has no goroutines of its own, so a dropped one needs no Close.
+var decoders sync.Pool
+
+func getDecoder(r io.Reader) (*zstd.Decoder, error) {
+	if d, ok := decoders.Get().(*zstd.Decoder); ok {
+		if err := d.Reset(r); err == nil {
+			return d, nil
+		}
+	}
+	return zstd.NewReader(r, zstd.WithDecoderConcurrency(1),
+		zstd.WithDecoderMaxWindow(maxZstdWindow), zstd.WithDecoderMaxMemory(maxZstdWindow+api.MaxZstdRange))
+}
+
+func putDecoder(d *zstd.Decoder) {
+	if d.Reset(nil) == nil { // drops the reader
+		decoders.Put(d)
+	}
 }
 
 // countReader counts what it reads, refuses to read more than max bytes
