@@ -395,3 +395,32 @@ const MediaTypeZstd = "application/zstd"
 
 // MaxZstdRange bounds the length of one compressed range request.
 const MaxZstdRange = 32 << 20
+
+// Index deltas: GET …/blob/<digest>/chunks?base=<digest> may answer the
+// index as a zstd frame whose dictionary is the base blob's own index (the
+// one a node already holds), with HeaderChunksBase naming that base. The
+// frame's dictionary ID is IndexDictID(base).
+const (
+	MediaTypeChunksZstd = "application/vnd.depot.chunks.v1+zstd"
+	HeaderChunksBase    = "X-Depot-Chunks-Base"
+)
+
+// IndexDictID is the zstd dictionary ID of base's index in an index delta:
+// the first four bytes of its sha256, with the top bit set (IDs below 2^15
+// are reserved by the zstd format for registered dictionaries).
+func IndexDictID(base digest.Digest) uint32 {
+	hex := base.Encoded()
+	var id uint32
+	for i := 0; i < 8 && i < len(hex); i++ {
+		c := hex[i]
+		var v byte
+		switch {
+		case c >= '0' && c <= '9':
+			v = c - '0'
+		case c >= 'a' && c <= 'f':
+			v = c - 'a' + 10
+		}
+		id = id<<4 | uint32(v)
+	}
+	return id | 1<<31
+}

@@ -40,9 +40,11 @@ type head struct {
 	// bodyBytes counts the body bytes of blob GETs (ranges included),
 	// indexGets the chunk index GETs.
 	bodyBytes atomic.Int64
-	indexGets atomic.Int64
-	inflight  atomic.Int64 // requests being handled
-	blobs     *local.Store
+	// indexBytes counts the body bytes of chunk index GETs.
+	indexBytes atomic.Int64
+	indexGets  atomic.Int64
+	inflight   atomic.Int64 // requests being handled
+	blobs      *local.Store
 	// noIndex makes the chunk index endpoint answer 404 (an older
 	// server); lieIndex, when set, edits every index served.
 	noIndex  atomic.Bool
@@ -70,7 +72,7 @@ func newHead(t *testing.T) *head {
 				}
 				if strings.HasPrefix(r.URL.Path, "/api/v1/blob/") && strings.HasSuffix(r.URL.Path, "/chunks") {
 					h.indexGets.Add(1)
-					h.serveIndex(t, w, r, next)
+					h.serveIndex(t, &countingWriter{ResponseWriter: w, n: &h.indexBytes}, r, next)
 					return
 				}
 				if strings.HasPrefix(r.URL.Path, "/api/v1/blob/") && r.Method == http.MethodGet {

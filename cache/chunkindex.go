@@ -181,7 +181,7 @@ func (c *Cache) sourceIndex(ctx context.Context, src source.Source, want source.
 	if want.Chunks == "" || want.Size < 0 {
 		return nil
 	}
-	x, _, n, err := c.wantedIndex(ctx, src, want)
+	x, _, n, err := c.wantedIndex(ctx, src, want, nil)
 	c.addFetched(xs, n)
 	if err != nil {
 		if ctx.Err() == nil {

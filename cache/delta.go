@@ -244,11 +244,13 @@ func (c *Cache) seedCandidates(h seedHints) ([]seedBlob, error) {
 	return out, nil
 }
 
-// seedsFor builds the bounded seed lookup for h and the file of each seed.
-func (c *Cache) seedsFor(ctx context.Context, h seedHints) (*chunks.Seeds, map[digest.Digest]string, error) {
+// seedsFor builds the bounded seed lookup for h and the file of each seed,
+// and returns the index of the highest-priority seed (the base an index
+// delta is asked against), nil when there is none.
+func (c *Cache) seedsFor(ctx context.Context, h seedHints) (*chunks.Seeds, map[digest.Digest]string, *chunks.Index, error) {
 	cands, err := c.seedCandidates(h)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	limit := c.opts.SeedEntries
 	if limit <= 0 {
@@ -256,13 +258,14 @@ func (c *Cache) seedsFor(ctx context.Context, h seedHints) (*chunks.Seeds, map[d
 	}
 	seeds, err := chunks.NewSeeds(chunks.DefaultParams, limit)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	paths := map[digest.Digest]string{}
+	var first *chunks.Index
 	lazy := lazyIndexBlobs
 	for _, s := range cands {
 		if ctx.Err() != nil {
-			return nil, nil, ctx.Err()
+			return nil, nil, nil, ctx.Err()
 		}
 		if seeds.Len() >= limit {
 			break // a lower priority would only be dropped again
@@ -287,22 +290,47 @@ func (c *Cache) seedsFor(ctx context.Context, h seedHints) (*chunks.Seeds, map[d
 			continue
 		}
 		paths[s.d] = s.path
+		if first == nil && s.d != h.want {
+			first = x
+		}
 	}
-	return seeds, paths, nil
+	return seeds, paths, first, nil
 }
 
 // wantedIndex returns the index of want.Digest: the cache's own (a blob it
 // had and lost) or the source's, checked against what the transfer
 // expects. Any failure is errNoDelta, except the caller giving up.
-func (c *Cache) wantedIndex(ctx context.Context, src source.Source, want source.Descriptor) (x *chunks.Index, enc []byte, fetched int64, err error) {
+//
+// With a base (the index of the highest-priority seed) and a source that
+// can (source.DeltaIndexer), the index is asked for as a delta against the
+// base's (a few KB where the plain index is hundreds); any failure of that
+// costs the plain request.
+func (c *Cache) wantedIndex(ctx context.Context, src source.Source, want source.Descriptor, base *chunks.Index) (x *chunks.Index, enc []byte, fetched int64, err error) {
 	d := want.Digest
+	plain := false // the plain index was fetched: count its bytes
 	x, ok := c.chunkIndex(d)
 	if !ok || (want.Chunks != "" && !indexDigestIs(x, want.Chunks)) {
 		ix, isIx := src.(source.Indexer)
 		if !isIx {
 			return nil, nil, 0, noDelta("%s serves no chunk index", src)
 		}
-		x, err = ix.ChunkIndex(ctx, d, want.Chunks, want.Size)
+		x = nil
+		if di, isDi := src.(source.DeltaIndexer); isDi && base != nil {
+			var wire int64
+			x, wire, err = di.ChunkIndexDelta(ctx, d, want.Chunks, want.Size, base)
+			fetched += wire
+			if ctx.Err() != nil {
+				return nil, nil, fetched, ctx.Err()
+			}
+			if err != nil {
+				c.log.Debug("chunk index delta refused; fetching the plain index", "digest", d, "base", base.Blob, "err", err)
+				x = nil
+			}
+		}
+		if x == nil {
+			plain = true
+			x, err = ix.ChunkIndex(ctx, d, want.Chunks, want.Size)
+		}
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil, nil, 0, ctx.Err()
@@ -318,8 +346,8 @@ func (c *Cache) wantedIndex(ctx context.Context, src source.Source, want source.
 	if err != nil {
 		return nil, nil, 0, noDelta("chunk index refused: %v", err)
 	}
-	if !ok {
-		fetched = int64(len(enc))
+	if plain {
+		fetched += int64(len(enc))
 	}
 	switch {
 	case x.Blob != d:
@@ -362,7 +390,7 @@ func (c *Cache) delta(ctx context.Context, r ref.Ref, src source.Source, want so
 		return Image{}, err
 	}
 	defer p.close()
-	seeds, paths, err := c.seedsFor(ctx, c.hintsFor(r, want))
+	seeds, paths, base, err := c.seedsFor(ctx, c.hintsFor(r, want))
 	if err != nil {
 		return Image{}, err
 	}
@@ -373,7 +401,7 @@ func (c *Cache) delta(ctx context.Context, r ref.Ref, src source.Source, want so
 			return Image{}, errNoSeed
 		}
 		var n int64
-		x, enc, n, err = c.wantedIndex(ctx, src, want)
+		x, enc, n, err = c.wantedIndex(ctx, src, want, base)
 		c.addFetched(xs, n)
 		if err != nil {
 			if errors.Is(err, errNoDelta) {
@@ -1000,14 +1028,14 @@ func (c *Cache) PlanPull(ctx context.Context, refStr string, o EnsureOptions) (P
 	if !ok {
 		return whole(why)
 	}
-	seeds, _, err := c.seedsFor(ctx, c.hintsFor(r, desc))
+	seeds, _, base, err := c.seedsFor(ctx, c.hintsFor(r, desc))
 	if err != nil {
 		return PullPlan{}, err
 	}
 	if seeds.Len() == 0 {
 		return whole("")
 	}
-	x, _, n, err := c.wantedIndex(ctx, src, desc)
+	x, _, n, err := c.wantedIndex(ctx, src, desc, base)
 	if err != nil {
 		if errors.Is(err, errNoDelta) {
 			return whole(strings.TrimSuffix(err.Error(), ": "+errNoDelta.Error()) + "; transferring whole")

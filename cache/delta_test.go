@@ -105,7 +105,7 @@ func TestDeltaPullFetchesOnlyChangedChunks(t *testing.T) {
 		t.Fatal("no chunk index stored for the downloaded v1")
 	}
 	wantBody, indexLen := newChunks(t, v1, v2)
-	before := h.bodyBytes.Load()
+	before, indexBefore := h.bodyBytes.Load(), h.indexBytes.Load()
 	var progressed bool
 	img, err := c.Ensure(ctx, "img", EnsureOptions{Policy: Always, DeltaProgress: func(r, f, total int64) {
 		progressed = total == size
@@ -114,9 +114,13 @@ func TestDeltaPullFetchesOnlyChangedChunks(t *testing.T) {
 		t.Fatalf("delta pull: %+v %v", img, err)
 	}
 	moved := h.bodyBytes.Load() - before
-	t.Logf("v2 of %d bytes: the server sent %d body bytes (%.2f%%) and a %d-byte index; reused %d", size, moved, 100*float64(moved)/size, indexLen, img.BytesReused)
-	if img.Transfer != "delta" || !wireOK(moved, wantBody) || img.BytesReceived != moved+indexLen || img.BytesFetched != wantBody+indexLen || img.BytesReused != size-wantBody {
-		t.Fatalf("moved %d body bytes, reported %+v; want exactly the %d bytes of new chunks (+%d index)", moved, img, wantBody, indexLen)
+	indexWire := h.indexBytes.Load() - indexBefore
+	t.Logf("v2 of %d bytes: the server sent %d body bytes (%.2f%%) and its %d-byte index in %d bytes (a delta against v1's); reused %d", size, moved, 100*float64(moved)/size, indexLen, indexWire, img.BytesReused)
+	if img.Transfer != "delta" || !wireOK(moved, wantBody) || img.BytesReceived != moved+indexWire || img.BytesFetched != wantBody+indexWire || img.BytesReused != size-wantBody {
+		t.Fatalf("moved %d body bytes, reported %+v; want exactly the %d bytes of new chunks (+%d of index)", moved, img, wantBody, indexWire)
+	}
+	if indexWire == 0 || indexWire > indexLen/10 {
+		t.Fatalf("the %d-byte index took %d bytes: want it as a delta against v1's", indexLen, indexWire)
 	}
 	if !progressed {
 		t.Error("DeltaProgress was not called")
@@ -539,14 +543,14 @@ func TestDeltaCompressedRanges(t *testing.T) {
 				zstdGets.Add(1)
 				return tc.zstd != nil && tc.zstd(w, r)
 			})
-			wantBody, indexLen := newChunks(t, v1, v2)
-			before := h.bodyBytes.Load()
+			wantBody, _ := newChunks(t, v1, v2)
+			before, indexBefore := h.bodyBytes.Load(), h.indexBytes.Load()
 			img, err := c.Ensure(ctx, "img", EnsureOptions{Policy: Always})
 			if err != nil || img.Digest != d2 || img.Transfer != "delta" || !bytes.Equal(mustRead(t, img.Path), v2) {
 				t.Fatalf("delta pull: %+v %v", img, err)
 			}
 			h.quiet(t)
-			moved := h.bodyBytes.Load() - before
+			moved, indexLen := h.bodyBytes.Load()-before, h.indexBytes.Load()-indexBefore
 			t.Logf("%d bytes of new chunks: fetched %d, received %d, the server sent %d body bytes in %d compressed requests",
 				wantBody, img.BytesFetched, img.BytesReceived, moved, zstdGets.Load())
 			if img.BytesFetched != wantBody+indexLen || img.BytesReused != size-wantBody || zstdGets.Load() == 0 {
@@ -592,5 +596,34 @@ func TestDeltaSeedWithStaleIndex(t *testing.T) {
 	}
 	if x, ok := c.chunkIndex(d1); !ok || x.Params != chunks.DefaultParams {
 		t.Fatalf("v1's index was not made again with the current parameters")
+	}
+}
+
+// TestDeltaIndexDeltaFallsBack: an index delta that does not decode with
+// the node's copy of the base's index costs the plain index, not the
+// delta: the pull is a delta and exact, and both answers count as fetched.
+func TestDeltaIndexDeltaFallsBack(t *testing.T) {
+	h := newHead(t)
+	const size = 8 << 20
+	c, v1, v2, d1, d2 := deltaPair(t, h, size)
+	garbage := bytes.Repeat([]byte{0x28, 0xb5, 0x2f, 0xfd, 0x42}, 50)
+	var deltas atomic.Int64
+	h.hostile.Store(func(w http.ResponseWriter, r *http.Request) bool {
+		if !strings.HasSuffix(r.URL.Path, "/chunks") || r.URL.Query().Get("base") == "" {
+			return false
+		}
+		deltas.Add(1)
+		w.Header().Set("Content-Type", "application/vnd.depot.chunks.v1+zstd")
+		w.Header().Set("X-Depot-Chunks-Base", d1.String())
+		w.Write(garbage)
+		return true
+	})
+	wantBody, indexLen := newChunks(t, v1, v2)
+	img, err := c.Ensure(ctx, "img", EnsureOptions{Policy: Always})
+	if err != nil || img.Digest != d2 || img.Transfer != "delta" || !bytes.Equal(mustRead(t, img.Path), v2) {
+		t.Fatalf("pull: %+v %v", img, err)
+	}
+	if deltas.Load() != 1 || img.BytesFetched != wantBody+indexLen+int64(len(garbage)) {
+		t.Fatalf("%d index deltas asked, %+v; want one, then the plain %d-byte index and %d bytes of chunks", deltas.Load(), img, indexLen, wantBody)
 	}
 }

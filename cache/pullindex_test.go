@@ -177,13 +177,13 @@ func TestDeltaAfterServerIndexedPull(t *testing.T) {
 	if x, ok := c.chunkIndex(d1); !ok || x.Size != size {
 		t.Fatal("no chunk index of v1")
 	}
-	wantBody, indexLen := newChunks(t, v1, v2)
-	before := h.bodyBytes.Load()
+	wantBody, _ := newChunks(t, v1, v2)
+	before, indexBefore := h.bodyBytes.Load(), h.indexBytes.Load()
 	img, err := c.Ensure(ctx, "img", EnsureOptions{Policy: Always})
 	if err != nil || img.Digest != d2 || !bytes.Equal(mustRead(t, img.Path), v2) {
 		t.Fatalf("delta pull: %+v %v", img, err)
 	}
-	moved := h.bodyBytes.Load() - before
+	moved, indexLen := h.bodyBytes.Load()-before, h.indexBytes.Load()-indexBefore
 	if img.Transfer != "delta" || !wireOK(moved, wantBody) || img.BytesReceived != moved+indexLen || img.BytesFetched != wantBody+indexLen || img.BytesReused != size-wantBody {
 		t.Fatalf("moved %d body bytes, %+v; want the %d bytes of new chunks (+%d index) and %d reused", moved, img, wantBody, indexLen, size-wantBody)
 	}

@@ -320,10 +320,26 @@ func (s *Server) getChunks(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
+	base, err := parseBaseQuery(r.URL.RawQuery)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
 	enc, xd, err := s.chunkIndex(r.Context(), d)
 	if err != nil {
 		s.fail(w, r, err)
 		return
+	}
+	if base != "" && r.Method == http.MethodGet && r.Header.Get("Range") == "" {
+		frame, ok, err := s.indexDelta(r.Context(), d, xd, base, enc)
+		if err != nil {
+			s.fail(w, r, err)
+			return
+		}
+		if ok {
+			s.serveIndexDelta(w, d, xd, base, frame)
+			return
+		}
 	}
 	h := w.Header()
 	h.Set("Content-Type", api.MediaTypeChunks)

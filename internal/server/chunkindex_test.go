@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/klauspost/compress/zstd"
 	"github.com/minio/minio-go/v7/pkg/credentials"
 	"github.com/opencontainers/go-digest"
 
@@ -452,5 +453,59 @@ func TestChunkIndexStaleParams(t *testing.T) {
 	}
 	if rec, err := e.indexStore().GetIndex(ctx, d, maxIndexRecord); err != nil || !bytes.Equal(rec, sealIndex(body)) {
 		t.Fatalf("the stale index was not replaced: %v", err)
+	}
+}
+
+// TestChunkIndexDelta: GET …/chunks?base=<digest> answers the index as a
+// zstd frame with the base's stored index as its dictionary, a small
+// fraction of the plain index, that decodes with it to exactly the plain
+// index; without a stored index of the base (an unknown blob) it answers
+// the plain index; the query is strict.
+func TestChunkIndexDelta(t *testing.T) {
+	e := newEnv(t, nil)
+	v1 := randData(t, 4<<20)
+	v2 := bytes.Clone(v1)
+	copy(v2[2<<20:], randData(t, 64<<10))
+	d1, d2 := pushData(t, e, "a", v1), pushData(t, e, "b", v2)
+	base, _ := e.getChunks(d1)
+	plain, xd := e.getChunks(d2)
+	resp, env, body := e.raw("GET", "/api/v1/blob/"+d2.String()+"/chunks?base="+d1.String(), "reader", nil, nil)
+	if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != api.MediaTypeChunksZstd ||
+		resp.Header.Get(api.HeaderChunksBase) != d1.String() || resp.Header.Get(api.HeaderChunksDigest) != xd.String() {
+		t.Fatalf("index delta: %d %v %+v", resp.StatusCode, resp.Header, env)
+	}
+	dec, err := zstd.NewReader(nil, zstd.WithDecoderDictRaw(api.IndexDictID(d1), base))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dec.Close()
+	got, err := dec.DecodeAll(body, nil)
+	if err != nil || !bytes.Equal(got, plain) {
+		t.Fatalf("the delta decodes to %d bytes (%v), not the %d-byte index", len(got), err, len(plain))
+	}
+	t.Logf("index of %d bytes sent as %d against the base's", len(plain), len(body))
+	if len(body) > len(plain)/4 {
+		t.Fatalf("the delta is %d bytes for a %d-byte index", len(body), len(plain))
+	}
+	// Client side: the same bytes, and a base the client holds differently
+	// is refused as corrupt.
+	enc, wire, err := e.reader.ChunkIndexDelta(ctx, d2, d1, base, 1<<20)
+	if err != nil || !bytes.Equal(enc, plain) || wire != int64(len(body)) {
+		t.Fatalf("ChunkIndexDelta: %d bytes in %d, %v", len(enc), wire, err)
+	}
+	other := bytes.Clone(base)
+	other[len(other)/2] ^= 1
+	if _, _, err := e.reader.ChunkIndexDelta(ctx, d2, d1, other, 1<<20); !errors.Is(err, errdefs.ErrCorrupt) {
+		t.Fatalf("with another base index: %v; want ErrCorrupt", err)
+	}
+	// No stored index of the base: the plain index.
+	resp, _, body = e.raw("GET", "/api/v1/blob/"+d2.String()+"/chunks?base="+digest.FromString("x").String(), "reader", nil, nil)
+	if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != api.MediaTypeChunks || !bytes.Equal(body, plain) {
+		t.Fatalf("unknown base: %d %s, %d bytes", resp.StatusCode, resp.Header.Get("Content-Type"), len(body))
+	}
+	for _, q := range []string{"base=x", "base=" + d1.String() + "&base=" + d1.String(), "other=1", "base=" + d1.String() + "&%zz"} {
+		if resp, env, _ := e.raw("GET", "/api/v1/blob/"+d2.String()+"/chunks?"+q, "reader", nil, nil); resp.StatusCode != http.StatusBadRequest {
+			t.Errorf("?%s: %d %+v; want 400", q, resp.StatusCode, env)
+		}
 	}
 }

@@ -1,6 +1,7 @@
 package source
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -20,11 +21,35 @@ type Depot struct {
 }
 
 var (
-	_ Source     = (*Depot)(nil)
-	_ Indexer    = (*Depot)(nil)
-	_ Compressor = (*Depot)(nil)
-	_ Recorder   = (*Depot)(nil)
+	_ Source       = (*Depot)(nil)
+	_ Indexer      = (*Depot)(nil)
+	_ Compressor   = (*Depot)(nil)
+	_ Recorder     = (*Depot)(nil)
+	_ DeltaIndexer = (*Depot)(nil)
 )
+
+// ChunkIndexDelta implements DeltaIndexer: GET
+// /api/v1/blob/<d>/chunks?base=<base>, decoded with base's encoded index
+// as the dictionary, then checked as ChunkIndex checks a plain one.
+func (d *Depot) ChunkIndexDelta(ctx context.Context, dg, want digest.Digest, size int64, base *chunks.Index) (*chunks.Index, int64, error) {
+	baseEnc, err := base.Encode()
+	if err != nil {
+		return nil, 0, err
+	}
+	limit := chunks.EncodedSizeBound(chunks.DefaultParams, size)
+	enc, wire, err := d.Client.ChunkIndexDelta(ctx, dg, base.Blob, baseEnc, limit)
+	if err != nil {
+		return nil, wire, err
+	}
+	x, err := chunks.ReadAtMost(bytes.NewReader(enc), want, limit)
+	if err != nil {
+		return nil, wire, fmt.Errorf("chunk index of %s from %s: %w", dg, d, err)
+	}
+	if x.Blob != dg {
+		return nil, wire, fmt.Errorf("chunk index from %s names %s, not %s: %w", d, x.Blob, dg, chunks.ErrBadIndex)
+	}
+	return x, wire, nil
+}
 
 // OpenCompressed implements Compressor: GET /api/v1/blob/<d>/zstd.
 func (d *Depot) OpenCompressed(ctx context.Context, dg digest.Digest, offset, length int64) (CompressedBody, error) {

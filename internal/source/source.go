@@ -97,6 +97,18 @@ type Recorder interface {
 	Recorded(ctx context.Context, d digest.Digest) (Descriptor, error)
 }
 
+// DeltaIndexer is an Indexer that can send an index as a delta against
+// the index of a blob the caller holds (a depot server: GET
+// /blob/<digest>/chunks?base=<digest>, a zstd frame with the base's index
+// as its dictionary). It is an optimisation only: any error means ask
+// ChunkIndex instead.
+type DeltaIndexer interface {
+	// ChunkIndexDelta returns the validated index of d, checked as
+	// ChunkIndex checks it (against want when non-empty, bounded by
+	// size), and the bytes that crossed the network for it.
+	ChunkIndexDelta(ctx context.Context, d, want digest.Digest, size int64, base *chunks.Index) (*chunks.Index, int64, error)
+}
+
 // Compressor is a source that can send a byte range of a blob compressed
 // (a depot server: GET /blob/<digest>/zstd), so a delta transfer moves
 // fewer bytes than the chunks it lacks. It is an optimisation only: a
