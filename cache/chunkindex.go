@@ -10,6 +10,8 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/depot-images/depot/client"
+	"github.com/depot-images/depot/errdefs"
 	"github.com/depot-images/depot/internal/atomicfile"
 	"github.com/depot-images/depot/internal/chunks"
 	"github.com/depot-images/depot/internal/source"
@@ -192,4 +194,19 @@ func (c *Cache) sourceIndex(ctx context.Context, src source.Source, want source.
 	}
 	xs.index.Store(x)
 	return x
+}
+
+// IndexSource is the chunk index the cache keeps of a blob it holds, as a
+// delta push's base index (client.PushOptions.DeltaIndex): read from
+// index/chunks/<hex>, no request and no read of the blob. A blob without
+// one (or with one of other parameters) is errdefs.ErrNotFound. Like any
+// base index it only plans the push: the server re-hashes every chunk it
+// takes from its own copy of the base and refuses a recipe that lies.
+func (c *Cache) IndexSource() client.IndexSource {
+	return client.IndexSourceFunc(func(_ context.Context, base digest.Digest) (*chunks.Index, error) {
+		if x, ok := c.chunkIndex(base); ok {
+			return x, nil
+		}
+		return nil, fmt.Errorf("the cache has no chunk index of %s: %w", base, errdefs.ErrNotFound)
+	})
 }

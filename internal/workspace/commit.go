@@ -125,11 +125,17 @@ func (m *Manager) Commit(ctx context.Context, ref string, o CommitOptions) (Comm
 		po.Progress = func(sent, _, total int64) { o.Progress(sent, total) }
 	}
 	if !o.NoDelta && ifMatch != "" {
-		// A delta against the content being replaced: the server's index
-		// of it, or, when that is the workspace's base, the index of the
-		// cached copy (a server without chunk indexes).
+		// A delta against the content being replaced. When that is the
+		// workspace's base, the cache holds its index already (no request:
+		// the server's would cost about 0.07% of the image); else the
+		// server's index of it, and last the cached copy cut here (a
+		// server without chunk indexes).
 		po.DeltaBase = ifMatch
-		srcs := []client.IndexSource{m.Client.ServerIndex()}
+		var srcs []client.IndexSource
+		if ifMatch == meta.Base {
+			srcs = append(srcs, m.Cache.IndexSource())
+		}
+		srcs = append(srcs, m.Client.ServerIndex())
 		if ifMatch == meta.Base {
 			srcs = append(srcs, client.FileIndex(m.Cache.BlobPath(meta.Base)))
 		}
