@@ -466,11 +466,7 @@ func (c *Cache) delta(ctx context.Context, r ref.Ref, src source.Source, want so
 	}
 	// The whole-file check, exactly as a whole transfer ends, hashed in
 	// order as the chunks land.
-	var hg errgroup.Group
-	hg.Go(dl.hashInOrder)
-	err = dl.fill(ctx, seeds, paths, buf)
-	dl.stopHashing()
-	herr := hg.Wait()
+	err, herr := dl.fillHashing(ctx, seeds, paths, buf)
 	if err != nil {
 		return Image{}, dl.end(err)
 	}
@@ -518,6 +514,8 @@ type deltaRun struct {
 	// says no more will land.
 	landedCond *sync.Cond
 	stopped    bool
+	abort      atomic.Bool // the transfer failed: stop hashing at once
+	progressMu sync.Mutex  // one progress callback at a time
 }
 
 // errIncomplete ends hashInOrder when the transfer stopped short.
@@ -551,6 +549,9 @@ func (dl *deltaRun) hashInOrder() error {
 		dl.mu.Unlock()
 		off, stop := dl.ext[next].Offset, dl.ext[end-1].Offset+int64(dl.ext[end-1].Length)
 		for off < stop {
+			if dl.abort.Load() {
+				return errIncomplete
+			}
 			n := min(int64(len(buf)), stop-off)
 			if _, err := p.f.ReadAt(buf[:n], off); err != nil {
 				return dl.c.diskErr(err)
@@ -563,12 +564,30 @@ func (dl *deltaRun) hashInOrder() error {
 	return nil
 }
 
-// stopHashing tells hashInOrder that no more chunks will land.
-func (dl *deltaRun) stopHashing() {
+// stopHashing tells hashInOrder that no more chunks will land; with
+// abort, that its hash is not wanted either (it returns at its next read).
+func (dl *deltaRun) stopHashing(abort bool) {
+	if abort {
+		dl.abort.Store(true)
+	}
 	dl.mu.Lock()
 	dl.stopped = true
 	dl.mu.Unlock()
 	dl.landedCond.Broadcast()
+}
+
+// fillHashing runs fill with hashInOrder beside it and joins both, however
+// fill ends: err is fill's, herr the hasher's.
+func (dl *deltaRun) fillHashing(ctx context.Context, seeds *chunks.Seeds, paths map[digest.Digest]string, buf []byte) (err, herr error) {
+	var hg errgroup.Group
+	hg.Go(dl.hashInOrder)
+	defer func() {
+		dl.stopHashing(err != nil)
+		if werr := hg.Wait(); herr == nil {
+			herr = werr
+		}
+	}()
+	return dl.fill(ctx, seeds, paths, buf), nil
 }
 
 func (dl *deltaRun) isSet(i int) bool { return dl.done[i/8]&(1<<(i%8)) != 0 }
@@ -622,11 +641,17 @@ func (dl *deltaRun) landed(i int, how int) error {
 		dl.c.addContent(dl.xs, n)
 	}
 	moved := dl.moved.Add(n)
-	if dl.o.Progress != nil {
-		dl.o.Progress(moved, dl.total)
-	}
-	if dl.o.DeltaProgress != nil {
-		dl.o.DeltaProgress(dl.xs.reused.Load(), dl.xs.fetched.Load(), dl.total)
+	if dl.o.Progress != nil || dl.o.DeltaProgress != nil {
+		// Seed copies and fetches land at once; the callbacks are called
+		// one at a time.
+		dl.progressMu.Lock()
+		if dl.o.Progress != nil {
+			dl.o.Progress(moved, dl.total)
+		}
+		if dl.o.DeltaProgress != nil {
+			dl.o.DeltaProgress(dl.xs.reused.Load(), dl.xs.fetched.Load(), dl.total)
+		}
+		dl.progressMu.Unlock()
 	}
 	if u := dl.unsaved.Add(n); u >= deltaSaveMax || (u >= deltaSaveEvery && dl.sinceSave() >= deltaSaveGap) {
 		return dl.save()
@@ -784,11 +809,13 @@ func (dl *deltaRun) fetch(ctx context.Context, runs []fetchRange) error {
 		}
 		g.Go(func() error { return dl.fetchRun(gctx, rn.first, rn.end) })
 	}
-	err := g.Wait()
-	if err != nil && ctx.Err() != nil {
-		return ctx.Err()
+	if err := g.Wait(); err != nil || ctx.Err() != nil {
+		if ctx.Err() != nil {
+			return ctx.Err() // not "ended short": the caller gave up
+		}
+		return err
 	}
-	return err
+	return nil
 }
 
 // fetchRun fetches chunks [first, end) with one range request: compressed

@@ -65,20 +65,23 @@ func (c *Client) ChunkIndexDelta(ctx context.Context, d, base digest.Digest, bas
 	if got := resp.Header.Get(api.HeaderChunksBase); got != base.String() {
 		return nil, wire, fmt.Errorf("chunk index of %s: a delta against %.80q, not %s: %w", d, got, base, errdefs.ErrCorrupt)
 	}
-	// The server's window covers the base index and the new one (so that
-	// entries match across the whole dictionary); no honest frame needs
-	// more, and the window is what a frame can make the decoder allocate.
-	window := uint64(zstd.MinWindowSize)
-	for window < uint64(len(baseIndex))+uint64(limit) && window < zstd.MaxWindowSize {
-		window <<= 1
+	// The frame must say how long the index is (the server's EncodeAll
+	// does), within limit, and name base's dictionary: the output is then
+	// allocated once, at that size, and decoding cannot run past it (a
+	// frame without a content size could make DecodeAll produce and throw
+	// away several times limit before refusing).
+	var hdr zstd.Header
+	if err := hdr.Decode(body); err != nil || !hdr.HasFCS || hdr.FrameContentSize > uint64(limit) || hdr.DictionaryID != api.IndexDictID(base) {
+		return nil, wire, fmt.Errorf("chunk index of %s as a delta against %s: a frame header of %d bytes, dictionary %d, that this client does not take (%v): %w",
+			d, base, hdr.FrameContentSize, hdr.DictionaryID, err, errdefs.ErrCorrupt)
 	}
 	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderDictRaw(api.IndexDictID(base), baseIndex),
-		zstd.WithDecoderMaxMemory(uint64(limit)), zstd.WithDecoderMaxWindow(window))
+		zstd.WithDecoderMaxMemory(uint64(limit)), zstd.WithDecodeAllCapLimit(true))
 	if err != nil {
 		return nil, wire, err
 	}
 	defer dec.Close()
-	enc, err = dec.DecodeAll(body, nil)
+	enc, err = dec.DecodeAll(body, make([]byte, 0, hdr.FrameContentSize))
 	if err != nil {
 		return nil, wire, fmt.Errorf("chunk index of %s as a delta against %s: %v: %w", d, base, err, errdefs.ErrCorrupt)
 	}

@@ -493,10 +493,14 @@ func TestChunkIndexDelta(t *testing.T) {
 	if err != nil || !bytes.Equal(enc, plain) || wire != int64(len(body)) {
 		t.Fatalf("ChunkIndexDelta: %d bytes in %d, %v", len(enc), wire, err)
 	}
-	other := bytes.Clone(base)
-	other[len(other)/2] ^= 1
+	// A base the client holds differently: the frame's checksum refuses
+	// what it decodes to; and a limit below the index refuses the header.
+	other := bytes.Repeat([]byte{0x55}, len(base))
 	if _, _, err := e.reader.ChunkIndexDelta(ctx, d2, d1, other, 1<<20); !errors.Is(err, errdefs.ErrCorrupt) {
 		t.Fatalf("with another base index: %v; want ErrCorrupt", err)
+	}
+	if _, _, err := e.reader.ChunkIndexDelta(ctx, d2, d1, base, int64(len(plain)-1)); !errors.Is(err, errdefs.ErrCorrupt) {
+		t.Fatalf("with a limit below the index: %v; want ErrCorrupt", err)
 	}
 	// No stored index of the base: the plain index.
 	resp, _, body = e.raw("GET", "/api/v1/blob/"+d2.String()+"/chunks?base="+digest.FromString("x").String(), "reader", nil, nil)
