@@ -210,3 +210,19 @@ func (c *Cache) IndexSource() client.IndexSource {
 		return nil, fmt.Errorf("the cache has no chunk index of %s: %w", base, errdefs.ErrNotFound)
 	})
 }
+
+// AddIndex stores x as the chunk index of the committed blob it names, for
+// a caller that cut it from that blob's own bytes (a workspace commit cuts
+// the file it adopts in the pass that hashes it), so the blob is a seed and
+// a delta push's base without being read again. An index that does not
+// validate, of other parameters, or of a blob the cache does not hold is
+// ignored.
+func (c *Cache) AddIndex(x *chunks.Index) {
+	if x == nil || x.Params != chunks.DefaultParams || x.Validate() != nil {
+		return
+	}
+	if fi, err := os.Stat(c.BlobPath(x.Blob)); err != nil || fi.Size() != x.Size {
+		return
+	}
+	c.storeChunkIndex(x)
+}

@@ -13,6 +13,7 @@ import (
 	"github.com/depot-images/depot/cache"
 	"github.com/depot-images/depot/client"
 	"github.com/depot-images/depot/errdefs"
+	"github.com/depot-images/depot/internal/chunks"
 	"github.com/depot-images/depot/internal/contenthash"
 	"github.com/depot-images/depot/internal/format"
 	"github.com/depot-images/depot/internal/names"
@@ -100,7 +101,7 @@ func (m *Manager) Commit(ctx context.Context, ref string, o CommitOptions) (Comm
 	if err != nil {
 		return CommitResult{}, err
 	}
-	sum, b3, err := hashFile(f)
+	sum, b3, index, err := hashFile(f)
 	if err != nil {
 		f.Close()
 		return CommitResult{}, err
@@ -174,6 +175,11 @@ func (m *Manager) Commit(ctx context.Context, ref string, o CommitOptions) (Comm
 	if err != nil {
 		return CommitResult{}, fmt.Errorf("uploaded %s, but re-basing the workspace failed: %w", sum, err)
 	}
+	if index != nil {
+		// The next commit's delta is planned with it (Cache.IndexSource),
+		// and the next pull uses the blob as a seed, without reading it.
+		m.Cache.AddIndex(index)
+	}
 	res := CommitResult{UID: target, Name: targetName, Digest: base.Digest, Size: base.Size, Format: base.Format, Base: meta.Base,
 		BytesSent: stats.BytesSent, BytesReused: stats.BytesReused, Delta: stats.Delta, DeltaFallback: stats.Fallback}
 	if err := m.rebase(ctx, meta, target, targetName, base); err != nil {
@@ -214,15 +220,39 @@ func (m *Manager) commitTarget(ctx context.Context, st Status, o CommitOptions) 
 	return st.UID, st.Name, st.Base, nil
 }
 
-// hashFile is the sha256 and the BLAKE3 of f from its offset on, in one
-// pass.
-func hashFile(f *os.File) (digest.Digest, string, error) {
+// hashFile is the sha256, the BLAKE3 and the chunk index of f from its
+// offset on, in one pass. The index is nil when it cannot be made (the
+// content is too large for one): the cache makes one lazily then.
+func hashFile(f *os.File) (digest.Digest, string, *chunks.Index, error) {
 	h := contenthash.NewDualHasher()
 	defer h.Close()
-	if _, err := io.CopyBuffer(h, f, make([]byte, 1<<20)); err != nil {
-		return "", "", err
+	sp, err := chunks.NewSplitter(chunks.DefaultParams, nil)
+	if err != nil {
+		return "", "", nil, err
 	}
-	return h.Digest(), h.BLAKE3(), nil
+	cut := &bestEffort{w: sp}
+	if _, err := io.CopyBuffer(io.MultiWriter(h, cut), f, make([]byte, 1<<20)); err != nil {
+		return "", "", nil, err
+	}
+	var x *chunks.Index
+	if cut.err == nil {
+		x, _ = sp.Finish(h.Digest())
+	}
+	return h.Digest(), h.BLAKE3(), x, nil
+}
+
+// bestEffort writes to w until w fails, then only counts: the chunk index
+// of a commit is a saving, never a reason to fail it.
+type bestEffort struct {
+	w   io.Writer
+	err error
+}
+
+func (b *bestEffort) Write(p []byte) (int, error) {
+	if b.err == nil {
+		_, b.err = b.w.Write(p)
+	}
+	return len(p), nil
 }
 
 func (m *Manager) repack(ctx context.Context, dir string, meta Meta, out string) error {

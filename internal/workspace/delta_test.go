@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -154,5 +155,23 @@ func TestCommitTakesTheCachedIndex(t *testing.T) {
 	}
 	if n := indexGets.Load(); n != 0 {
 		t.Fatalf("the commit asked the server for %d chunk indexes; want none (the cache holds the base's)", n)
+	}
+	// The committed content, adopted as the new base, has its index too
+	// (cut while the commit hashed it): a second commit asks for none either.
+	rc, err := c.OpenContent(ctx, "node")
+	if err != nil {
+		t.Fatal(err)
+	}
+	v2, _ := io.ReadAll(rc)
+	rc.Close()
+	if x, err := m.Cache.IndexSource().BaseIndex(ctx, res.Digest); err != nil || !reflect.DeepEqual(x, chunkIndex(t, v2)) {
+		t.Fatalf("the cache's index of the committed content: %v", err)
+	}
+	os.WriteFile(filepath.Join(st.Dir, "root", "usr", "lib", "new2.so"), noise(98, 256<<10), 0o644)
+	if res, err := m.Commit(ctx, "node", CommitOptions{Message: "add more"}); err != nil || !res.Delta {
+		t.Fatalf("second commit: %+v %v; want a delta", res, err)
+	}
+	if n := indexGets.Load(); n != 0 {
+		t.Fatalf("the commits asked the server for %d chunk indexes; want none", n)
 	}
 }

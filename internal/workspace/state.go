@@ -110,10 +110,11 @@ func (m *Manager) settlePending(ctx context.Context, meta Meta) Meta {
 // when it is still there and hashes right, else a fetch by digest.
 func (m *Manager) adoptOrFetch(ctx context.Context, out string, d digest.Digest, uid string) (cache.Image, bool) {
 	if f, err := os.Open(out); err == nil {
-		sum, b3, err := hashFile(f)
+		sum, b3, index, err := hashFile(f)
 		f.Close()
 		if err == nil && sum == d {
 			if img, err := m.Cache.Adopt(ctx, out, d, b3, uid+"@"+d.String()); err == nil {
+				m.Cache.AddIndex(index)
 				return img, true
 			}
 		}
