@@ -132,7 +132,12 @@ func (c *Client) pushDelta(ctx context.Context, ref string, ra io.ReaderAt, star
 		return info, stats, "", errNoDelta{fmt.Errorf("no chunk index of the base %s: %w", opts.DeltaBase, err)}
 	}
 	file := func() *io.SectionReader { return io.NewSectionReader(ra, start, math.MaxInt64-start) }
-	next, err := chunks.Build(ctx, file(), baseIdx.Params, opts.Digest)
+	if err := baseIdx.Validate(); err != nil {
+		return info, stats, "", errNoDelta{fmt.Errorf("the chunk index of the base %s: %w", opts.DeltaBase, err)}
+	}
+	// One read of the file: its index, its sha256 and the recipe, with
+	// runs of chunks merged into long entries.
+	rc, next, err := recipe.PlanFile(ctx, file(), baseIdx, opts.Digest)
 	switch {
 	case errors.Is(err, errdefs.ErrTooLarge) || errors.Is(err, errdefs.ErrInvalidArgument):
 		return info, stats, "", errNoDelta{err}
@@ -142,10 +147,6 @@ func (c *Client) pushDelta(ctx context.Context, ref string, ra io.ReaderAt, star
 		return info, stats, "", &errdefs.VerificationError{WantSize: size, GotSize: next.Size}
 	}
 	sum = next.Blob
-	rc, err := recipe.Plan(next, baseIdx)
-	if err != nil {
-		return info, stats, sum, errNoDelta{err}
-	}
 	if rc.Reused() == 0 {
 		return info, stats, sum, errNoDelta{errors.New("the base shares no chunk with the content")}
 	}

@@ -20,6 +20,13 @@ import (
 // only ever made of the content it names. It reads through go-cdc-chunkers'
 // own buffered reader (2*Params.Max bytes) and stops when ctx is done.
 func Build(ctx context.Context, r io.Reader, p Params, want digest.Digest) (*Index, error) {
+	return BuildEach(ctx, r, p, want, nil)
+}
+
+// BuildEach is Build, calling each (when not nil) with every chunk and its
+// bytes, in order, as it is cut; the bytes are valid only during the call,
+// and an error from each stops the build with it.
+func BuildEach(ctx context.Context, r io.Reader, p Params, want digest.Digest, each func(Chunk, []byte) error) (*Index, error) {
 	if want != "" && (want.Algorithm() != digest.SHA256 || want.Validate() != nil) {
 		return nil, fmt.Errorf("chunk index: want %q is not a sha256 digest: %w", want, errdefs.ErrInvalidArgument)
 	}
@@ -36,8 +43,14 @@ func Build(ctx context.Context, r io.Reader, p Params, want digest.Digest) (*Ind
 			if len(x.Chunks) >= MaxChunks {
 				return nil, fmt.Errorf("chunk index: blob needs more than %d chunks: %w", MaxChunks, errdefs.ErrTooLarge)
 			}
-			x.Chunks = append(x.Chunks, Chunk{Length: uint32(len(chunk)), Hash: HashOf(chunk)})
+			c := Chunk{Length: uint32(len(chunk)), Hash: HashOf(chunk)}
+			x.Chunks = append(x.Chunks, c)
 			x.Size += int64(len(chunk))
+			if each != nil {
+				if err := each(c, chunk); err != nil {
+					return nil, err
+				}
+			}
 		}
 		if errors.Is(err, io.EOF) {
 			break

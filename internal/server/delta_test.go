@@ -212,7 +212,11 @@ func TestDeltaPush(t *testing.T) {
 				t.Fatal("the served content is not v2")
 			}
 			pull := missing(indexOf(t, v2), indexOf(t, v1))
-			entries := int64(len(indexOf(t, v2).Chunks))
+			planned, _, err := recipe.PlanFile(ctx, bytes.NewReader(v2), indexOf(t, v1), "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			entries := int64(len(planned.Entries))
 			t.Logf("%s: v2 %d bytes; on the wire %d bytes in %d PUT (stats: sent %d, reused %d); changed chunks %d bytes, recipe %d bytes",
 				store, len(v2), onWire, puts, st.BytesSent, st.BytesReused, pull, recipe.HeaderSize+entries*recipe.EntrySize)
 			if !st.Delta || puts != 1 || onWire != st.BytesSent || st.BytesSent+st.BytesReused < int64(len(v2)) {
