@@ -59,7 +59,7 @@ echo "== fuzz ($FUZZTIME each)"
 # run. Go's fuzzing engine also fails runs on its own now and then without
 # an input ("context deadline exceeded" at the -fuzztime boundary on a busy
 # machine, golang/go#51484 and #56238); such a run is tried again, up to
-# three times in all, and a third failure fails CI all the same (with 14
+# three times in all, and a third failure fails CI all the same (with 16
 # targets, two flakes of one target in a row were seen once).
 fuzz() {
   local out
@@ -86,4 +86,6 @@ fuzz ./internal/blob/s3 FuzzParseURL
 fuzz ./internal/chunks FuzzDecodeIndex
 fuzz ./internal/chunks FuzzSplitterChunking
 fuzz ./internal/recipe FuzzRecipe
+fuzz ./internal/recipe FuzzPlanFile
+fuzz ./internal/server FuzzRangeQuery
 echo "== all tests passed"

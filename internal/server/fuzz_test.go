@@ -4,9 +4,13 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"net/url"
+	"strconv"
 	"strings"
 	"testing"
 
+	"github.com/depot-images/depot/api"
 	"github.com/depot-images/depot/errdefs"
 )
 
@@ -92,6 +96,53 @@ func FuzzValidRef(f *testing.F) {
 					t.Fatalf("validRef accepted %q containing %q", s, bad)
 				}
 			}
+		}
+	})
+}
+
+// FuzzRangeQuery: the compressed-range and index-delta queries are parsed
+// strictly. Whatever parseRangeQuery accepts is within its bounds and is
+// what the canonical query of those numbers says (the parse is exact: no
+// second spelling of a range, so no second cache key); whatever
+// parseBaseQuery accepts is a valid digest that the canonical query gives
+// back; every refusal is ErrInvalidArgument.
+func FuzzRangeQuery(f *testing.F) {
+	for _, s := range []string{"offset=0&length=1", "offset=10&length=65536", "length=5&offset=7", "offset=01&length=5", "offset=-1&length=5",
+		"offset=0&length=5&x=1", "offset=0&offset=1&length=5", "offset=%2B1&length=5", "a;b", "%zz", "",
+		"base=sha256:" + strings.Repeat("a", 64), "base=sha256:" + strings.Repeat("A", 64), "base=x&base=y"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, raw string) {
+		off, n, err := parseRangeQuery(raw)
+		if err != nil {
+			if !errors.Is(err, errdefs.ErrInvalidArgument) {
+				t.Fatalf("%q: refused with %v, not ErrInvalidArgument", raw, err)
+			}
+		} else {
+			if off < 0 || n < 1 || n > api.MaxZstdRange {
+				t.Fatalf("%q: accepted %d+%d", raw, off, n)
+			}
+			canon := fmt.Sprintf("offset=%d&length=%d", off, n)
+			if o2, n2, err := parseRangeQuery(canon); err != nil || o2 != off || n2 != n {
+				t.Fatalf("%q: %d+%d, but its canonical query %q parses to %d+%d (%v)", raw, off, n, canon, o2, n2, err)
+			}
+			if q, _ := url.ParseQuery(raw); q.Get("offset") != strconv.FormatInt(off, 10) || q.Get("length") != strconv.FormatInt(n, 10) {
+				t.Fatalf("%q: accepted %d+%d, spelled otherwise", raw, off, n)
+			}
+		}
+		base, err := parseBaseQuery(raw)
+		switch {
+		case err != nil && !errors.Is(err, errdefs.ErrInvalidArgument):
+			t.Fatalf("%q: base refused with %v", raw, err)
+		case err == nil && base != "":
+			if base.Validate() != nil {
+				t.Fatalf("%q: accepted base %q", raw, base)
+			}
+			if b2, err := parseBaseQuery("base=" + base.String()); err != nil || b2 != base {
+				t.Fatalf("%q: base %s does not round-trip: %s %v", raw, base, b2, err)
+			}
+		case err == nil && raw != "":
+			t.Fatalf("%q: a non-empty query accepted without a base", raw)
 		}
 	})
 }
