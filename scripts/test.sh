@@ -59,7 +59,7 @@ echo "== fuzz ($FUZZTIME each)"
 # run. Go's fuzzing engine also fails runs on its own now and then without
 # an input ("context deadline exceeded" at the -fuzztime boundary on a busy
 # machine, golang/go#51484 and #56238); such a run is tried again, up to
-# three times in all, and a third failure fails CI all the same (with 16
+# three times in all, and a third failure fails CI all the same (with 14
 # targets, two flakes of one target in a row were seen once).
 fuzz() {
   local out
