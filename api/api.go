@@ -5,6 +5,8 @@
 package api
 
 import (
+	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -409,18 +411,9 @@ const (
 // the first four bytes of its sha256, with the top bit set (IDs below 2^15
 // are reserved by the zstd format for registered dictionaries).
 func IndexDictID(base digest.Digest) uint32 {
-	hex := base.Encoded()
 	var id uint32
-	for i := 0; i < 8 && i < len(hex); i++ {
-		c := hex[i]
-		var v byte
-		switch {
-		case c >= '0' && c <= '9':
-			v = c - '0'
-		case c >= 'a' && c <= 'f':
-			v = c - 'a' + 10
-		}
-		id = id<<4 | uint32(v)
+	if b, err := hex.DecodeString(base.Encoded()[:min(8, len(base.Encoded()))]); err == nil && len(b) == 4 {
+		id = binary.BigEndian.Uint32(b)
 	}
 	return id | 1<<31
 }

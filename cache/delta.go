@@ -853,31 +853,49 @@ func (dl *deltaRun) fetchRun(ctx context.Context, first, end int) error {
 		dl.xs.noIndex.Store(true)
 		return noDelta("%s says %s has %d bytes, its index %d", src, d, body.Size, dl.total)
 	}
+	_, err = dl.takeChunks(ctx, body, first, end, fromRange, nil)
+	return err
+}
+
+// takeChunks reads chunks [first, end) from body in order, hashing each
+// against its index entry before it is written and marked in place; after,
+// when not nil, runs once per chunk that landed. It returns the first chunk
+// not in place. A body that breaks off is ErrUnavailable (the transfer
+// resumes); one that says its bytes are corrupt (a compressed frame that
+// does not decode) is errPlain; a chunk that does not match its entry ends
+// the delta.
+func (dl *deltaRun) takeChunks(ctx context.Context, body io.Reader, first, end, how int, after func()) (int, error) {
+	d, src := dl.p.d, dl.src
 	buf := make([]byte, dl.x.Params.Max)
 	for i := first; i < end; i++ {
 		e := dl.ext[i]
 		b := buf[:e.Length]
 		if _, err := io.ReadFull(body, b); err != nil {
-			if ctx.Err() != nil {
-				return ctx.Err()
+			switch {
+			case ctx.Err() != nil:
+				return i, ctx.Err()
+			case errors.Is(err, errdefs.ErrCorrupt):
+				return i, fmt.Errorf("%v: %w", err, errPlain)
+			case errors.Is(err, errdefs.ErrUnavailable):
+				return i, fmt.Errorf("delta transfer of %s from %s interrupted at %d (it resumes next time): %w", d, src, e.Offset, err)
 			}
-			if errors.Is(err, errdefs.ErrUnavailable) {
-				return fmt.Errorf("delta transfer of %s from %s interrupted at %d (it resumes next time): %w", d, src, e.Offset, err)
-			}
-			return fmt.Errorf("delta transfer of %s from %s interrupted at %d (it resumes next time): %v: %w", d, src, e.Offset, err, errdefs.ErrUnavailable)
+			return i, fmt.Errorf("delta transfer of %s from %s interrupted at %d (it resumes next time): %v: %w", d, src, e.Offset, err, errdefs.ErrUnavailable)
 		}
 		if chunks.HashOf(b) != e.Hash {
 			dl.xs.noIndex.Store(true)
-			return noDelta("chunk at %d of %s from %s does not match its index entry", e.Offset, d, src)
+			return i, noDelta("chunk at %d of %s from %s does not match its index entry", e.Offset, d, src)
 		}
 		if _, err := dl.p.f.WriteAt(b, e.Offset); err != nil {
-			return dl.c.diskErr(err)
+			return i, dl.c.diskErr(err)
 		}
-		if err := dl.landed(i, fromRange); err != nil {
-			return err
+		if after != nil {
+			after()
+		}
+		if err := dl.landed(i, how); err != nil {
+			return i + 1, err
 		}
 	}
-	return nil
+	return end, nil
 }
 
 // errPlain says compressed ranges are not to be had from this source (it
@@ -913,38 +931,18 @@ func (dl *deltaRun) fetchCompressed(ctx context.Context, cs source.Compressor, f
 	defer body.Close()
 	var counted int64
 	defer func() { dl.c.addReceived(dl.xs, body.WireBytes()-counted) }()
-	buf := make([]byte, dl.x.Params.Max)
-	for i := first; i < end; i++ {
-		e := dl.ext[i]
-		b := buf[:e.Length]
-		if _, err := io.ReadFull(body, b); err != nil {
-			switch {
-			case ctx.Err() != nil:
-				return i, ctx.Err()
-			case errors.Is(err, errdefs.ErrCorrupt):
-				return i, fmt.Errorf("%v: %w", err, errPlain)
-			case errors.Is(err, errdefs.ErrUnavailable):
-				return i, fmt.Errorf("delta transfer of %s from %s interrupted at %d (it resumes next time): %w", d, src, e.Offset, err)
-			}
-			return i, fmt.Errorf("delta transfer of %s from %s interrupted at %d (it resumes next time): %v: %w", d, src, e.Offset, err, errdefs.ErrUnavailable)
-		}
-		if chunks.HashOf(b) != e.Hash {
-			dl.xs.noIndex.Store(true)
-			return i, noDelta("chunk at %d of %s from %s does not match its index entry", e.Offset, d, src)
-		}
-		if _, err := dl.p.f.WriteAt(b, e.Offset); err != nil {
-			return i, dl.c.diskErr(err)
-		}
+	next, err = dl.takeChunks(ctx, body, first, end, fromCompressed, func() {
 		w := body.WireBytes()
 		dl.c.addReceived(dl.xs, w-counted)
 		counted = w
-		if err := dl.landed(i, fromCompressed); err != nil {
-			return i + 1, err
-		}
+	})
+	if err != nil {
+		return next, err
 	}
 	// The frame must end where the range does. Every chunk is in place and
 	// verified already; a source that sends more is not asked again.
-	if _, err := body.Read(buf[:1]); err == nil || errors.Is(err, errdefs.ErrCorrupt) {
+	var one [1]byte
+	if _, err := body.Read(one[:]); err == nil || errors.Is(err, errdefs.ErrCorrupt) {
 		if dl.plain.CompareAndSwap(false, true) {
 			dl.c.log.Info("fetching plain ranges", "digest", d, "source", src.String(), "why", fmt.Sprintf("compressed range %d+%d runs on", off, n))
 		}

@@ -80,9 +80,7 @@ func (s *Server) indexDelta(ctx context.Context, d, xd, base digest.Digest, enc 
 	if err != nil || !stored || len(baseEnc)+len(enc) > maxIndexDelta {
 		return nil, false, err
 	}
-	ch := s.zstdBuilds.DoChan(key, func() (any, error) {
-		bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), zstdBuild)
-		defer cancel()
+	frame, err = s.sharedFrame(ctx, key, func(bctx context.Context) ([]byte, error) {
 		slot, err := s.zstdPool.get(bctx) // a slot of the compressors' budget
 		if err != nil {
 			return nil, err
@@ -99,21 +97,15 @@ func (s *Server) indexDelta(ctx context.Context, d, xd, base digest.Digest, enc 
 		}
 		f := e.EncodeAll(enc, nil)
 		e.Close()
-		s.zstdCache.put(key, f)
 		return f, nil
 	})
-	select {
-	case res := <-ch:
-		if errors.Is(res.Err, errBusy) {
-			return nil, false, nil
-		}
-		if res.Err != nil {
-			return nil, false, res.Err
-		}
-		return res.Val.([]byte), true, nil
-	case <-ctx.Done():
-		return nil, false, ctx.Err()
+	switch {
+	case errors.Is(err, errBusy):
+		return nil, false, nil
+	case err != nil:
+		return nil, false, err
 	}
+	return frame, true, nil
 }
 
 // serveIndexDelta answers a GET of …/chunks?base= with frame.

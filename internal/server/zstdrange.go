@@ -224,14 +224,23 @@ func acquireWithin(ctx context.Context, sem *semaphore.Weighted, n int64) error 
 // zstdFrame returns the compressed range [off, off+n) of d: a cached frame,
 // one another request is making, or a new one.
 func (s *Server) zstdFrame(ctx context.Context, d digest.Digest, off, n int64) ([]byte, error) {
-	key := fmt.Sprintf("%s/%d/%d", d.Encoded(), off, n)
+	return s.sharedFrame(ctx, fmt.Sprintf("%s/%d/%d", d.Encoded(), off, n), func(bctx context.Context) ([]byte, error) {
+		return s.compressRange(bctx, d, off, n)
+	})
+}
+
+// sharedFrame returns the frame cached under key, or the one build makes:
+// once however many ask at once, under a context of its own (bounded by
+// zstdBuild) so that an asker who leaves does not fail those who stay. A
+// frame built without error is cached.
+func (s *Server) sharedFrame(ctx context.Context, key string, build func(context.Context) ([]byte, error)) ([]byte, error) {
 	if f, ok := s.zstdCache.get(key); ok {
 		return f, nil
 	}
 	ch := s.zstdBuilds.DoChan(key, func() (any, error) {
 		bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), zstdBuild)
 		defer cancel()
-		f, err := s.compressRange(bctx, d, off, n)
+		f, err := build(bctx)
 		if err == nil {
 			s.zstdCache.put(key, f)
 		}
